@@ -1,0 +1,1 @@
+"""Agents: the teacher, the student, its models and its learning methods."""

@@ -1,0 +1,68 @@
+"""FGSM and PGD (Madry et al. 2018), l_inf and l_2, with random starts and restarts."""
+
+from __future__ import annotations
+
+import torch
+
+from .common import as_box, ascent, clip, loss_per_point, project, random_in_ball
+
+
+def fgsm(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf", box=None,
+         generator: torch.Generator | None = None, loss: str = "ce") -> torch.Tensor:
+    """One gradient step of size ``eps`` (Goodfellow et al. 2015); l2 uses the normalised gradient."""
+    b = as_box(box, x)
+    xg = x.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_per_point(model(xg), y, loss).sum(), xg)
+    return clip(x + eps * ascent(grad, norm), b).detach()
+
+
+def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf", box=None,
+        generator: torch.Generator | None = None, steps: int = 50, restarts: int = 2,
+        step_size: float | None = None, random_start: bool = True, loss: str = "ce") -> torch.Tensor:
+    """Projected gradient ascent on the loss, keeping per point the best iterate.
+
+    Every iterate of every restart is checked: a point's result is the first iterate
+    the model misclassifies, else the iterate with the highest loss.
+
+    Args:
+        model: inputs -> logits.
+        x, y: inputs (n, ...) and labels (n,).
+        eps: radius of the ball in ``norm`` (``"linf"`` or ``"l2"``).
+        box: optional ``(lo, hi)`` per feature; iterates are clipped into it.
+        generator: torch generator for the random starts.
+        steps, restarts: iterations per restart and number of restarts.
+        step_size: defaults to ``2.5 * eps / steps``.
+        random_start: start each restart at a uniform point of the ball.
+        loss: ``"ce"`` or ``"margin"``.
+
+    Returns:
+        x_adv with ``||x_adv - x|| <= eps`` per point.
+    """
+    b = as_box(box, x)
+    x = x.detach()
+    alpha = step_size if step_size is not None else 2.5 * eps / max(1, steps)
+    best = x.clone()
+    best_loss = torch.full((len(x),), -float("inf"))
+    found = torch.zeros(len(x), dtype=torch.bool)
+    for _ in range(max(1, restarts)):
+        delta = random_in_ball(x, eps, norm, generator) if random_start and eps > 0 else torch.zeros_like(x)
+        xa = clip(x + delta, b)
+        for t in range(steps + 1):
+            xa.requires_grad_(True)
+            logits = model(xa)
+            per = loss_per_point(logits, y, loss)
+            with torch.no_grad():
+                wrong = (logits.argmax(1) != y) & ~found
+                better = (per > best_loss) & ~found
+                take = wrong | better
+                best[take] = xa.detach()[take]
+                best_loss = torch.where(better, per.detach(), best_loss)
+                found |= wrong
+            if t == steps or bool(found.all()):
+                break
+            (grad,) = torch.autograd.grad(per.sum(), xa)
+            with torch.no_grad():
+                xa = clip(x + project(xa + alpha * ascent(grad, norm) - x, eps, norm), b)
+        if bool(found.all()):
+            break
+    return best.detach()

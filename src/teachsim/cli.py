@@ -1,0 +1,222 @@
+"""The ``teachsim`` command line (SPEC section 6).
+
+Exit codes: 0 success; 1 the experiment ran but some episodes failed; 2 bad input
+(config, arguments, plugin), reported in one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import registry
+from .errors import TeachsimError
+
+SUITES_DIR = Path(__file__).parent / "suites"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"teachsim: error: {message} (see: {self.prog} --help)\n")
+
+
+def _suite_path(name: str) -> Path:
+    from .errors import ConfigError
+    from .schema import suggest
+
+    for folder in (SUITES_DIR, Path("benchmarks") / "suites"):
+        path = folder / f"{name}.toml"
+        if path.is_file():
+            return path
+    known = suite_names()
+    raise ConfigError("SUITE", f"unknown suite {name!r}{suggest(name, known)}; known: {', '.join(known)}")
+
+
+def suite_names() -> list[str]:
+    """Built-in suites, plus any in ./benchmarks/suites."""
+    names = {p.stem for p in SUITES_DIR.glob("*.toml")}
+    names |= {p.stem for p in (Path("benchmarks") / "suites").glob("*.toml")}
+    return sorted(names)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="run directory (default: runs/<name>)")
+    p.add_argument("--executor", default="serial", help="serial (default)")
+    p.add_argument("--retries", type=int, default=0, help="extra attempts for a failing episode")
+    p.add_argument("--resume", action="store_true", help="keep finished episodes of --out and run the rest")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="teachsim", description=__doc__.splitlines()[0])
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="load user tasks/protocols/strategies/methods first (repeatable)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="run an experiment from a TOML config")
+    p.add_argument("config")
+    _add_run_options(p)
+
+    p = sub.add_parser("bench", help="run a built-in suite (default: quick)")
+    p.add_argument("suite", nargs="?", default="quick")
+    _add_run_options(p)
+
+    p = sub.add_parser("show", help="summary tables of a run in the terminal")
+    p.add_argument("run_dir")
+    p.add_argument("--metric", help="only this metric")
+    p.add_argument("--target", type=float, default=0.9, help="target for the budget-to table (default 0.9)")
+
+    p = sub.add_parser("list", help="list registered tasks, protocols, methods, ...")
+    p.add_argument("what", nargs="?", default=None,
+                   choices=["tasks", "protocols", "strategies", "methods", "models", "attacks", "suites", "metrics"])
+
+    p = sub.add_parser("transcript", help="one episode's messages")
+    p.add_argument("run_dir")
+    p.add_argument("episode", help="episode id (see teachsim show) or key")
+
+    for p in sub.choices.values():
+        p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                       dest="plugin_sub", help=argparse.SUPPRESS)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace, config) -> int:
+    from .platform.results import run
+
+    r = run(config, out=args.out, executor=args.executor, resume=args.resume, retries=args.retries,
+            progress=not args.quiet)
+    eps = r.episodes
+    failed = eps[eps["status"] != "finished"]
+    print(f"run directory: {r.dir}  ({len(eps) - len(failed)} finished, {len(failed)} failed)")
+    for row in failed.itertuples():
+        print(f"  episode {row.episode_id} ({row.protocol}, seed {row.seed}) failed: "
+              f"{row.error.splitlines()[0] if row.error else ''}", file=sys.stderr)
+    print(f"next: teachsim show {r.dir}")
+    return 1 if len(failed) else 0
+
+
+def _fmt(v: float) -> str:
+    return "  -  " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .platform.judge import METRICS
+    from .platform.results import open_run
+
+    r = open_run(args.run_dir)
+    eps = r.episodes
+    print(f"{r.config.get('name')}: {int((eps['status'] == 'finished').sum())} finished, "
+          f"{int((eps['status'] != 'finished').sum())} failed episodes  ({r.dir})")
+    s = r.summary()
+    if s.empty:
+        print("no scores yet")
+        return 0
+    metrics = [args.metric] if args.metric else [mt for mt in METRICS if mt in set(s["metric"])]
+    final = s["budget"].max()
+    aucs = r.auc()
+    for variant in sorted(s["variant"].unique()):
+        if variant:
+            print(f"\n== {variant}")
+        sv = s[(s["variant"] == variant) & (s["budget"] == final)]
+        av = aucs[aucs["variant"] == variant]
+        protos = sorted(sv["protocol"].unique())
+        width = max(len("protocol"), *(len(p) for p in protos))
+        for title, table, col in ((f"mean at the final budget {final:g} (95% interval)", sv, None),
+                                  ("AUC (normalised area under the mean curve)", av, "auc")):
+            print(f"\n{title}")
+            print(f"{'protocol':<{width}}  " + "  ".join(f"{mt:>20}" for mt in metrics))
+            for p in protos:
+                cells = []
+                for mt in metrics:
+                    row = table[(table["protocol"] == p) & (table["metric"] == mt)]
+                    if row.empty:
+                        cells.append(f"{'-':>20}")
+                    elif col:
+                        cells.append(f"{_fmt(row[col].iloc[0]):>20}")
+                    else:
+                        rr = row.iloc[0]
+                        cells.append(f"{_fmt(rr['mean']) + ' [' + _fmt(rr['lo']) + ',' + _fmt(rr['hi']) + ']':>20}")
+                print(f"{p:<{width}}  " + "  ".join(cells))
+        print(f"\nbudget to reach {args.target:g} (first checkpoint where the mean reaches it)")
+        print(f"{'protocol':<{width}}  " + "  ".join(f"{mt:>20}" for mt in metrics))
+        tables = {mt: r.budget_to(mt, args.target) for mt in metrics}
+        for p in protos:
+            cells = []
+            for mt in metrics:
+                t = tables[mt]
+                row = t[(t["variant"] == variant) & (t["protocol"] == p)]
+                v = row["budget_to"].iloc[0] if not row.empty else math.nan
+                cells.append(f"{('never' if v == math.inf else f'{v:g}'):>20}")
+            print(f"{p:<{width}}  " + "  ".join(cells))
+    failed = eps[eps["status"] != "finished"]
+    for row in failed.itertuples():
+        print(f"\nfailed: episode {row.episode_id} ({row.protocol}, seed {row.seed}): "
+              f"{row.error.splitlines()[0] if row.error else ''}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .platform.judge import METRICS
+
+    kinds = [args.what] if args.what else ["tasks", "protocols", "strategies", "methods", "models",
+                                            "attacks", "suites", "metrics"]
+    for kind in kinds:
+        print(f"{kind}:")
+        if kind == "suites":
+            for name in suite_names():
+                print(f"  {name}")
+        elif kind == "metrics":
+            for name in METRICS:
+                print(f"  {name}")
+        else:
+            reg = registry.REGISTRIES[kind[:-1] if kind != "strategies" else "strategy"]
+            for name in reg.names():
+                entry = reg.get(name)
+                print(f"  {name:<16} {entry.summary}")
+                for pname, param in entry.params.items():
+                    print(f"      {pname} = {param.default!r}  ({param.expect}) {param.doc}")
+    return 0
+
+
+def _cmd_transcript(args: argparse.Namespace) -> int:
+    from .platform.results import open_run
+
+    r = open_run(args.run_dir)
+    ep = int(args.episode) if args.episode.isdigit() else args.episode
+    for rec in r.transcript(ep):
+        payload = ", ".join(f"{k}{tuple(v.shape)}" for k, v in rec["payload"].items())
+        reason = f" reason={rec['reason']}" if rec["reason"] else ""
+        print(f"{rec['idx']:>5} {rec['phase']:<8} {rec['kind']:<11} {rec['sender']:>7} -> {rec['receiver']:<7} "
+              f"size={rec['size']:<5} cost={rec['cost']:<6g} cum={rec['cum_cost']:<8g}{reason} {payload}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``teachsim`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        for plugin in [*args.plugin, *getattr(args, "plugin_sub", [])]:
+            registry.load_plugin(plugin)
+        if args.command == "run":
+            return _cmd_run(args, args.config)
+        if args.command == "bench":
+            return _cmd_run(args, _suite_path(args.suite))
+        if args.command == "show":
+            return _cmd_show(args)
+        if args.command == "list":
+            return _cmd_list(args)
+        if args.command == "transcript":
+            return _cmd_transcript(args)
+    except TeachsimError as exc:
+        print(f"teachsim: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `teachsim show RUN | head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("teachsim: interrupted; finished episodes are kept (re-run with --resume)", file=sys.stderr)
+        return 130
+    return 0

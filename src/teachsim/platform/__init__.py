@@ -1,0 +1,1 @@
+"""The engine: config, the episode loop, the judge, runners, the results store."""

@@ -1,0 +1,289 @@
+"""Config: load a TOML experiment, check every key before work starts, expand to episodes.
+
+The resolved config (defaults filled in) is what gets written to ``config.toml`` and
+hashed into episode keys. Each error names the dotted field, what was expected and
+what came (SPEC section 7).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .. import registry
+from ..errors import ConfigError, TeachsimError
+from ..schema import Float, Int, IntList, Param, Str, resolve, suggest, unknown_key
+from . import judge as judge_mod
+
+TOP = ("name", "description", "seeds", "budgets", "task", "student", "judge", "protocols", "sweep")
+
+STUDENT_PARAMS: dict[str, Param] = {
+    "model": Str("mlp", doc="mlp | linear (registered models)"),
+    "hidden": IntList([100], lo=1, doc="hidden layer widths of the mlp"),
+    "init_std": Float(0.0, lo=0.0, doc="std of the first layer's normal init; 0 = PyTorch's default init"),
+    "method": Str("erm", doc="learning method (teachsim list methods)"),
+    "initial_labels": Int(200, lo=0, doc="passive labels before the protocol starts; free, reported apart"),
+    "steps": Int(200, lo=0, doc="optimiser steps each time the student learns"),
+    "lr": Float(0.01, lo=0.0, doc="Adam learning rate"),
+    "batch_size": Int(128, lo=1, doc="mini-batch size"),
+    "weight_decay": Float(0.0, lo=0.0, doc="Adam weight decay"),
+}
+SWEEPABLE = ("task", "student", "judge")
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Everything one episode needs, as plain picklable data (no live objects)."""
+
+    key: str
+    experiment: str
+    protocol: str                 # legend label, unique within the experiment
+    variant: str                  # sweep values, "" without a sweep
+    seed: int
+    budgets: tuple[float, ...]
+    task: Mapping[str, Any]
+    student: Mapping[str, Any]
+    protocol_cfg: Mapping[str, Any]
+    judge: Mapping[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form, stored with the episode."""
+        return {"key": self.key, "experiment": self.experiment, "protocol": self.protocol,
+                "variant": self.variant, "seed": self.seed, "budgets": list(self.budgets),
+                "task": dict(self.task), "student": dict(self.student),
+                "protocol_cfg": dict(self.protocol_cfg), "judge": dict(self.judge)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "EpisodeSpec":
+        """Inverse of :meth:`as_dict`."""
+        return cls(d["key"], d["experiment"], d["protocol"], d["variant"], int(d["seed"]),
+                   tuple(d["budgets"]), d["task"], d["student"], d["protocol_cfg"], d["judge"])
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A resolved experiment: the config with defaults, and its episodes."""
+
+    config: dict[str, Any]
+    episodes: tuple[EpisodeSpec, ...]
+
+    @property
+    def name(self) -> str:
+        return self.config["name"]
+
+
+def load(source: str | Path | Mapping[str, Any]) -> Experiment:
+    """Read and resolve a config from a TOML path, TOML text path, or a dict."""
+    if isinstance(source, Mapping):
+        raw = copy.deepcopy(dict(source))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError("config", f"expected a TOML file, got {str(path)!r} (no such file)")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"expected valid TOML in {path}, got a syntax error: {exc}") from None
+        raw.setdefault("name", path.stem)
+    return resolve_experiment(raw)
+
+
+def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError.expected(key, "a table", value)
+    return value
+
+
+def _plugin_table(raw: Mapping[str, Any], where: str, reg: registry.Registry, default: str | None,
+                  base: Mapping[str, Param] | None = None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    name = raw.get("name", default)
+    if name is None:
+        raise ConfigError(f"{where}.name", f"missing; expected one of {', '.join(reg.names())}")
+    if not isinstance(name, str):
+        raise ConfigError.expected(f"{where}.name", "a string", name)
+    entry = reg.get(name, f"{where}.name")
+    schema = {**(base or {}), **entry.params}
+    body = {k: v for k, v in raw.items() if k != "name"}
+    return {"name": name, **resolve(schema, body, where, ignore=extra)}
+
+
+def resolve_student(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the ``[student]`` table; the method's own parameters live in it too."""
+    method = raw.get("method", "erm")
+    if not isinstance(method, str):
+        raise ConfigError.expected("student.method", "a string", method)
+    entry = registry.methods.get(method, "student.method")
+    out = resolve({**STUDENT_PARAMS, **entry.params}, raw, "student")
+    registry.models.get(out["model"], "student.model")
+    return out
+
+
+def resolve_judge(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the ``[judge]`` table."""
+    out = resolve(judge_mod.PARAMS, raw, "judge")
+    known = [n for n in registry.attacks.names() if n != "teacher"]
+    for i, name in enumerate(out["attacks"]):
+        if name not in known:
+            raise ConfigError(f"judge.attacks[{i}]", f"expected an l_p attack{suggest(name, known)} "
+                              f"({', '.join(known)}), got {name!r}")
+    return out
+
+
+def _protocol_label(p: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
+    if p.get("label"):
+        return p["label"]
+    opts = [f"{k}={v}" for k, v in p.items() if k not in ("name", "label") and defaults.get(k) != v]
+    return p["name"] + (f"({', '.join(opts)})" if opts else "")
+
+
+def resolve_protocols(raw: Any) -> list[dict[str, Any]]:
+    """Check the ``[[protocols]]`` array; labels must be unique."""
+    if raw is None:
+        raw = [{"name": "passive"}]
+    if not isinstance(raw, list) or not raw or not all(isinstance(p, dict) for p in raw):
+        raise ConfigError.expected("protocols", "a non-empty array of tables ([[protocols]])", raw)
+    out, seen = [], {}
+    for i, p in enumerate(raw):
+        where = f"protocols[{i}]"
+        label = p.get("label")
+        if label is not None and (not isinstance(label, str) or not label):
+            raise ConfigError.expected(f"{where}.label", "a non-empty string", label)
+        res = _plugin_table(p, where, registry.protocols, None, extra=("label",))
+        defaults = {k: prm.default for k, prm in registry.protocols.get(res["name"]).params.items()}
+        res["label"] = _protocol_label(res, defaults)
+        if res["label"] in seen:
+            raise ConfigError(f"{where}.label", f"expected a label unique in the experiment, got {res['label']!r} "
+                              f"again (protocols[{seen[res['label']]}] has it); set label = \"...\"")
+        seen[res["label"]] = i
+        out.append(res)
+    return out
+
+
+def _numbers(raw: Mapping[str, Any], key: str, default: list, *, integer: bool) -> list:
+    value = raw.get(key, default)
+    kind = "integers >= 0" if integer else "numbers >= 0"
+    ok = isinstance(value, list) and value and all(
+        (isinstance(v, int) or (not integer and isinstance(v, float) and math.isfinite(v)))
+        and not isinstance(v, bool) and v >= 0 for v in value)
+    if not ok:
+        raise ConfigError.expected(key, f"a non-empty list of {kind}", value)
+    if len(set(value)) != len(value):
+        raise ConfigError.expected(key, "a list without repeats", value)
+    if key == "budgets" and list(value) != sorted(value):
+        raise ConfigError.expected(key, "an increasing list", value)
+    return list(value)
+
+
+def _set_path(cfg: dict[str, Any], path: str, value: Any) -> None:
+    table, _, key = path.partition(".")
+    cfg.setdefault(table, {})[key] = value
+
+
+def _resolve_sweep(raw: Any) -> dict[str, list]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError.expected("sweep", "a table of dotted keys to lists", raw)
+    for path, values in raw.items():
+        table, dot, key = path.partition(".")
+        if not dot or table not in SWEEPABLE or not key or "." in key:
+            raise ConfigError(f"sweep.{path}", "expected a dotted key into "
+                              f"{', '.join(SWEEPABLE)} such as \"task.dim\"")
+        if key == "name":
+            raise ConfigError(f"sweep.{path}", "expected a parameter, not the plugin name")
+        if not isinstance(values, list) or not values:
+            raise ConfigError.expected(f"sweep.{path}", "a non-empty list of values", values)
+    return dict(raw)
+
+
+def _key(payload: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _validate_task(task: Mapping[str, Any]) -> None:
+    # Cross-field rules (manifold_dim <= dim, ...) live in the task's constructor: build it once.
+    params = {k: v for k, v in task.items() if k != "name"}
+    try:
+        registry.tasks.get(task["name"]).factory(0, **params)
+    except TeachsimError:
+        raise
+    except Exception as exc:
+        raise ConfigError("task", f"the task rejected its parameters: {type(exc).__name__}: {exc}") from None
+
+
+def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:
+    """Resolve a raw config dict into an :class:`Experiment` (every key checked)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError.expected("config", "a table", raw)
+    for key in raw:
+        if key not in TOP:
+            raise unknown_key("", key, TOP)
+    name = raw.get("name", "experiment")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigError.expected("name", "a non-empty string without '/'", name)
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError.expected("description", "a string", description)
+    seeds = _numbers(raw, "seeds", [0, 1, 2], integer=True)
+    budgets = _numbers(raw, "budgets", [0, 25, 50, 100, 200, 400], integer=False)
+    sweep = _resolve_sweep(raw.get("sweep"))
+    protocols = resolve_protocols(raw.get("protocols"))
+
+    base = {"task": _table(raw, "task"), "student": _table(raw, "student"), "judge": _table(raw, "judge")}
+    if not isinstance(base["task"].get("name", "hidden-feature"), str):
+        raise ConfigError.expected("task.name", "a string", base["task"]["name"])
+
+    def resolved(tables: Mapping[str, Any]) -> dict[str, Any]:
+        return {"task": _plugin_table(tables["task"], "task", registry.tasks, "hidden-feature"),
+                "student": resolve_student(tables["student"]),
+                "judge": resolve_judge(tables["judge"])}
+
+    plain = resolved(base)
+    _validate_task(plain["task"])
+    variants: list[tuple[str, dict[str, Any]]] = []
+    keys = list(sweep)
+    for combo in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
+        tables = copy.deepcopy(base)
+        for path, value in zip(keys, combo):
+            _set_path(tables, path, value)
+        try:
+            res = resolved(tables)
+        except ConfigError as exc:
+            path = next((p for p in keys if exc.field.startswith(p)), None)
+            if path is None:
+                raise
+            raise ConfigError(f"sweep.{path}", exc.detail) from None
+        _validate_task(res["task"])
+        label = ", ".join(f"{k}={v}" for k, v in zip(keys, combo))
+        variants.append((label, res))
+
+    config = {"name": name, "description": description, "seeds": seeds, "budgets": budgets,
+              **plain, "protocols": protocols}
+    if sweep:
+        config["sweep"] = sweep
+    episodes = []
+    for label, res in variants:
+        for proto in protocols:
+            pcfg = {k: v for k, v in proto.items() if k != "label"}
+            for seed in seeds:
+                payload = {"task": res["task"], "student": res["student"], "judge": res["judge"],
+                           "protocol": pcfg, "budgets": budgets, "seed": seed}
+                episodes.append(EpisodeSpec(_key(payload), name, proto["label"], label, seed,
+                                            tuple(float(b) for b in budgets), res["task"], res["student"],
+                                            pcfg, res["judge"]))
+    return Experiment(config, tuple(episodes))
+
+
+def to_toml(config: Mapping[str, Any]) -> str:
+    """The resolved config as TOML text."""
+    import tomli_w
+
+    return tomli_w.dumps(dict(config))

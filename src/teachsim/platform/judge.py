@@ -1,0 +1,132 @@
+"""The judge: a pure function of (student snapshot, task, judge config, seed) -> scores.
+
+Metric definitions are SPEC section 5. The test sets come from their own seed stream,
+separate from everything the episode draws, and teacher-uncertain points are dropped
+before anything else.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .. import registry, seeding
+from ..messages import ABSTAIN
+from ..schema import Choice, Float, Int, StrList
+
+METRICS = ("clean_acc", "broad_acc", "lp_robust_acc", "weak_robust_acc", "weak_coverage", "strong_robust_acc")
+
+PARAMS = {
+    "norm": Choice("l2", ("l2", "linf"), doc="norm of the l_p attacks and of the strong search"),
+    "eps": Float(2.0, lo=0.0, doc="radius of the l_p attacks"),
+    "attacks": StrList(["pgd"], doc="l_p attack set; a point is l_p-robust only if every attack fails"),
+    "strong_radius": Float(4.0, lo=0.0, doc="radius of the teacher-relative search"),
+    "test_points": Int(1000, lo=1, doc="teacher-certain test points (data and broad distribution each)"),
+    "steps": Int(50, lo=1, doc="iterations of each l_p attack"),
+    "restarts": Int(2, lo=1, doc="random restarts of each l_p attack"),
+    "loss": Choice("ce", ("ce", "margin"), doc="loss the l_p attacks ascend"),
+    "strong_steps": Int(50, lo=1, doc="iterations of the teacher-relative search"),
+    "strong_restarts": Int(3, lo=1, doc="restarts of the teacher-relative search (the first starts at x)"),
+}
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """The judge's held-out inputs with the teacher's (certain) labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+    broad_x: np.ndarray
+    broad_y: np.ndarray
+
+
+def _certain_sample(dist, task, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys, have = [], [], 0
+    for _ in range(50):
+        x = dist.sample(max(2 * (n - have), 64), rng)
+        y = task.label(x)
+        keep = y != ABSTAIN
+        xs.append(x[keep]); ys.append(y[keep]); have += int(keep.sum())
+        if have >= n:
+            break
+    if have == 0:
+        raise ValueError("the teacher abstains on every sampled test point; widen the task")
+    return np.concatenate(xs)[:n], np.concatenate(ys)[:n]
+
+
+def make_test_set(task, cfg: Mapping[str, Any], seed: int) -> TestSet:
+    """Draw the test and broad sets from the judge's own seed stream."""
+    x, y = _certain_sample(task.data, task, cfg["test_points"], seeding.rng(seed, "judge", "test"))
+    bx, by = _certain_sample(task.broad, task, cfg["test_points"], seeding.rng(seed, "judge", "broad"))
+    return TestSet(x, y, bx, by)
+
+
+def _call_attack(name: str, model, x, y, cfg, generator, box):
+    fn = registry.attacks.get(name, "judge.attacks").factory
+    accepted = inspect.signature(fn).parameters
+    extra = {k: cfg[k] for k in ("steps", "restarts", "loss") if k in accepted}
+    return fn(model, x, y, eps=cfg["eps"], norm=cfg["norm"], box=box, generator=generator, **extra)
+
+
+def _predict(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(c).argmax(1) for c in torch.split(x, 4096)]) if len(x) else x.new_zeros(0, dtype=torch.long)
+
+
+def judge(model: torch.nn.Module, task, test: TestSet, cfg: Mapping[str, Any], seed: int) -> dict[str, float]:
+    """Score one student snapshot.
+
+    Args:
+        model: the student, inputs -> logits (put in eval mode here).
+        task: the task (the teacher's mechanism labels attacked points).
+        test: from :func:`make_test_set`.
+        cfg: resolved ``[judge]`` table.
+        seed: episode seed; attacks draw from the judge's own streams.
+
+    Returns:
+        metric name -> value for every name in :data:`METRICS`.
+    """
+    from ..attacks.teacher import teacher_attack
+
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, y = torch.from_numpy(test.x), torch.from_numpy(test.y)
+    bx, by = torch.from_numpy(test.broad_x), torch.from_numpy(test.broad_y)
+    pred = _predict(model, x)
+    correct = pred == y
+    out = {"clean_acc": correct.float().mean().item(),
+           "broad_acc": (_predict(model, bx) == by).float().mean().item()}
+
+    # l_p attacks against the clean label; the first successful attack's point (else the
+    # first attack's) is the attack output that weak robustness scores.
+    robust = correct.clone()
+    weak_x = None
+    for name in cfg["attacks"]:
+        g = seeding.torch_generator(seed, "judge", "attack", name)
+        xa = _call_attack(name, model, x, y, cfg, g, task.box)
+        flipped = _predict(model, xa) != y
+        robust &= ~flipped
+        if weak_x is None:
+            weak_x, weak_flipped = xa.clone(), flipped
+        else:
+            use = flipped & ~weak_flipped
+            weak_x[use] = xa[use]
+            weak_flipped |= flipped
+    out["lp_robust_acc"] = robust.float().mean().item()
+
+    t_adv = torch.from_numpy(task.label(weak_x.numpy()))
+    certain = t_adv != ABSTAIN
+    out["weak_coverage"] = certain.float().mean().item()
+    agree = _predict(model, weak_x) == t_adv
+    out["weak_robust_acc"] = agree[certain].float().mean().item() if certain.any() else float("nan")
+
+    g = seeding.torch_generator(seed, "judge", "teacher")
+    _, found = teacher_attack(model, task, x, radius=cfg["strong_radius"], norm=cfg["norm"], box=task.box,
+                              generator=g, steps=cfg["strong_steps"], restarts=cfg["strong_restarts"])
+    out["strong_robust_acc"] = 1.0 - found.float().mean().item()
+    return out

@@ -1,0 +1,201 @@
+"""``teachsim.run`` and ``teachsim.open_run``: the Python face of a run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError, RunError
+from . import config as config_mod
+from .config import EpisodeSpec, Experiment
+from .summary import auc, budget_to, curve_table, summarize
+
+EXECUTORS = ("serial",)
+
+
+def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path | None = None,
+        executor: str = "serial", resume: bool = False, retries: int = 0, progress: bool = True,
+        plugins: tuple[str, ...] = ()) -> "Run":
+    """Run an experiment and return its :class:`Run`.
+
+    Args:
+        config: a TOML path, a config dict, or a resolved :class:`Experiment`.
+        out: run directory (default ``runs/<name>``).
+        executor: ``"serial"``.
+        resume: keep finished episodes of an existing run directory and run the rest.
+            Re-running into an existing directory of the same experiment does the same.
+        retries: extra attempts for an episode that fails.
+        progress: print progress to stderr.
+        plugins: plugin files or modules to load first.
+
+    Raises:
+        ConfigError: bad config or option (nothing has run).
+        RunError: ``out`` holds a different experiment.
+    """
+    from .. import registry
+    from .runners import Progress, run_serial
+    from .store import Store
+
+    for plugin in plugins:
+        registry.load_plugin(plugin)
+    if executor not in EXECUTORS:
+        raise ConfigError("--executor", f"expected one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise ConfigError.expected("--retries", "an integer >= 0", retries)
+    exp = config if isinstance(config, Experiment) else config_mod.load(config)
+    run_dir = Path(out) if out is not None else Path("runs") / exp.name
+    text = config_mod.to_toml(exp.config)
+    cfg_path = run_dir / "config.toml"
+    if cfg_path.exists() and cfg_path.read_text() != text:
+        raise RunError(f"{run_dir} holds a different experiment (its config.toml differs); "
+                       "choose another --out or remove that directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(text)
+
+    store = Store(run_dir)
+    try:
+        status = store.status_by_key()
+        todo = [s for s in exp.episodes if status.get(s.key) != "finished"]
+        bar = Progress(len(todo), skipped=len(exp.episodes) - len(todo), enabled=progress)
+        for result, attempts in run_serial(todo, retries=retries):
+            store.write(result, attempts)
+            bar.update(result)
+    finally:
+        store.close()
+    result_run = Run(run_dir)
+    result_run.write_summary()
+    return result_run
+
+
+def open_run(run_dir: str | Path) -> "Run":
+    """Open an existing run directory."""
+    return Run(run_dir)
+
+
+class Run:
+    """A run directory: episodes, scores, saved students and test sets.
+
+    Attributes are read from ``results.sqlite`` on each access, so a Run opened while an
+    experiment is still going sees the episodes finished so far.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        if not (self.dir / "results.sqlite").is_file():
+            raise RunError(f"{self.dir} is not a run directory (no results.sqlite)")
+
+    def _query(self, sql: str) -> pd.DataFrame:
+        con = sqlite3.connect(f"file:{self.dir / 'results.sqlite'}?mode=ro", uri=True)
+        try:
+            return pd.read_sql_query(sql, con)
+        finally:
+            con.close()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved config."""
+        import tomllib
+
+        return tomllib.loads((self.dir / "config.toml").read_text())
+
+    @property
+    def episodes(self) -> pd.DataFrame:
+        """One row per episode (SPEC section 8 columns and a few more)."""
+        return self._query("SELECT * FROM episodes ORDER BY episode_id")
+
+    @property
+    def scores(self) -> pd.DataFrame:
+        """episode_id, budget, metric, value, with protocol, variant and seed joined on."""
+        return self._query(
+            "SELECT s.episode_id, s.budget, s.metric, s.value, e.protocol, e.variant, e.seed"
+            " FROM scores s JOIN episodes e USING (episode_id) WHERE e.status = 'finished'"
+            " ORDER BY s.episode_id, s.budget, s.metric")
+
+    @property
+    def messages(self) -> pd.DataFrame:
+        """Every delivered message of every episode (no payloads)."""
+        return self._query("SELECT * FROM messages ORDER BY episode_id, idx")
+
+    def summary(self) -> pd.DataFrame:
+        """Mean and 95% interval per (variant, protocol, budget, metric) across seeds."""
+        return summarize(self.scores)
+
+    def auc(self) -> pd.DataFrame:
+        """Normalised area under each mean curve."""
+        return curve_table(self.summary(), auc, "auc")
+
+    def budget_to(self, metric: str, target: float) -> pd.DataFrame:
+        """First checkpoint where the mean of ``metric`` reaches ``target`` (inf if never)."""
+        s = self.summary()
+        return curve_table(s[s["metric"] == metric], lambda b, v: budget_to(b, v, target), "budget_to")
+
+    def write_summary(self) -> Path:
+        """Write ``summary.csv``: one row per (variant, protocol, budget, metric)."""
+        path = self.dir / "summary.csv"
+        self.summary().to_csv(path, index=False)
+        return path
+
+    # -- one episode -------------------------------------------------------------------
+    def _row(self, episode: int | str) -> pd.Series:
+        eps = self.episodes
+        match = eps[(eps["episode_id"] == episode) | (eps["key"] == str(episode))]
+        if match.empty:
+            raise RunError(f"no episode {episode!r} in {self.dir} (episode ids: "
+                           f"{', '.join(map(str, eps['episode_id']))})")
+        return match.iloc[0]
+
+    def spec(self, episode: int | str) -> EpisodeSpec:
+        """The resolved spec an episode ran with."""
+        return EpisodeSpec.from_dict(json.loads(self._row(episode)["spec"]))
+
+    def task(self, episode: int | str):
+        """The episode's task (teacher mechanism included)."""
+        from .episode import build_task
+
+        spec = self.spec(episode)
+        return build_task(spec.task, spec.seed)
+
+    def student(self, episode: int | str, budget: float):
+        """The saved student at checkpoint ``budget``: a torch module in eval mode (inputs -> logits)."""
+        from .episode import build_model
+        from .store import load_students
+
+        row = self._row(episode)
+        if row["status"] != "finished":
+            raise RunError(f"episode {row['episode_id']} {row['status']}; it has no saved students")
+        spec = self.spec(episode)
+        saved = load_students(self.dir / "students" / f"{spec.key}.pt")
+        match = [b for b in saved if math.isclose(b, float(budget))]
+        if not match:
+            raise RunError(f"episode {row['episode_id']} has no checkpoint {budget}; "
+                           f"checkpoints: {', '.join(f'{b:g}' for b in sorted(saved))}")
+        model = build_model(spec.student, self.task(episode), spec.seed)
+        model.load_state_dict(saved[match[0]])
+        return model.eval()
+
+    def test_set(self, episode: int | str) -> tuple[np.ndarray, np.ndarray]:
+        """The judge's test inputs and teacher labels for an episode (regenerated from its seed)."""
+        from .judge import make_test_set
+
+        spec = self.spec(episode)
+        test = make_test_set(self.task(episode), spec.judge, spec.seed)
+        return test.x, test.y
+
+    def transcript(self, episode: int | str) -> list[dict[str, Any]]:
+        """The episode's messages in order, each with its payload arrays."""
+        row = self._row(episode)
+        msgs = self._query(f"SELECT * FROM messages WHERE episode_id = {int(row['episode_id'])} ORDER BY idx")
+        path = self.dir / "transcripts" / f"{row['key']}.npz"
+        arrays = np.load(path) if path.exists() else {}
+        out = []
+        for rec in msgs.to_dict("records"):
+            rec["payload"] = {k.split(".", 1)[1]: arrays[k] for k in getattr(arrays, "files", [])
+                              if k.split(".", 1)[0] == str(rec["idx"])}
+            out.append(rec)
+        return out

@@ -1,0 +1,127 @@
+"""The results store: ``results.sqlite`` plus ``transcripts/`` and ``students/`` (SPEC section 8).
+
+Only the driver writes. Files for an episode are written first (atomically, by rename),
+then its rows in one transaction; the row is what marks an episode finished, so a run
+killed at any moment resumes without losing or duplicating results.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .episode import EpisodeResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS episodes (
+    episode_id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, protocol TEXT NOT NULL,
+    task TEXT NOT NULL, variant TEXT NOT NULL DEFAULT '', seed INTEGER NOT NULL,
+    status TEXT NOT NULL, error TEXT NOT NULL DEFAULT '', started_at TEXT, finished_at TEXT,
+    host TEXT, seconds REAL, attempts INTEGER NOT NULL DEFAULT 1, initial_labels INTEGER,
+    spent REAL, probed INTEGER, refused INTEGER, spec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS scores (
+    episode_id INTEGER NOT NULL, budget REAL NOT NULL, metric TEXT NOT NULL, value REAL,
+    PRIMARY KEY (episode_id, budget, metric));
+CREATE TABLE IF NOT EXISTS messages (
+    episode_id INTEGER NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL, sender TEXT NOT NULL,
+    receiver TEXT NOT NULL, size INTEGER NOT NULL, cost REAL NOT NULL, cum_cost REAL NOT NULL,
+    phase TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (episode_id, idx));
+CREATE TABLE IF NOT EXISTS checkpoints (
+    episode_id INTEGER NOT NULL, budget REAL NOT NULL, cum_cost REAL NOT NULL, reached INTEGER NOT NULL,
+    PRIMARY KEY (episode_id, budget));
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(path, timeout=30)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=FULL")
+    return con
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Store:
+    """Writes episode results into a run directory."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir)
+        (self.dir / "transcripts").mkdir(parents=True, exist_ok=True)
+        (self.dir / "students").mkdir(exist_ok=True)
+        self.con = connect(self.dir / "results.sqlite")
+        self.con.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def status_by_key(self) -> dict[str, str]:
+        """key -> status of every recorded episode."""
+        return dict(self.con.execute("SELECT key, status FROM episodes"))
+
+    def write(self, result: EpisodeResult, attempts: int = 1) -> int:
+        """Record one episode (replacing an earlier failed record of the same key)."""
+        spec = result.spec
+        if result.status == "finished":
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **result.payloads)
+            _atomic_write(self.dir / "transcripts" / f"{spec.key}.npz", buf.getvalue())
+            _atomic_write(self.dir / "students" / f"{spec.key}.pt", _students_bytes(result.snapshots))
+        stats = result.stats
+        with self.con:  # one transaction per finished episode
+            old = self.con.execute("SELECT episode_id FROM episodes WHERE key = ?", (spec.key,)).fetchone()
+            if old:
+                for table in ("scores", "messages", "checkpoints", "episodes"):
+                    self.con.execute(f"DELETE FROM {table} WHERE episode_id = ?", old)
+            cur = self.con.execute(
+                "INSERT INTO episodes (episode_id, key, protocol, task, variant, seed, status, error, started_at,"
+                " finished_at, host, seconds, attempts, initial_labels, spent, probed, refused, spec)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (old[0] if old else None, spec.key, spec.protocol, spec.task["name"], spec.variant, spec.seed,
+                 result.status, result.error, result.started_at, result.finished_at, result.host, result.seconds,
+                 attempts, spec.student["initial_labels"], stats.get("spent"), stats.get("probed"),
+                 stats.get("refused"), json.dumps(spec.as_dict(), sort_keys=True)))
+            eid = cur.lastrowid if not old else old[0]
+            self.con.executemany("INSERT INTO scores VALUES (?, ?, ?, ?)",
+                                 [(eid, b, metric, v) for b, metric, v in result.scores])
+            self.con.executemany(
+                "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(eid, r["idx"], r["kind"], r["sender"], r["receiver"], r["size"], r["cost"], r["cum_cost"],
+                  r["phase"], r["reason"]) for r in result.messages])
+            self.con.executemany("INSERT INTO checkpoints VALUES (?, ?, ?, ?)",
+                                 [(eid, b, c, int(r)) for b, c, r in result.checkpoints])
+        return eid
+
+
+def _students_bytes(snapshots: dict[float, dict[str, Any]]) -> bytes:
+    import torch
+
+    flat = {f"{budget:g}/{name}": torch.as_tensor(np.asarray(t)) for budget, s in snapshots.items()
+            for name, t in s.items()}
+    buf = io.BytesIO()
+    torch.save(flat, buf)
+    return buf.getvalue()
+
+
+def load_students(path: Path) -> dict[float, dict[str, Any]]:
+    """Read ``students/KEY.pt`` (no code is executed: ``weights_only=True``)."""
+    import torch
+
+    flat = torch.load(path, weights_only=True)
+    out: dict[float, dict[str, Any]] = {}
+    for k, v in flat.items():
+        budget, _, name = k.partition("/")
+        out.setdefault(float(budget), {})[name] = v
+    return out

@@ -1,0 +1,150 @@
+"""One small registry type, used for tasks, protocols, strategies, methods, models, attacks.
+
+Built-ins are registered by ``"module:attr"`` strings so that ``import teachsim`` imports
+neither torch nor any implementation module; an entry is loaded the first time it is
+used. A factory may carry ``PARAMS`` (a dict of :class:`teachsim.schema.Param`) that
+the config loader checks user tables against.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import ConfigError, PluginError
+from .schema import Param, suggest
+
+
+class TeachsimWarning(UserWarning):
+    """Warnings teachsim emits (never printed directly)."""
+
+
+@dataclass
+class Entry:
+    """A registered name: its factory (or a lazy ``"module:attr"``) and its parameters."""
+
+    name: str
+    target: Callable[..., Any] | str
+    _params: dict[str, Param] | None = field(default=None, repr=False)
+
+    @property
+    def factory(self) -> Callable[..., Any]:
+        """The callable, importing it on first use."""
+        if isinstance(self.target, str):
+            module, _, attr = self.target.partition(":")
+            try:
+                self.target = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as exc:
+                raise PluginError(f"cannot load {self.name!r} from {module}:{attr}: {exc}") from exc
+        return self.target
+
+    @property
+    def params(self) -> dict[str, Param]:
+        """Declared parameters: the ones given at registration, else ``factory.PARAMS``."""
+        if self._params is None:
+            self._params = dict(getattr(self.factory, "PARAMS", {}))
+        return self._params
+
+    @property
+    def summary(self) -> str:
+        """First line of the factory's docstring."""
+        doc = getattr(self.factory, "__doc__", None) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry:
+    """Names to factories for one kind of plugin.
+
+    Example:
+        >>> r = Registry("colour")
+        >>> r.register("red", lambda: "#f00")
+        >>> r.make("red")
+        '#f00'
+        >>> r.get("rde")
+        Traceback (most recent call last):
+        ...
+        teachsim.errors.ConfigError: colour: unknown colour 'rde' (did you mean 'red'?); known: red
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, target: Callable[..., Any] | str, *,
+                 params: dict[str, Param] | None = None) -> None:
+        """Add ``name``; a later registration of the same name replaces it with a warning."""
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+        if not (callable(target) or (isinstance(target, str) and ":" in target)):
+            raise PluginError(f"{self.kind} {name!r}: expected a callable or 'module:attr', got {target!r}")
+        if name in self._entries:
+            warnings.warn(f"{self.kind} {name!r} is registered again; the new one wins",
+                          TeachsimWarning, stacklevel=2)
+        self._entries[name] = Entry(name, target, params)
+
+    def get(self, name: str, field_name: str | None = None) -> Entry:
+        """The entry for ``name``; an unknown name is a ConfigError naming ``field_name``."""
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise ConfigError(field_name or self.kind,
+                              f"unknown {self.kind} {name!r}{suggest(str(name), self.names())}; "
+                              f"known: {', '.join(self.names())}") from None
+
+    def make(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the factory of ``name``."""
+        return self.get(name).factory(*args, **kwargs)
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+tasks = Registry("task")
+protocols = Registry("protocol")
+strategies = Registry("strategy")
+methods = Registry("method")
+models = Registry("model")
+attacks = Registry("attack")
+
+tasks.register("hidden-feature", "teachsim.tasks.hidden_feature:HiddenFeature")
+protocols.register("passive", "teachsim.protocols.passive:Passive")
+methods.register("erm", "teachsim.agents.methods:erm")
+models.register("mlp", "teachsim.agents.models:mlp")
+models.register("linear", "teachsim.agents.models:linear")
+attacks.register("fgsm", "teachsim.attacks.pgd:fgsm")
+attacks.register("pgd", "teachsim.attacks.pgd:pgd")
+attacks.register("teacher", "teachsim.attacks.teacher:teacher_attack")
+
+REGISTRIES = {r.kind: r for r in (tasks, protocols, strategies, methods, models, attacks)}
+
+
+def load_plugin(spec: str) -> None:
+    """Import a plugin given as a ``.py`` file path or a dotted module name.
+
+    The plugin registers what it provides with ``teachsim.register_*`` at import time.
+    """
+    import importlib.util
+    import os
+    import sys
+
+    try:
+        if spec.endswith(".py") or os.path.sep in spec:
+            if not os.path.isfile(spec):
+                raise PluginError(f"--plugin: no such file {spec!r}")
+            name = "teachsim_plugin_" + os.path.splitext(os.path.basename(spec))[0].replace("-", "_")
+            module_spec = importlib.util.spec_from_file_location(name, spec)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            importlib.import_module(spec)
+    except PluginError:
+        raise
+    except Exception as exc:  # a plugin's own bug must still end in one clear line
+        raise PluginError(f"--plugin {spec}: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Worlds: a data distribution, a broad test distribution and the teacher's mechanism."""

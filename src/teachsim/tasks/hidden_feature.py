@@ -1,0 +1,97 @@
+"""``hidden-feature``: the paper's world (research/papers.md section 1.8).
+
+Inputs live in R^dim; the data lie on the first ``manifold_dim`` coordinates (the
+others are 0, or noise of std ``off_std``). The teacher decides from the on-manifold
+coordinates only, so the data say nothing about the directions it ignores; the broad
+distribution draws those directions with std ``broad_std``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import seeding
+from ..errors import ConfigError
+from ..schema import Choice, Float, Int
+from .base import Distribution, Task
+
+
+class _Manifold(Distribution):
+    def __init__(self, dim: int, k: int, off_std: float):
+        self.dim, self.k, self.off_std = dim, k, off_std
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        x = np.zeros((n, self.dim), np.float32)
+        x[:, : self.k] = rng.standard_normal((n, self.k))
+        if self.off_std > 0 and self.dim > self.k:
+            x[:, self.k:] = self.off_std * rng.standard_normal((n, self.dim - self.k))
+        return x
+
+
+class HiddenFeature(Task):
+    """Data on a k-dim subspace of R^d; a teacher that sees only that subspace."""
+
+    PARAMS = {
+        "dim": Int(50, lo=1, doc="ambient dimension d"),
+        "manifold_dim": Int(2, lo=1, doc="data dimension k (coordinates 0..k-1)"),
+        "classes": Int(2, lo=2, doc="number of classes"),
+        "gamma": Float(0.1, lo=0.0, doc="teacher abstains where its boundary distance is below this"),
+        "off_std": Float(0.0, lo=0.0, doc="std of the off-manifold coordinates in the data"),
+        "broad_std": Float(2.0, lo=0.0, doc="std of the off-manifold coordinates in the broad test distribution"),
+        "teacher": Choice("linear", ("linear", "net"), doc="linear rule or a fixed small random network of z"),
+    }
+
+    name = "hidden-feature"
+
+    def __init__(self, seed: int, *, dim: int = 50, manifold_dim: int = 2, classes: int = 2,
+                 gamma: float = 0.1, off_std: float = 0.0, broad_std: float = 2.0,
+                 teacher: str = "linear"):
+        if manifold_dim > dim:
+            raise ConfigError("task.manifold_dim", f"expected at most task.dim = {dim}, got {manifold_dim}")
+        if teacher == "linear" and classes > 2 and manifold_dim < 2:
+            raise ConfigError("task.classes", "expected 2 when manifold_dim = 1 with a linear teacher "
+                              f"(more classes need a plane to split), got {classes}")
+        self.dim, self.k, self.classes, self.gamma = dim, manifold_dim, classes, gamma
+        self.data = _Manifold(dim, manifold_dim, off_std)
+        self.broad = _Manifold(dim, manifold_dim, broad_std)
+        rng = seeding.rng(seed, "task", self.name)
+        self.kind = teacher
+        if teacher == "linear":
+            self._W = torch.as_tensor(self._linear_rows(rng), dtype=torch.float32)
+        else:
+            width = 16
+            self._A = torch.as_tensor(rng.standard_normal((manifold_dim, width)) / np.sqrt(manifold_dim), dtype=torch.float32)
+            self._c = torch.as_tensor(0.5 * rng.standard_normal(width), dtype=torch.float32)
+            self._B = torch.as_tensor(rng.standard_normal((width, classes)) * 2 / np.sqrt(width), dtype=torch.float32)
+            self._b = torch.zeros(classes)
+            self._balance(rng)
+
+    def _linear_rows(self, rng: np.random.Generator) -> np.ndarray:
+        # Class directions evenly spread on a random plane of the manifold: every class
+        # gets the same share of the data, and for 2 classes this is sign(w . z).
+        q, _ = np.linalg.qr(rng.standard_normal((self.k, max(2, self.k))))
+        u = q[:, 0]
+        v = q[:, 1] if self.k >= 2 else np.zeros(self.k)
+        angles = 2 * np.pi * np.arange(self.classes) / self.classes + rng.uniform(0, 2 * np.pi)
+        if self.classes == 2:
+            return np.stack([u, -u])
+        return np.stack([np.cos(a) * u + np.sin(a) * v for a in angles])
+
+    def _balance(self, rng: np.random.Generator) -> None:
+        # A random network favours some classes; shift its biases so that each class
+        # holds a fair share of the data distribution.
+        x = torch.as_tensor(self.data.sample(4000, rng))
+        for _ in range(20):
+            with torch.no_grad():
+                share = torch.bincount(self.logits(x).argmax(1), minlength=self.classes).float() / len(x)
+            self._b -= 0.5 * torch.log((share + 1e-3) * self.classes)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        z = x[:, : self.k]
+        if self.kind == "linear":
+            return z @ self._W.T
+        return torch.tanh(z @ self._A + self._c) @ self._B + self._b
+
+    def invariances(self) -> np.ndarray:
+        return np.eye(self.dim, dtype=np.float32)[self.k:]
