@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..messages import STUDENT, TEACHER, Message
-from ..schema import Param
+from ..schema import Param, resolve
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ class Protocol:
     first: str = STUDENT
 
     def __init__(self, **params: Any):
-        self.params = params
+        # Checked again here so that a protocol built by hand gets defaults and clear errors too.
+        self.params = resolve(self.PARAMS, params, type(self).__name__)
 
     def __getattr__(self, name: str) -> Any:
         # Resolved parameters read as attributes: ``self.batch``.
