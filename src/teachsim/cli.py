@@ -114,6 +114,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if s.empty:
         print("no scores yet")
         return 0
+    if args.metric and args.metric not in set(s["metric"]):
+        from .errors import ConfigError
+        from .schema import suggest
+
+        known = sorted(set(s["metric"]))
+        raise ConfigError("--metric", f"unknown metric {args.metric!r}{suggest(args.metric, known)}; "
+                          f"this run has: {', '.join(known)}")
     metrics = [args.metric] if args.metric else [mt for mt in METRICS if mt in set(s["metric"])]
     final = s["budget"].max()
     aucs = r.auc()

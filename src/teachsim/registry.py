@@ -119,6 +119,8 @@ models.register("mlp", "teachsim.agents.models:mlp")
 models.register("linear", "teachsim.agents.models:linear")
 attacks.register("fgsm", "teachsim.attacks.pgd:fgsm")
 attacks.register("pgd", "teachsim.attacks.pgd:pgd")
+attacks.register("apgd-ce", "teachsim.attacks.apgd:apgd_ce")
+attacks.register("beta", "teachsim.attacks.beta:beta")
 attacks.register("teacher", "teachsim.attacks.teacher:teacher_attack")
 
 REGISTRIES = {r.kind: r for r in (tasks, protocols, strategies, methods, models, attacks)}

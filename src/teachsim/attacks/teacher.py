@@ -5,6 +5,13 @@ labels with certainty and the student labels differently, by maximising the stud
 loss against the teacher's label at x' while penalising the teacher's uncertainty. Every
 iterate is verified with the teacher's exact labelling rule, so each reported
 counterexample is real and the robust fraction it implies is an upper bound.
+
+The uncertainty penalty acts as a constraint, not as a term of one summed objective:
+where the teacher's margin is below its target, the part of the loss gradient that would
+lower the margin further is projected out and a push back along the margin's gradient is
+added. (A summed hinge lets the student's loss gradient, which mostly points at the
+teacher's own boundary, dominate every normalised step; the search then sits in the
+teacher's uncertain band and misses the directions the teacher ignores.)
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import as_box, ascent, clip, project, random_in_ball
+from .common import _view, as_box, ascent, clip, project, random_in_ball
 
 
 def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "l2", box=None,
@@ -29,12 +36,13 @@ def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "
         task: the task, whose ``logits``/``margin``/``gamma`` define the teacher.
         x: (n, dim) starting points (teacher-certain).
         radius: search radius in ``norm``.
-        penalty: weight of the hinge ``relu(gamma * (1 + slack) - margin)`` that keeps
-            the teacher certain.
+        penalty: strength of the push that keeps the teacher certain: where the
+            margin is below ``gamma * (1 + slack)``, a step along the margin's gradient of
+            ``penalty * (target - margin) / target`` times the loss gradient's norm.
 
     Returns:
         ``(x_found, found)``: per point a verified counterexample where ``found`` is
-        true, else the last iterate.
+        true, else ``x`` itself.
     """
     b = as_box(box, x)
     x = x.detach()
@@ -57,9 +65,17 @@ def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "
                 found |= hit
             if t == steps or bool(found.all()) or radius == 0:
                 break
-            objective = F.cross_entropy(s_logits, label, reduction="none") - penalty * F.relu(target - margin)
-            (grad,) = torch.autograd.grad(objective.sum(), xa)
+            loss = F.cross_entropy(s_logits, label, reduction="none")
+            (grad,) = torch.autograd.grad(loss.sum(), xa)
+            n = torch.autograd.grad(margin.sum(), xa, allow_unused=True)[0] if margin.requires_grad else None
+            n = torch.zeros_like(xa) if n is None else n
             with torch.no_grad():
+                low = margin < target
+                dot = (grad * n).flatten(1).sum(1)
+                nn2 = (n * n).flatten(1).sum(1).clamp_min(1e-12)
+                grad = grad - _view(torch.where(low & (dot < 0), dot / nn2, torch.zeros_like(dot)), n) * n
+                push = torch.where(low, penalty * (target - margin) / max(target, 1e-12), torch.zeros_like(margin))
+                grad = grad + _view(push * grad.flatten(1).norm(dim=1) / nn2.sqrt(), n) * n
                 xa = clip(x + project(xa + alpha * ascent(grad, norm) - x, radius, norm), b)
         if bool(found.all()) or radius == 0:
             break

@@ -150,7 +150,7 @@ def resolve_protocols(raw: Any) -> list[dict[str, Any]]:
         raw = [{"name": "passive"}]
     if not isinstance(raw, list) or not raw or not all(isinstance(p, dict) for p in raw):
         raise ConfigError.expected("protocols", "a non-empty array of tables ([[protocols]])", raw)
-    out, seen = [], {}
+    out, seen, settings = [], {}, {}
     for i, p in enumerate(raw):
         where = f"protocols[{i}]"
         label = p.get("label")
@@ -163,6 +163,13 @@ def resolve_protocols(raw: Any) -> list[dict[str, Any]]:
             raise ConfigError(f"{where}.label", f"expected a label unique in the experiment, got {res['label']!r} "
                               f"again (protocols[{seen[res['label']]}] has it); set label = \"...\"")
         seen[res["label"]] = i
+        # The label is not part of an episode's key: two entries alike in all else would share
+        # keys, and the second would overwrite the first's results.
+        same = _key({k: v for k, v in res.items() if k != "label"})
+        if same in settings:
+            raise ConfigError(where, f"expected settings different from protocols[{settings[same]}] "
+                              "(only the label differs, so their episodes would be identical)")
+        settings[same] = i
         out.append(res)
     return out
 
@@ -254,15 +261,20 @@ def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:
         tables = copy.deepcopy(base)
         for path, value in zip(keys, combo):
             _set_path(tables, path, value)
+        label = ", ".join(f"{k}={v}" for k, v in zip(keys, combo))
         try:
             res = resolved(tables)
+            _validate_task(res["task"])
         except ConfigError as exc:
             path = next((p for p in keys if exc.field.startswith(p)), None)
-            if path is None:
-                raise
-            raise ConfigError(f"sweep.{path}", exc.detail) from None
-        _validate_task(res["task"])
-        label = ", ".join(f"{k}={v}" for k, v in zip(keys, combo))
+            if path is not None:
+                raise ConfigError(f"sweep.{path}", exc.detail) from None
+            # a cross-field rule broken only by this combination (e.g. manifold_dim > a swept dim)
+            raise ConfigError(exc.field, f"{exc.detail} (in the sweep variant {label})") from None
+        twin = next((other for other, r in variants if r == res), None)
+        if twin is not None:
+            raise ConfigError("sweep", f"expected variants that differ, got {label!r} resolving to the "
+                              f"same config as {twin!r} (their episodes would share keys)")
         variants.append((label, res))
 
     config = {"name": name, "description": description, "seeds": seeds, "budgets": budgets,

@@ -52,6 +52,8 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
     run_dir = Path(out) if out is not None else Path("runs") / exp.name
     text = config_mod.to_toml(exp.config)
     cfg_path = run_dir / "config.toml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--out: expected a directory, got {str(run_dir)!r} (an existing file)")
     if cfg_path.exists() and cfg_path.read_text() != text:
         raise RunError(f"{run_dir} holds a different experiment (its config.toml differs); "
                        "choose another --out or remove that directory")

@@ -1,0 +1,358 @@
+"""The attacks (SPEC section 4): balls, boxes, determinism, closed forms, a reference PGD,
+and the teacher-relative attack behind ``strong_robust_acc`` (SPEC section 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from teachsim.agents.models import mlp
+from teachsim.attacks.common import norm_of
+from teachsim.attacks.pgd import fgsm, pgd
+from teachsim.attacks.teacher import teacher_attack
+from teachsim.messages import ABSTAIN
+from teachsim.tasks.hidden_feature import HiddenFeature
+
+NORMS = ("linf", "l2")
+ATTACKS = {"fgsm": fgsm, "pgd": pgd}
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+def within(d: torch.Tensor, eps: float, norm: str) -> bool:
+    return bool((norm_of(d, norm) <= eps * (1 + 1e-5) + 1e-6).all())
+
+
+@pytest.fixture(scope="module")
+def small_mlp() -> nn.Module:
+    """An untrained MLP: gradients everywhere, boundaries close to the data."""
+    return frozen(mlp(8, 3, hidden=[16], init_std=0.0, generator=gen(0)))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small MLP trained on hidden-feature data (accurate on the manifold, not robust off it)."""
+    task = HiddenFeature(0, dim=10, manifold_dim=2)
+    rng = np.random.default_rng(0)
+    xtr = task.data.sample(2000, rng)
+    ytr = task.label(xtr)
+    keep = ytr != ABSTAIN
+    xtr, ytr = torch.from_numpy(xtr[keep]), torch.from_numpy(ytr[keep])
+    g = gen(0)
+    model = mlp(10, 2, hidden=[64, 64], init_std=0.0, generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        idx = torch.randint(0, len(xtr), (128,), generator=g)
+        loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    frozen(model)
+    xte = task.data.sample(600, rng)
+    yte = task.label(xte)
+    keep = yte != ABSTAIN
+    x, y = torch.from_numpy(xte[keep]), torch.from_numpy(yte[keep])
+    assert (predict(model, x) == y).float().mean() > 0.95  # the fixture is what it claims
+    return task, model, x, y
+
+
+# --------------------------------------------------------------------------- balls and boxes
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("eps", [0.05, 0.5, 3.0])
+def test_output_within_eps(small_mlp, name, norm, eps):
+    x = torch.randn(300, 8, generator=gen(1))
+    y = predict(small_mlp, x)
+    xa = ATTACKS[name](small_mlp, x, y, eps=eps, norm=norm, generator=gen(2))
+    assert xa.shape == x.shape and xa.dtype == x.dtype
+    assert within(xa - x, eps, norm)
+    # the attack actually moved (it is not trivially within the ball by doing nothing)
+    assert (norm_of(xa - x, norm) > 0.5 * eps).float().mean() > 0.5
+
+
+def _box(dim: int) -> tuple[np.ndarray, np.ndarray]:
+    # per-feature bounds, none of them [0, 1]: half the features in [-3, 0.5], half in [-1, 2]
+    lo = np.where(np.arange(dim) % 2 == 0, -3.0, -1.0).astype(np.float32)
+    hi = np.where(np.arange(dim) % 2 == 0, 0.5, 2.0).astype(np.float32)
+    return lo, hi
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("norm,eps", [("linf", 1.0), ("l2", 3.0)])
+def test_box_respected_and_no_implicit_unit_clamp(small_mlp, name, norm, eps):
+    lo, hi = _box(8)
+    x = torch.from_numpy(lo + (hi - lo) * np.random.default_rng(3).uniform(size=(400, 8)).astype(np.float32))
+    y = predict(small_mlp, x)
+    free = ATTACKS[name](small_mlp, x, y, eps=eps, norm=norm, generator=gen(4))
+    lo_t, hi_t = torch.from_numpy(lo), torch.from_numpy(hi)
+    # the box is binding: unconstrained, the attack leaves it
+    assert ((free < lo_t) | (free > hi_t)).any()
+    for box in ((lo, hi), (torch.from_numpy(lo), torch.from_numpy(hi)), (lo.tolist(), hi.tolist())):
+        xa = ATTACKS[name](small_mlp, x, y, eps=eps, norm=norm, box=box, generator=gen(4))
+        assert within(xa - x, eps, norm)
+        assert bool(((xa >= lo_t) & (xa <= hi_t)).all())
+        # nothing is clamped to [0, 1]: outputs below 0 and above 1 exist where the box allows
+        assert (xa < 0).any()
+        assert (xa[:, 1::2] > 1).any()
+        assert (xa[:, 0::2] < -1).any()
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_no_box_means_unbounded(small_mlp, norm):
+    x = 5 * torch.randn(200, 8, generator=gen(5))
+    y = predict(small_mlp, x)
+    xa = pgd(small_mlp, x, y, eps=1.0, norm=norm, generator=gen(6), steps=10)
+    assert (xa < -1).any() and (xa > 2).any()
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("norm", NORMS)
+def test_eps_zero_returns_x(small_mlp, name, norm):
+    x = torch.randn(100, 8, generator=gen(7))
+    y = torch.randint(0, 3, (100,), generator=gen(8))  # some points already wrong
+    xa = ATTACKS[name](small_mlp, x, y, eps=0.0, norm=norm, generator=gen(9))
+    assert torch.equal(xa, x)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_pgd_deterministic_for_a_seed(small_mlp, norm):
+    x = torch.randn(200, 8, generator=gen(10))
+    y = predict(small_mlp, x)
+    a = pgd(small_mlp, x, y, eps=0.3, norm=norm, generator=gen(11), steps=10)
+    b = pgd(small_mlp, x, y, eps=0.3, norm=norm, generator=gen(11), steps=10)
+    c = pgd(small_mlp, x, y, eps=0.3, norm=norm, generator=gen(12), steps=10)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)  # the generator really drives the random start
+    assert torch.equal(fgsm(small_mlp, x, y, eps=0.3, norm=norm), fgsm(small_mlp, x, y, eps=0.3, norm=norm))
+
+
+def test_pgd_does_not_touch_inputs(small_mlp):
+    x = torch.randn(50, 8, generator=gen(13))
+    x0 = x.clone()
+    y = predict(small_mlp, x)
+    pgd(small_mlp, x, y, eps=0.5, norm="l2", generator=gen(14), steps=5)
+    assert torch.equal(x, x0) and not x.requires_grad
+
+
+# --------------------------------------------------------------------------- linear closed form
+
+
+@pytest.mark.parametrize("norm,eps", [("l2", 0.2), ("l2", 0.5), ("l2", 1.0),
+                                      ("linf", 0.1), ("linf", 0.2), ("linf", 0.5)])
+def test_pgd_matches_linear_closed_form(norm, eps):
+    g = gen(20)
+    d = 10
+    lin = nn.Linear(d, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(2, d, generator=g))
+        lin.bias.copy_(torch.randn(2, generator=g))
+    frozen(lin)
+    x = torch.randn(400, d, generator=g)
+    y = predict(lin, x)  # every point correctly classified by construction
+    w = lin.weight[0] - lin.weight[1]
+    b = lin.bias[0] - lin.bias[1]
+    dual = w.norm() if norm == "l2" else w.abs().sum()  # the dual norm of the attack's norm
+    dist = (x @ w + b).abs() / dual
+    xa = pgd(lin, x, y, eps=eps, norm=norm, generator=gen(21))
+    assert within(xa - x, eps, norm)
+    adv = predict(lin, xa) != y
+    inside = dist < eps * (1 - 0.02)
+    outside = dist > eps * (1 + 0.02)
+    assert inside.sum() > 20 and outside.sum() > 20  # both regimes are exercised
+    assert bool(adv[inside].all()), f"missed {int((inside & ~adv).sum())} of {int(inside.sum())} points within eps"
+    assert not bool(adv[outside].any())
+
+
+# --------------------------------------------------------------------------- reference PGD
+
+
+def reference_pgd(model, x, y, *, eps, norm, generator, steps=100, restarts=5):
+    """Textbook PGD (Madry et al.): CE ascent, uniform random start, projection; returns
+    which points any iterate of any restart (or x itself) misclassifies."""
+    alpha = 2.5 * eps / steps
+    n, d = x.shape
+    adv = predict(model, x) != y
+    for _ in range(restarts):
+        if norm == "linf":
+            delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+        else:
+            delta = torch.randn(x.shape, generator=generator)
+            delta = delta / delta.norm(dim=1, keepdim=True)
+            delta = delta * eps * torch.rand(n, 1, generator=generator) ** (1 / d)
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(model(x + delta), y), delta)
+            with torch.no_grad():
+                if norm == "linf":
+                    delta = (delta + alpha * grad.sign()).clamp(-eps, eps)
+                else:
+                    delta = delta + alpha * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                    delta = delta * (eps / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1)
+                adv |= predict(model, x + delta) != y
+    return adv
+
+
+@pytest.mark.parametrize("norm,eps,budget", [
+    # the judge's defaults (50 steps, 2 restarts) against the reference's 100 x 5
+    ("l2", 0.2, {}), ("l2", 0.5, {}), ("linf", 0.1, {}), ("linf", 0.2, {}), ("linf", 0.3, {}),
+    # at l2 eps = 1.0 the defaults trail the reference by ~0.5% of points on average (up to
+    # ~1.1% for unlucky seeds); at the reference's own budget ours is at least as strong
+    ("l2", 1.0, {"steps": 100, "restarts": 5}),
+])
+def test_pgd_at_least_as_strong_as_reference(trained, norm, eps, budget):
+    _, model, x, y = trained
+    ref = reference_pgd(model, x, y, eps=eps, norm=norm, generator=gen(30))
+    xa = pgd(model, x, y, eps=eps, norm=norm, generator=gen(31), **budget)
+    ours = predict(model, xa) != y
+    assert 0 < int(ref.sum()) < len(x)  # eps chosen where the comparison means something
+    slack = max(1, int(0.01 * len(x)))
+    assert int(ours.sum()) >= int(ref.sum()) - slack, (
+        f"{norm} eps={eps}: reference found {int(ref.sum())}, ours {int(ours.sum())} of {len(x)}")
+
+
+# --------------------------------------------------------------------------- teacher attack
+
+
+class OffManifoldStudent(nn.Module):
+    """The teacher's logits plus ``c * x[:, k]`` on class 0: agrees with the teacher on the
+    manifold (where x[:, k] = 0) but uses a coordinate the teacher cannot perceive."""
+
+    def __init__(self, task, k: int, c: float):
+        super().__init__()
+        self.task, self.k, self.c = task, k, c
+
+    def forward(self, x):
+        logits = self.task.logits(x)
+        bump = torch.zeros_like(logits)
+        bump[:, 0] = self.c * x[:, self.k]
+        return logits + bump
+
+
+def _certain(task, dist, n, seed):
+    x = dist.sample(n, np.random.default_rng(seed))
+    y = task.label(x)
+    keep = y != ABSTAIN
+    return torch.from_numpy(x[keep]), torch.from_numpy(y[keep])
+
+
+def _check_found(task, model, x, xf, found, radius, norm, box=None):
+    assert xf.shape == x.shape
+    assert within(xf - x, radius, norm)
+    if box is not None:
+        assert bool(((xf >= torch.as_tensor(box[0])) & (xf <= torch.as_tensor(box[1]))).all())
+    if found.any():
+        pts = xf[found]
+        assert bool((task.margin(pts) >= task.gamma).all())
+        t = torch.from_numpy(task.label(pts))
+        assert bool((t != ABSTAIN).all())
+        assert bool((predict(model, pts) != t).all())
+
+
+TEACHERS = [dict(teacher="linear", classes=2), dict(teacher="linear", classes=3), dict(teacher="net", classes=3)]
+
+
+@pytest.mark.parametrize("kw", TEACHERS, ids=lambda kw: f"{kw['teacher']}-{kw['classes']}")
+@pytest.mark.parametrize("norm", NORMS)
+def test_teacher_attack_finds_nothing_against_the_teacher(kw, norm):
+    task = HiddenFeature(0, dim=10, manifold_dim=2, **kw)
+    x, _ = _certain(task, task.broad, 200, 40)
+    model = frozen(task.as_model())
+    xf, found = teacher_attack(model, task, x, radius=3.0, norm=norm, generator=gen(41), steps=20)
+    assert not bool(found.any())
+    assert within(xf - x, 3.0, norm)
+
+
+@pytest.mark.parametrize("kw", TEACHERS, ids=lambda kw: f"{kw['teacher']}-{kw['classes']}")
+@pytest.mark.parametrize("norm", NORMS)
+def test_teacher_attack_finds_off_manifold_counterexamples(kw, norm):
+    task = HiddenFeature(0, dim=10, manifold_dim=2, **kw)
+    x, y = _certain(task, task.data, 200, 42)
+    student = frozen(OffManifoldStudent(task, k=5, c=50.0))
+    assert torch.equal(predict(student, x), y)  # agrees on the manifold
+    radius = 0.5
+    xf, found = teacher_attack(student, task, x, radius=radius, norm=norm, generator=gen(43), steps=20)
+    assert found.float().mean() >= 0.95
+    _check_found(task, student, x, xf, found, radius, norm)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_teacher_attack_radius_zero_finds_exactly_the_errors(norm):
+    task = HiddenFeature(0, dim=10, manifold_dim=2, classes=3)
+    x, y = _certain(task, task.broad, 300, 44)  # off-manifold coordinates are nonzero here
+    student = frozen(OffManifoldStudent(task, k=5, c=1.0))
+    wrong = predict(student, x) != y
+    assert 0.05 < wrong.float().mean() < 0.95
+    xf, found = teacher_attack(student, task, x, radius=0.0, norm=norm, generator=gen(45))
+    assert torch.equal(found, wrong)
+    assert torch.equal(xf, x)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_teacher_attack_on_trained_student_is_verified(trained, norm):
+    task, model, x, _ = trained
+    radius = 1.0 if norm == "l2" else 0.3
+    xf, found = teacher_attack(model, task, x, radius=radius, norm=norm, generator=gen(46), steps=30)
+    assert found.any()
+    _check_found(task, model, x, xf, found, radius, norm)
+
+
+def test_teacher_attack_respects_box():
+    task = HiddenFeature(0, dim=10, manifold_dim=2)
+    x, _ = _certain(task, task.data, 200, 47)
+    lo = np.full(10, -4.0, np.float32)
+    hi = np.full(10, 4.0, np.float32)
+    lo[5], hi[5] = -0.01, 0.01  # the student's off-manifold feature is nearly boxed out
+    x = x.clamp(torch.from_numpy(lo), torch.from_numpy(hi))
+    student = frozen(OffManifoldStudent(task, k=5, c=50.0))
+    xf, found = teacher_attack(student, task, x, radius=0.5, norm="l2", box=(lo, hi), generator=gen(48), steps=20)
+    _check_found(task, student, x, xf, found, 0.5, "l2", box=(lo, hi))
+    free, found_free = teacher_attack(student, task, x, radius=0.5, norm="l2", generator=gen(48), steps=20)
+    assert found_free.float().mean() > found.float().mean()
+
+
+class _OffManifoldOnly(nn.Module):
+    """The student seen through the off-manifold coordinates only (the first k are pinned
+    to x0's), so a plain l_p attack on it moves only what the teacher cannot perceive."""
+
+    def __init__(self, model, x0, k):
+        super().__init__()
+        self.model, self.x0, self.k = model, x0, k
+
+    def forward(self, x):
+        return self.model(torch.cat([self.x0[:, : self.k], x[:, self.k:]], 1))
+
+
+@pytest.mark.parametrize("radius", [2.0, 4.0])
+def test_teacher_attack_at_least_as_strong_as_off_manifold_pgd(trained, radius):
+    # Moving only off-manifold coordinates never changes the teacher's label or margin, so
+    # every student flip found that way is a valid counterexample: the teacher attack (at
+    # the judge's defaults) must find at least as many.
+    task, model, x, y = trained
+    off = pgd(_OffManifoldOnly(model, x, task.k), x, y, eps=radius, norm="l2", generator=gen(50))
+    xo = torch.cat([x[:, : task.k], off[:, task.k:]], 1)
+    t = torch.from_numpy(task.label(xo))
+    baseline = (t != ABSTAIN) & (predict(model, xo) != t)
+    assert baseline.sum() > 20
+    xf, found = teacher_attack(model, task, x, radius=radius, norm="l2", generator=gen(51))
+    _check_found(task, model, x, xf, found, radius, "l2")
+    assert int(found.sum()) >= int(baseline.sum()), (
+        f"radius {radius}: teacher attack {int(found.sum())}, off-manifold pgd {int(baseline.sum())} of {len(x)}")
