@@ -68,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--metric", help="only this metric")
     p.add_argument("--target", type=float, default=0.9, help="target for the budget-to table (default 0.9)")
+    p.add_argument("--judge", default="default", help="show the scores of a re-judging (teachsim judge)")
+
+    p = sub.add_parser("judge", help="re-score saved students with another judge (no retraining)")
+    p.add_argument("run_dir")
+    p.add_argument("--attacks", nargs="+", help="l_p attack set, e.g. --attacks pgd apgd-ce beta")
+    p.add_argument("--norm", help="l2 or linf")
+    p.add_argument("--eps", type=float, help="radius of the l_p attacks")
+    p.add_argument("--strong-radius", type=float, dest="strong_radius", help="radius of the teacher search")
+    p.add_argument("--steps", type=int, help="iterations of each l_p attack")
+    p.add_argument("--restarts", type=int, help="restarts of each l_p attack")
+    p.add_argument("--name", help="judge name to record under (default: attacks/norm/eps)")
+    p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("list", help="list registered tasks, protocols, methods, ...")
     p.add_argument("what", nargs="?", default=None,
@@ -110,7 +122,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
     eps = r.episodes
     print(f"{r.config.get('name')}: {int((eps['status'] == 'finished').sum())} finished, "
           f"{int((eps['status'] != 'finished').sum())} failed episodes  ({r.dir})")
-    s = r.summary()
+    if args.judge not in r.judges and args.judge != "default":
+        from .errors import ConfigError
+
+        raise ConfigError("--judge", f"expected one of {', '.join(r.judges)}, got {args.judge!r}")
+    if args.judge != "default":
+        print(f"judge: {args.judge}")
+    s = r.summary(args.judge)
     if s.empty:
         print("no scores yet")
         return 0
@@ -123,7 +141,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                           f"this run has: {', '.join(known)}")
     metrics = [args.metric] if args.metric else [mt for mt in METRICS if mt in set(s["metric"])]
     final = s["budget"].max()
-    aucs = r.auc()
+    aucs = r.auc(args.judge)
     for variant in sorted(s["variant"].unique()):
         if variant:
             print(f"\n== {variant}")
@@ -149,7 +167,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 print(f"{p:<{width}}  " + "  ".join(cells))
         print(f"\nbudget to reach {args.target:g} (first checkpoint where the mean reaches it)")
         print(f"{'protocol':<{width}}  " + "  ".join(f"{mt:>20}" for mt in metrics))
-        tables = {mt: r.budget_to(mt, args.target) for mt in metrics}
+        tables = {mt: r.budget_to(mt, args.target, args.judge) for mt in metrics}
         for p in protos:
             cells = []
             for mt in metrics:
@@ -158,10 +176,26 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 v = row["budget_to"].iloc[0] if not row.empty else math.nan
                 cells.append(f"{('never' if v == math.inf else f'{v:g}'):>20}")
             print(f"{p:<{width}}  " + "  ".join(cells))
+    flags = r.flags
+    flags = flags[(flags["judge"] == args.judge) & (flags["value"] > 0)]
+    for flag, g in flags.groupby("flag"):
+        print(f"\nwarning: sanity flag {flag} is set in {g['episode_id'].nunique()} episode(s) "
+              f"(max {g['value'].max():.3g}); attack-based numbers may be unreliable there")
     failed = eps[eps["status"] != "finished"]
     for row in failed.itertuples():
         print(f"\nfailed: episode {row.episode_id} ({row.protocol}, seed {row.seed}): "
               f"{row.error.splitlines()[0] if row.error else ''}")
+    return 0
+
+
+def _cmd_judge(args: argparse.Namespace) -> int:
+    from .platform.results import open_run
+
+    overrides = {k: getattr(args, k) for k in ("attacks", "norm", "eps", "strong_radius", "steps", "restarts")
+                 if getattr(args, k) is not None}
+    r = open_run(args.run_dir)
+    name = r.rejudge(args.name, progress=not args.quiet, **overrides)
+    print(f"judged as {name!r}; see: teachsim show {r.dir} --judge '{name}'")
     return 0
 
 
@@ -213,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args, _suite_path(args.suite))
         if args.command == "show":
             return _cmd_show(args)
+        if args.command == "judge":
+            return _cmd_judge(args)
         if args.command == "list":
             return _cmd_list(args)
         if args.command == "transcript":

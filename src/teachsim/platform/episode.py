@@ -136,6 +136,7 @@ class EpisodeResult:
     host: str = ""
     seconds: float = 0.0
     scores: list[tuple[float, str, float]] = field(default_factory=list)
+    flags: list[tuple[float, str, float]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     payloads: dict[str, np.ndarray] = field(default_factory=dict)
     snapshots: dict[float, dict[str, Any]] = field(default_factory=dict)
@@ -165,7 +166,7 @@ def _now() -> str:
 def run_episode(spec: EpisodeSpec) -> EpisodeResult:
     """Run one episode and judge its snapshots. Never raises: a failure is a result."""
     from ..agents.teacher import Teacher
-    from .judge import judge, make_test_set
+    from .judge import judge_all, make_test_set
 
     result = EpisodeResult(spec, "failed", started_at=_now(), host=socket.gethostname())
     t0 = time.perf_counter()
@@ -178,12 +179,11 @@ def run_episode(spec: EpisodeSpec) -> EpisodeResult:
         student = build_student(spec.student, task, spec.seed)
         conv = converse(build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets,
                         seed=spec.seed, initial_labels=spec.student["initial_labels"])
-        test = make_test_set(task, spec.judge, spec.seed)
-        for budget in sorted(conv.snapshots):
-            model = build_model(spec.student, task, spec.seed)
-            model.load_state_dict(conv.snapshots[budget])
-            for metric, value in judge(model, task, test, spec.judge, spec.seed).items():
-                result.scores.append((budget, metric, value))
+        models = {}
+        for budget, weights in conv.snapshots.items():
+            models[budget] = build_model(spec.student, task, spec.seed)
+            models[budget].load_state_dict(weights)
+        result.scores, result.flags = judge_all(models, task, spec.judge, spec.seed)
         result.messages, result.payloads = transcript_rows(conv.channel.log)
         result.payloads["learn_log"] = np.asarray(student.learn_log, dtype=np.int64)
         result.snapshots = {b: {k: v.numpy() for k, v in s.items()} for b, s in conv.snapshots.items()}

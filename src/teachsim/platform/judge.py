@@ -77,6 +77,40 @@ def _predict(model, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([model(c).argmax(1) for c in torch.split(x, 4096)]) if len(x) else x.new_zeros(0, dtype=torch.long)
 
 
+def sanity_flags(model: torch.nn.Module, task, test: TestSet, cfg: Mapping[str, Any]) -> dict[str, float]:
+    """AutoAttack-style warnings that make attack-based numbers untrustworthy.
+
+    - ``zero_grad_share``: share of test points whose input gradient of the loss is exactly
+      zero (gradient masking: gradient attacks cannot move there).
+    - ``stochastic``: 1 if two forward passes in eval mode disagree (randomised defences
+      need EOT, which the judge does not do).
+    - ``too_few_classes``: number of attacks in the set that declare ``min_classes`` above
+      the task's class count.
+    """
+    x = torch.from_numpy(test.x).requires_grad_(True)
+    logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(test.y), reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x)
+    with torch.no_grad():
+        again = model(x)
+    few = sum(getattr(registry.attacks.get(a).factory, "min_classes", 2) > task.classes for a in cfg["attacks"])
+    return {"zero_grad_share": (grad.flatten(1).abs().sum(1) == 0).float().mean().item(),
+            "stochastic": float(not torch.equal(logits.detach(), again)),
+            "too_few_classes": float(few)}
+
+
+def judge_all(models: Mapping[float, torch.nn.Module], task, cfg: Mapping[str, Any],
+              seed: int) -> tuple[list[tuple[float, str, float]], list[tuple[float, str, float]]]:
+    """Judge every checkpoint's model; returns ``(scores, flags)`` as (budget, name, value) rows."""
+    test = make_test_set(task, cfg, seed)
+    scores, flags = [], []
+    for budget in sorted(models):
+        model = models[budget]
+        scores += [(budget, k, v) for k, v in judge(model, task, test, cfg, seed).items()]
+        flags += [(budget, k, v) for k, v in sanity_flags(model, task, test, cfg).items()]
+    return scores, flags
+
+
 def judge(model: torch.nn.Module, task, test: TestSet, cfg: Mapping[str, Any], seed: int) -> dict[str, float]:
     """Score one student snapshot.
 

@@ -113,35 +113,99 @@ class Run:
 
     @property
     def scores(self) -> pd.DataFrame:
-        """episode_id, budget, metric, value, with protocol, variant and seed joined on."""
+        """episode_id, budget, metric, value, with protocol, variant and seed joined on
+        (the run's own judge; see :meth:`scores_of` for re-judgings)."""
+        return self.scores_of("default")
+
+    def scores_of(self, judge: str) -> pd.DataFrame:
+        """Scores recorded under a judge name (``"default"``, or one given to ``teachsim judge``)."""
         return self._query(
             "SELECT s.episode_id, s.budget, s.metric, s.value, e.protocol, e.variant, e.seed"
             " FROM scores s JOIN episodes e USING (episode_id) WHERE e.status = 'finished'"
-            " ORDER BY s.episode_id, s.budget, s.metric")
+            f" AND s.judge = '{judge.replace(chr(39), '')}' ORDER BY s.episode_id, s.budget, s.metric")
+
+    @property
+    def judges(self) -> list[str]:
+        """Judge names with scores in this run: ``"default"`` first, then re-judgings."""
+        names = self._query("SELECT DISTINCT judge FROM scores")["judge"].tolist()
+        return sorted(names, key=lambda n: (n != "default", n))
+
+    @property
+    def flags(self) -> pd.DataFrame:
+        """Sanity flags per (episode, judge, budget): zero_grad_share, stochastic, too_few_classes."""
+        return self._query("SELECT * FROM flags ORDER BY episode_id, judge, budget, flag")
 
     @property
     def messages(self) -> pd.DataFrame:
         """Every delivered message of every episode (no payloads)."""
         return self._query("SELECT * FROM messages ORDER BY episode_id, idx")
 
-    def summary(self) -> pd.DataFrame:
+    def summary(self, judge: str = "default") -> pd.DataFrame:
         """Mean and 95% interval per (variant, protocol, budget, metric) across seeds."""
-        return summarize(self.scores)
+        return summarize(self.scores_of(judge))
 
-    def auc(self) -> pd.DataFrame:
+    def auc(self, judge: str = "default") -> pd.DataFrame:
         """Normalised area under each mean curve."""
-        return curve_table(self.summary(), auc, "auc")
+        return curve_table(self.summary(judge), auc, "auc")
 
-    def budget_to(self, metric: str, target: float) -> pd.DataFrame:
+    def budget_to(self, metric: str, target: float, judge: str = "default") -> pd.DataFrame:
         """First checkpoint where the mean of ``metric`` reaches ``target`` (inf if never)."""
-        s = self.summary()
+        s = self.summary(judge)
         return curve_table(s[s["metric"] == metric], lambda b, v: budget_to(b, v, target), "budget_to")
 
     def write_summary(self) -> Path:
-        """Write ``summary.csv``: one row per (variant, protocol, budget, metric)."""
+        """Write ``summary.csv``: one row per (judge, variant, protocol, budget, metric)."""
         path = self.dir / "summary.csv"
-        self.summary().to_csv(path, index=False)
+        parts = [self.summary(j).assign(judge=j) for j in self.judges]
+        table = pd.concat(parts, ignore_index=True) if parts else summarize(self.scores)
+        if "judge" in table:
+            table = table[["judge", *[c for c in table.columns if c != "judge"]]]
+        table.to_csv(path, index=False)
         return path
+
+    def rejudge(self, name: str | None = None, progress: bool = True, **overrides: Any) -> str:
+        """Re-score every finished episode's saved students with a changed judge; no retraining.
+
+        Args:
+            name: judge name to record the scores under (default: derived from the
+                attack set, norm and eps, e.g. ``"pgd+beta/linf/0.1"``).
+            **overrides: ``[judge]`` keys to change (``attacks``, ``norm``, ``eps``, ...).
+
+        Returns:
+            the judge name; read the scores with ``scores_of(name)`` or ``summary(name)``.
+        """
+        import sys
+
+        from .episode import build_model, build_task
+        from .judge import judge_all
+        from .store import Store, load_students
+
+        base = config_mod.resolve_judge({**self.config["judge"], **overrides})   # errors before any work
+        if name is None:
+            name = f"{'+'.join(base['attacks'])}/{base['norm']}/{base['eps']:g}"
+        if name == "default":
+            raise ConfigError("--name", "expected a name other than 'default' (the run's own judge)")
+        eps = self.episodes
+        done = eps[eps["status"] == "finished"]
+        store = Store(self.dir)
+        try:
+            for i, row in enumerate(done.itertuples(), 1):
+                spec = self.spec(int(row.episode_id))
+                cfg = config_mod.resolve_judge({**spec.judge, **overrides})
+                task = build_task(spec.task, spec.seed)
+                models = {}
+                for budget, weights in load_students(self.dir / "students" / f"{row.key}.pt").items():
+                    models[budget] = build_model(spec.student, task, spec.seed)
+                    models[budget].load_state_dict(weights)
+                scores, flags = judge_all(models, task, cfg, spec.seed)
+                store.write_judgement(name, cfg, int(row.episode_id), scores, flags)
+                if progress:
+                    print(f"[{i}/{len(done)}] judged episode {row.episode_id} ({row.protocol}, seed {row.seed})",
+                          file=sys.stderr, flush=True)
+        finally:
+            store.close()
+        self.write_summary()
+        return name
 
     # -- one episode -------------------------------------------------------------------
     def _row(self, episode: int | str) -> pd.Series:

@@ -27,7 +27,11 @@ CREATE TABLE IF NOT EXISTS episodes (
     spent REAL, probed INTEGER, refused INTEGER, spec TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS scores (
     episode_id INTEGER NOT NULL, budget REAL NOT NULL, metric TEXT NOT NULL, value REAL,
-    PRIMARY KEY (episode_id, budget, metric));
+    judge TEXT NOT NULL DEFAULT 'default', PRIMARY KEY (episode_id, judge, budget, metric));
+CREATE TABLE IF NOT EXISTS flags (
+    episode_id INTEGER NOT NULL, budget REAL NOT NULL, flag TEXT NOT NULL, value REAL,
+    judge TEXT NOT NULL DEFAULT 'default', PRIMARY KEY (episode_id, judge, budget, flag));
+CREATE TABLE IF NOT EXISTS judges (name TEXT PRIMARY KEY, config TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
     episode_id INTEGER NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL, sender TEXT NOT NULL,
     receiver TEXT NOT NULL, size INTEGER NOT NULL, cost REAL NOT NULL, cum_cost REAL NOT NULL,
@@ -83,7 +87,7 @@ class Store:
         with self.con:  # one transaction per finished episode
             old = self.con.execute("SELECT episode_id FROM episodes WHERE key = ?", (spec.key,)).fetchone()
             if old:
-                for table in ("scores", "messages", "checkpoints", "episodes"):
+                for table in ("scores", "flags", "messages", "checkpoints", "episodes"):
                     self.con.execute(f"DELETE FROM {table} WHERE episode_id = ?", old)
             cur = self.con.execute(
                 "INSERT INTO episodes (episode_id, key, protocol, task, variant, seed, status, error, started_at,"
@@ -94,8 +98,10 @@ class Store:
                  attempts, spec.student["initial_labels"], stats.get("spent"), stats.get("probed"),
                  stats.get("refused"), json.dumps(spec.as_dict(), sort_keys=True)))
             eid = cur.lastrowid if not old else old[0]
-            self.con.executemany("INSERT INTO scores VALUES (?, ?, ?, ?)",
+            self.con.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, 'default')",
                                  [(eid, b, metric, v) for b, metric, v in result.scores])
+            self.con.executemany("INSERT INTO flags VALUES (?, ?, ?, ?, 'default')",
+                                 [(eid, b, flag, v) for b, flag, v in result.flags])
             self.con.executemany(
                 "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(eid, r["idx"], r["kind"], r["sender"], r["receiver"], r["size"], r["cost"], r["cum_cost"],
@@ -103,6 +109,19 @@ class Store:
             self.con.executemany("INSERT INTO checkpoints VALUES (?, ?, ?, ?)",
                                  [(eid, b, c, int(r)) for b, c, r in result.checkpoints])
         return eid
+
+
+    def write_judgement(self, name: str, judge_cfg: dict[str, Any], episode_id: int,
+                        scores: list[tuple[float, str, float]], flags: list[tuple[float, str, float]]) -> None:
+        """Record a re-judging of one episode under the judge ``name`` (one transaction)."""
+        with self.con:
+            self.con.execute("INSERT OR REPLACE INTO judges VALUES (?, ?)", (name, json.dumps(judge_cfg)))
+            for table in ("scores", "flags"):
+                self.con.execute(f"DELETE FROM {table} WHERE episode_id = ? AND judge = ?", (episode_id, name))
+            self.con.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?)",
+                                 [(episode_id, b, mt, v, name) for b, mt, v in scores])
+            self.con.executemany("INSERT INTO flags VALUES (?, ?, ?, ?, ?)",
+                                 [(episode_id, b, f, v, name) for b, f, v in flags])
 
 
 def _students_bytes(snapshots: dict[float, dict[str, Any]]) -> bytes:

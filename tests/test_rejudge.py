@@ -1,0 +1,87 @@
+"""Re-judging saved students with another attack set, and the judge's sanity flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import teachsim
+from teachsim.cli import main
+from teachsim.platform.judge import PARAMS, make_test_set, sanity_flags
+from teachsim.schema import resolve
+from teachsim.tasks.hidden_feature import HiddenFeature
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_base):
+    return teachsim.run(tiny_base, out=tmp_path_factory.mktemp("rj") / "run", progress=False)
+
+
+def test_rejudge_adds_scores_under_a_new_name_and_keeps_the_original(tiny_run):
+    before = tiny_run.scores
+    name = tiny_run.rejudge(progress=False, attacks=["pgd", "apgd-ce", "beta"])
+    assert name == "pgd+apgd-ce+beta/l2/2"
+    assert tiny_run.judges == ["default", name]
+    pd.testing.assert_frame_equal(tiny_run.scores, before)
+    after = tiny_run.scores_of(name)
+    key = ["episode_id", "budget", "metric"]
+    merged = before.merge(after, on=key, suffixes=("_pgd", "_all"))
+    assert len(merged) == len(before)
+    by = merged.set_index("metric")
+    # same test set, same students: clean numbers agree; a larger attack set never raises lp robustness
+    np.testing.assert_allclose(by.loc["clean_acc", "value_pgd"], by.loc["clean_acc", "value_all"])
+    lp = by.loc["lp_robust_acc"]
+    assert (lp["value_all"] <= lp["value_pgd"] + 1e-12).all()
+    summary = pd.read_csv(tiny_run.dir / "summary.csv")
+    assert set(summary["judge"]) == {"default", name}
+
+
+def test_rejudge_rejects_bad_overrides_before_any_work(tiny_run):
+    with pytest.raises(teachsim.ConfigError, match="judge.norm"):
+        tiny_run.rejudge(progress=False, norm="l3")
+    with pytest.raises(teachsim.ConfigError, match="--name"):
+        tiny_run.rejudge("default", progress=False)
+
+
+def test_judge_command(tiny_run, capsys):
+    assert main(["judge", str(tiny_run.dir), "--attacks", "fgsm", "--eps", "0.5", "--name", "fgsm", "--quiet"]) == 0
+    assert main(["show", str(tiny_run.dir), "--judge", "fgsm"]) == 0
+    assert "judge: fgsm" in capsys.readouterr().out
+    assert main(["judge", str(tiny_run.dir), "--attacks", "pgdd"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "judge.attacks[0]" in err[0] and "did you mean 'pgd'" in err[0]
+    assert main(["show", str(tiny_run.dir), "--judge", "nope"]) == 2
+
+
+def test_flags_are_recorded_per_checkpoint(tiny_run):
+    flags = tiny_run.flags
+    default = flags[flags["judge"] == "default"]
+    assert set(default["flag"]) == {"zero_grad_share", "stochastic", "too_few_classes"}
+    assert len(default) == 3 * len(tiny_run.scores[["episode_id", "budget"]].drop_duplicates())
+    assert (default[default["flag"] == "stochastic"]["value"] == 0).all()
+
+
+class Noisy(torch.nn.Module):
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+
+    def forward(self, x):
+        return self.base(x) + torch.randn(len(x), 2)
+
+
+def test_sanity_flags_detect_masking_and_randomness():
+    task = HiddenFeature(0, dim=6, manifold_dim=2)
+    cfg = resolve(PARAMS, {"test_points": 50}, "judge")
+    test = make_test_set(task, cfg, 0)
+    flat = torch.nn.Sequential(torch.nn.Linear(6, 2), torch.nn.ReLU())   # dead ReLU: no gradient anywhere
+    with torch.no_grad():
+        flat[0].weight.zero_()
+        flat[0].bias.fill_(-1.0)
+    assert sanity_flags(flat, task, test, cfg)["zero_grad_share"] == 1.0
+    healthy = torch.nn.Linear(6, 2)
+    flags = sanity_flags(healthy, task, test, cfg)
+    assert flags == {"zero_grad_share": 0.0, "stochastic": 0.0, "too_few_classes": 0.0}
+    assert sanity_flags(Noisy(healthy), task, test, cfg)["stochastic"] == 1.0
