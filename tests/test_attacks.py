@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from teachsim.agents.models import mlp
+from teachsim.attacks.apgd import apgd_ce
+from teachsim.attacks.beta import beta
 from teachsim.attacks.common import norm_of
 from teachsim.attacks.pgd import fgsm, pgd
 from teachsim.attacks.teacher import teacher_attack
@@ -356,3 +358,230 @@ def test_teacher_attack_at_least_as_strong_as_off_manifold_pgd(trained, radius):
     _check_found(task, model, x, xf, found, radius, "l2")
     assert int(found.sum()) >= int(baseline.sum()), (
         f"radius {radius}: teacher attack {int(found.sum())}, off-manifold pgd {int(baseline.sum())} of {len(x)}")
+
+
+# --------------------------------------------------------------------------- apgd-ce and beta
+# The checks pgd has, where they apply, for the two stronger l_p attacks of SPEC section 4.
+
+STRONGER = {"apgd-ce": apgd_ce, "beta": beta}
+
+
+@pytest.mark.parametrize("name", STRONGER)
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("eps", [0.05, 0.5, 3.0])
+def test_stronger_output_within_eps(small_mlp, name, norm, eps):
+    x = torch.randn(300, 8, generator=gen(1))
+    y = predict(small_mlp, x)
+    xa = STRONGER[name](small_mlp, x, y, eps=eps, norm=norm, generator=gen(2))
+    assert xa.shape == x.shape and xa.dtype == x.dtype
+    assert within(xa - x, eps, norm)
+    assert (norm_of(xa - x, norm) > 0.5 * eps).float().mean() > 0.5
+
+
+@pytest.mark.parametrize("name", STRONGER)
+@pytest.mark.parametrize("norm,eps", [("linf", 1.0), ("l2", 3.0)])
+def test_stronger_box_respected_and_no_implicit_unit_clamp(small_mlp, name, norm, eps):
+    lo, hi = _box(8)
+    x = torch.from_numpy(lo + (hi - lo) * np.random.default_rng(3).uniform(size=(400, 8)).astype(np.float32))
+    y = predict(small_mlp, x)
+    free = STRONGER[name](small_mlp, x, y, eps=eps, norm=norm, generator=gen(4))
+    lo_t, hi_t = torch.from_numpy(lo), torch.from_numpy(hi)
+    assert ((free < lo_t) | (free > hi_t)).any()
+    for box in ((lo, hi), (torch.from_numpy(lo), torch.from_numpy(hi)), (lo.tolist(), hi.tolist())):
+        xa = STRONGER[name](small_mlp, x, y, eps=eps, norm=norm, box=box, generator=gen(4))
+        assert within(xa - x, eps, norm)
+        assert bool(((xa >= lo_t) & (xa <= hi_t)).all())
+        assert (xa < 0).any()
+        assert (xa[:, 1::2] > 1).any()
+        assert (xa[:, 0::2] < -1).any()
+
+
+@pytest.mark.parametrize("name", STRONGER)
+@pytest.mark.parametrize("norm", NORMS)
+def test_stronger_eps_zero_returns_x(small_mlp, name, norm):
+    x = torch.randn(100, 8, generator=gen(7))
+    y = torch.randint(0, 3, (100,), generator=gen(8))  # some points already wrong
+    xa = STRONGER[name](small_mlp, x, y, eps=0.0, norm=norm, generator=gen(9))
+    assert torch.equal(xa, x)
+
+
+@pytest.mark.parametrize("name", STRONGER)
+@pytest.mark.parametrize("norm", NORMS)
+def test_stronger_deterministic_for_a_seed(small_mlp, name, norm):
+    x = torch.randn(200, 8, generator=gen(10))
+    y = predict(small_mlp, x)
+    a = STRONGER[name](small_mlp, x, y, eps=0.3, norm=norm, generator=gen(11), steps=10)
+    b = STRONGER[name](small_mlp, x, y, eps=0.3, norm=norm, generator=gen(11), steps=10)
+    c = STRONGER[name](small_mlp, x, y, eps=0.3, norm=norm, generator=gen(12), steps=10)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)  # the generator really drives the random start
+
+
+@pytest.mark.parametrize("name", STRONGER)
+def test_stronger_do_not_touch_inputs(small_mlp, name):
+    x = torch.randn(50, 8, generator=gen(13))
+    x0 = x.clone()
+    y = predict(small_mlp, x)
+    y0 = y.clone()
+    STRONGER[name](small_mlp, x, y, eps=0.5, norm="l2", generator=gen(14), steps=5)
+    assert torch.equal(x, x0) and not x.requires_grad
+    assert torch.equal(y, y0)
+
+
+@pytest.mark.parametrize("name", STRONGER)
+@pytest.mark.parametrize("norm,eps", [("l2", 0.2), ("l2", 0.5), ("l2", 1.0),
+                                      ("linf", 0.1), ("linf", 0.2), ("linf", 0.5)])
+def test_stronger_match_linear_closed_form(name, norm, eps):
+    g = gen(20)
+    d = 10
+    lin = nn.Linear(d, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(2, d, generator=g))
+        lin.bias.copy_(torch.randn(2, generator=g))
+    frozen(lin)
+    x = torch.randn(400, d, generator=g)
+    y = predict(lin, x)
+    w = lin.weight[0] - lin.weight[1]
+    b = lin.bias[0] - lin.bias[1]
+    dual = w.norm() if norm == "l2" else w.abs().sum()
+    dist = (x @ w + b).abs() / dual
+    xa = STRONGER[name](lin, x, y, eps=eps, norm=norm, generator=gen(21))
+    assert within(xa - x, eps, norm)
+    adv = predict(lin, xa) != y
+    inside = dist < eps * (1 - 0.02)
+    outside = dist > eps * (1 + 0.02)
+    assert inside.sum() > 20 and outside.sum() > 20
+    assert bool(adv[inside].all()), f"missed {int((inside & ~adv).sum())} of {int(inside.sum())} points within eps"
+    assert not bool(adv[outside].any())
+
+
+@pytest.fixture(scope="module")
+def trained4():
+    """A small MLP trained on a 4-class hidden-feature task with a network teacher.
+
+    Seed 2 of the task: its teacher splits the data about evenly over the 4 classes (at
+    seed 0 with 4 classes one class takes ~90% of the data and one none)."""
+    task = HiddenFeature(2, dim=10, manifold_dim=2, classes=4, teacher="net")
+    rng = np.random.default_rng(0)
+    xtr = task.data.sample(3000, rng)
+    ytr = task.label(xtr)
+    keep = ytr != ABSTAIN
+    xtr, ytr = torch.from_numpy(xtr[keep]), torch.from_numpy(ytr[keep])
+    assert torch.bincount(ytr, minlength=4).min() > 0.1 * len(ytr)  # really 4 classes
+    g = gen(0)
+    model = mlp(10, 4, hidden=[64, 64], init_std=0.0, generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(400):
+        idx = torch.randint(0, len(xtr), (128,), generator=g)
+        loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    frozen(model)
+    xte = task.data.sample(600, rng)
+    yte = task.label(xte)
+    keep = yte != ABSTAIN
+    x, y = torch.from_numpy(xte[keep]), torch.from_numpy(yte[keep])
+    assert (predict(model, x) == y).float().mean() > 0.95
+    return task, model, x, y
+
+
+def robust_acc(model, x, y, xa) -> float:
+    """Fraction of points the model gets right both at x and at x_adv."""
+    return ((predict(model, x) == y) & (predict(model, xa) == y)).float().mean().item()
+
+
+# eps where a fair share of points, but not all, can be flipped on trained4
+STRENGTH_CASES = [("linf", 0.1), ("linf", 0.2), ("linf", 0.3), ("l2", 0.2), ("l2", 0.4), ("l2", 0.8)]
+
+
+@pytest.mark.parametrize("norm,eps", STRENGTH_CASES)
+def test_beta_at_least_as_strong_as_margin_pgd(trained4, norm, eps):
+    _, model, x, y = trained4
+    clean = robust_acc(model, x, y, x)
+    ref = robust_acc(model, x, y, pgd(model, x, y, eps=eps, norm=norm, generator=gen(60), steps=50, restarts=1,
+                                      loss="margin"))
+    xa = beta(model, x, y, eps=eps, norm=norm, generator=gen(61), steps=50, restarts=1)
+    assert within(xa - x, eps, norm)
+    ours = robust_acc(model, x, y, xa)
+    assert ref < clean  # eps chosen where the comparison means something
+    assert ours <= ref + 0.005, f"{norm} eps={eps}: robust acc under beta {ours:.4f}, under margin pgd {ref:.4f}"
+
+
+@pytest.mark.parametrize("norm,eps", STRENGTH_CASES)
+def test_apgd_at_least_as_strong_as_pgd(trained4, norm, eps):
+    _, model, x, y = trained4
+    clean = robust_acc(model, x, y, x)
+    ref = robust_acc(model, x, y, pgd(model, x, y, eps=eps, norm=norm, generator=gen(62), steps=100, restarts=1))
+    xa = apgd_ce(model, x, y, eps=eps, norm=norm, generator=gen(63), steps=100, restarts=1)
+    assert within(xa - x, eps, norm)
+    ours = robust_acc(model, x, y, xa)
+    assert ref < clean
+    assert ours <= ref + 0.005, f"{norm} eps={eps}: robust acc under apgd-ce {ours:.4f}, under pgd {ref:.4f}"
+
+
+def test_beta_targets_every_wrong_class(trained4):
+    # per point the result is the target with the largest final margin: on a 4-class
+    # problem the classes it lands in are spread over all the wrong ones
+    _, model, x, y = trained4
+    xa = beta(model, x, y, eps=0.8, norm="l2", generator=gen(64))
+    flipped = predict(model, xa) != y
+    assert flipped.float().mean() > 0.5
+    landed = predict(model, xa)[flipped]
+    assert len(torch.unique(landed)) == 4
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.2), ("l2", 0.5)])
+def test_beta_on_two_classes(trained, norm, eps):
+    # one wrong class per point: beta is a single targeted margin ascent
+    _, model, x, y = trained
+    clean = robust_acc(model, x, y, x)
+    xa = beta(model, x, y, eps=eps, norm=norm, generator=gen(65))
+    assert xa.shape == x.shape
+    assert within(xa - x, eps, norm)
+    ours = robust_acc(model, x, y, xa)
+    ref = robust_acc(model, x, y, pgd(model, x, y, eps=eps, norm=norm, generator=gen(66), restarts=1,
+                                      loss="margin"))
+    assert ours < clean
+    assert ours <= ref + 0.005, f"{norm} eps={eps}: robust acc under beta {ours:.4f}, under margin pgd {ref:.4f}"
+
+
+class _Recorder(nn.Module):
+    """The model, recording every batch it is called on (pgd calls it once per iterate)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.model(x)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+@pytest.mark.parametrize("labels", ["predicted", "random"])
+@pytest.mark.parametrize("eps", [0.4, 3.0])
+def test_pgd_keeps_first_misclassified_else_highest_loss_iterate(small_mlp, norm, loss, labels, eps):
+    # pins pgd's per-point bookkeeping to its docstring, replayed from the iterates it
+    # evaluated; at eps = 3.0 every point flips and pgd stops early
+    from teachsim.attacks.common import loss_per_point
+
+    x = torch.randn(200, 8, generator=gen(70))
+    y = predict(small_mlp, x) if labels == "predicted" else torch.randint(0, 3, (200,), generator=gen(71))
+    rec = _Recorder(small_mlp)
+    xa = pgd(rec, x, y, eps=eps, norm=norm, generator=gen(72), steps=8, restarts=3, loss=loss)
+    assert (len(rec.seen) < 3 * 9) == (eps == 3.0)
+    best, best_loss = x.clone(), torch.full((200,), -float("inf"))
+    found = torch.zeros(200, dtype=torch.bool)
+    with torch.no_grad():
+        for it in rec.seen:
+            logits = small_mlp(it)
+            per = loss_per_point(logits, y, loss)
+            wrong = (logits.argmax(1) != y) & ~found
+            better = (per > best_loss) & ~found
+            best[wrong | better] = it[wrong | better]
+            best_loss = torch.where(better, per, best_loss)
+            found |= wrong
+    assert torch.equal(xa, best)
+    assert bool(found.all()) == (eps == 3.0) and found.any()

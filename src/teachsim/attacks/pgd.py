@@ -42,27 +42,46 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "lin
     x = x.detach()
     alpha = step_size if step_size is not None else 2.5 * eps / max(1, steps)
     best = x.clone()
-    best_loss = torch.full((len(x),), -float("inf"))
-    found = torch.zeros(len(x), dtype=torch.bool)
+    # per point: the highest loss so far, or +inf once an iterate is misclassified (nothing
+    # beats +inf, so the first misclassified iterate is kept; a correctly classified
+    # iterate has a finite loss)
+    best_key = torch.full((len(x),), -float("inf"))
     for _ in range(max(1, restarts)):
         delta = random_in_ball(x, eps, norm, generator) if random_start and eps > 0 else torch.zeros_like(x)
         xa = clip(x + delta, b)
+        if b is not None:
+            delta = xa - x
+        # Lazy copies: where `current` is set, a point's best iterate is the current one
+        # (every iterate is a new tensor, never written to); its row is copied into `best`
+        # only once a later iterate does not replace it, or when the restart ends.
+        current = torch.zeros(len(x), dtype=torch.bool)
+        prev = xa
         for t in range(steps + 1):
             xa.requires_grad_(True)
             logits = model(xa)
             per = loss_per_point(logits, y, loss)
-            with torch.no_grad():
-                wrong = (logits.argmax(1) != y) & ~found
-                better = (per > best_loss) & ~found
-                take = wrong | better
-                best[take] = xa.detach()[take]
-                best_loss = torch.where(better, per.detach(), best_loss)
-                found |= wrong
-            if t == steps or bool(found.all()):
+            key = torch.where(logits.detach().argmax(1) != y, float("inf"), per.detach())
+            take = key > best_key
+            _copy_rows(best, prev, current & ~take)
+            current = take
+            best_key = torch.where(take, key, best_key)
+            if t == steps or bool(torch.isposinf(best_key).all()):
                 break
             (grad,) = torch.autograd.grad(per.sum(), xa)
+            prev = xa
             with torch.no_grad():
-                xa = clip(x + project(xa + alpha * ascent(grad, norm) - x, eps, norm), b)
-        if bool(found.all()):
+                delta = project(delta + alpha * ascent(grad, norm), eps, norm)
+                xa = clip(x + delta, b)
+                if b is not None:
+                    delta = xa - x
+        _copy_rows(best, xa, current)
+        if bool(torch.isposinf(best_key).all()):
             break
     return best.detach()
+
+
+def _copy_rows(dst: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> None:
+    """``dst[rows] = src[rows]`` for a boolean ``rows``, by index (cheaper on CPU)."""
+    idx = rows.nonzero().squeeze(1)
+    if len(idx):
+        dst.index_copy_(0, idx, src.detach().index_select(0, idx))
