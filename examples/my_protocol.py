@@ -1,23 +1,38 @@
-"""A user protocol in one file: the README's example (teachsim --plugin examples/my_protocol.py ...)."""
+"""A user protocol in one file (the README's example):
+
+    teachsim --plugin examples/my_protocol.py check-protocol noisy-teacher
+    teachsim --plugin examples/my_protocol.py run examples/noisy_teacher.toml
+"""
+import numpy as np
+
 import teachsim
 from teachsim import messages as m
 from teachsim.protocols.base import Protocol
-from teachsim.schema import Int
+from teachsim.schema import Float, Int
 
 
-class BigBatches(Protocol):
-    """Passive labels, asked for in big batches."""
+class NoisyTeacher(Protocol):
+    """Passive labels, a share of them flipped to another class (robustness to label noise)."""
 
-    PARAMS = {"batch": Int(100, lo=1, doc="labels per round")}
+    PARAMS = {"batch": Int(25, lo=1, doc="labels per round"),
+              "flip": Float(0.1, lo=0.0, hi=1.0, doc="share of labels the teacher gets wrong")}
     legal = {m.STUDENT: {"query"}, m.TEACHER: {"answer"}}
 
     def student_turn(self, student, inbox, ctx):
-        student.learn()
-        n = min(self.batch, ctx.labels_to_checkpoint)
-        return [m.query(student.data.sample(n, ctx.rng))] if n else []
+        student.learn()                                  # learn what the last answer brought
+        n = min(self.batch, ctx.labels_to_checkpoint)    # a round never straddles a checkpoint
+        if n <= 0:
+            return [m.done(m.STUDENT, "budget spent")]
+        return [m.query(student.data.sample(n, ctx.rng))]
 
     def teacher_turn(self, teacher, inbox, ctx):
-        return [teacher.answer(q) for q in inbox if q.kind == "query"]
+        out = []
+        for q in (msg for msg in inbox if msg.kind == "query"):
+            y = teacher.label(q.points)
+            flip = (ctx.rng.random(len(y)) < self.flip) & (y != m.ABSTAIN)
+            other = (y + ctx.rng.integers(1, teacher.task.classes, size=len(y))) % teacher.task.classes
+            out.append(m.answer(q.points, np.where(flip, other, y)))
+        return out
 
 
-teachsim.register_protocol("big-batches", BigBatches)
+teachsim.register_protocol("noisy-teacher", NoisyTeacher)

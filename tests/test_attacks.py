@@ -184,6 +184,35 @@ def test_pgd_matches_linear_closed_form(norm, eps):
     assert not bool(adv[outside].any())
 
 
+@pytest.mark.parametrize("name", ["pgd", "apgd-ce", "fgsm"])
+@pytest.mark.parametrize("norm", NORMS)
+def test_ce_attacks_work_on_saturated_students(name, norm):
+    # A student confident by logit gaps of hundreds (what long Adam training gives): plain
+    # float32 cross-entropy has an exactly-zero gradient there and the attack would stand
+    # still. Our ce loss must still find every point within eps of the boundary.
+    from teachsim import registry
+
+    g = gen(30)
+    d = 10
+    lin = nn.Linear(d, 2)
+    with torch.no_grad():
+        lin.weight.copy_(400 * torch.randn(2, d, generator=g))
+        lin.bias.zero_()
+    frozen(lin)
+    x = torch.randn(300, d, generator=g)
+    y = predict(lin, x)
+    w = lin.weight[0] - lin.weight[1]
+    dist = (x @ w).abs() / (w.norm() if norm == "l2" else w.abs().sum())
+    eps = float(dist.median())
+    xg = x.clone().requires_grad_(True)
+    (plain,) = torch.autograd.grad(F.cross_entropy(lin(xg), y, reduction="sum"), xg)
+    assert (plain.abs().sum(1) == 0).float().mean() > 0.3   # the trap is real
+    kw = {} if name == "fgsm" else {"steps": 20}
+    xa = registry.attacks.get(name).factory(lin, x, y, eps=eps, norm=norm, generator=gen(31), **kw)
+    inside = dist < eps * 0.98
+    assert bool((predict(lin, xa) != y)[inside].all())
+
+
 # --------------------------------------------------------------------------- reference PGD
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "run", "open_run",
     # extending
     "register_task", "register_protocol", "register_strategy", "register_method",
+    "make_strategy", "check_protocol", "check_strategy", "check_task", "protocol_env",
     "Message", "ABSTAIN",
     # errors
     "TeachsimError", "ConfigError", "PluginError", "ProtocolError", "BudgetError", "RunError",
@@ -44,8 +45,44 @@ def open_run(run_dir: Any):
     return _open(run_dir)
 
 
+def make_strategy(name: str, **params: Any):
+    """A query strategy ``(model, X_pool, n, *, rng) -> indices`` (see :mod:`teachsim.agents.strategies`)."""
+    from .agents.strategies import make_strategy as _make
+
+    return _make(name, **params)
+
+
+def check_strategy(strategy: Any, **options: Any) -> list[str]:
+    """Conformance problems of a query strategy (empty list: it conforms)."""
+    from .agents.strategies import check_strategy as _check
+
+    return _check(strategy, **options)
+
+
+def check_protocol(protocol: Any, **options: Any):
+    """Run the conformance checks on a protocol (see :func:`teachsim.protocols.conformance.check_protocol`)."""
+    from .protocols.conformance import check_protocol as _check
+
+    return _check(protocol, **options)
+
+
+def check_task(task: str, **options: Any):
+    """Run the conformance checks on a task (see :func:`teachsim.tasks.conformance.check_task`)."""
+    from .tasks.conformance import check_task as _check
+
+    return _check(task, **options)
+
+
+def protocol_env(protocol: Any, **options: Any):
+    """A protocol as a PettingZoo AEC environment (see :func:`teachsim.platform.aec.protocol_env`)."""
+    from .platform.aec import protocol_env as _env
+
+    return _env(protocol, **options)
+
+
 def register_task(name: str, factory: Any, *, params: Any = None) -> None:
-    """Register a task factory ``factory(seed, **params) -> Task``."""
+    """Register a task factory ``factory(seed, **params) -> Task`` (a ``Task`` subclass with
+    ``PARAMS`` is one); check it with :func:`check_task`."""
     registry.tasks.register(name, factory, params=params)
 
 
@@ -55,7 +92,7 @@ def register_protocol(name: str, factory: Any, *, params: Any = None) -> None:
 
 
 def register_strategy(name: str, factory: Any, *, params: Any = None) -> None:
-    """Register a query strategy."""
+    """Register a query strategy ``(model, X_pool, n, *, rng, **params) -> indices``."""
     registry.strategies.register(name, factory, params=params)
 
 

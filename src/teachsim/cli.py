@@ -44,8 +44,19 @@ def suite_names() -> list[str]:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory (default: runs/<name>)")
-    p.add_argument("--executor", default="serial", help="serial (default)")
-    p.add_argument("--retries", type=int, default=0, help="extra attempts for a failing episode")
+    p.add_argument("--executor", choices=["ray", "serial"], default=None,
+                   help="ray (default; embedded local Ray unless --address) or serial (no Ray); "
+                        "$TEACHSIM_EXECUTOR changes the default")
+    p.add_argument("--address", default=None,
+                   help="run on an existing Ray cluster, HOST:PORT (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="most episodes at once (default: as many as the cluster fits)")
+    p.add_argument("--cpus-per-episode", type=float, default=None, metavar="C", dest="cpus_per_episode",
+                   help="CPUs reserved per episode (default 1)")
+    p.add_argument("--gpus-per-episode", type=float, default=None, metavar="G", dest="gpus_per_episode",
+                   help="GPUs per episode; 0.25 packs four episodes per GPU (default 0; CPU when no GPU)")
+    p.add_argument("--retries", type=int, default=0,
+                   help="extra attempts for a failing episode (an episode whose worker dies is always retried)")
     p.add_argument("--resume", action="store_true", help="keep finished episodes of --out and run the rest")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -85,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", default=None,
                    choices=["tasks", "protocols", "strategies", "methods", "models", "attacks", "suites", "metrics"])
 
+    p = sub.add_parser("check-protocol", help="conformance checks on a protocol (built-in or --plugin)")
+    p.add_argument("protocol", help="registered protocol name")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a protocol parameter, VALUE in TOML syntax (repeatable), e.g. --param push=\"boundary\"")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("check-task", help="conformance checks on a task (built-in or --plugin)")
+    p.add_argument("task", help="registered task name")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a task parameter, VALUE in TOML syntax (repeatable), e.g. --param dim=20")
+    p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("transcript", help="one episode's messages")
     p.add_argument("run_dir")
     p.add_argument("episode", help="episode id (see teachsim show) or key")
@@ -98,8 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace, config) -> int:
     from .platform.results import run
 
-    r = run(config, out=args.out, executor=args.executor, resume=args.resume, retries=args.retries,
-            progress=not args.quiet)
+    try:
+        r = run(config, out=args.out, executor=args.executor, address=args.address, workers=args.workers,
+                cpus_per_episode=args.cpus_per_episode, gpus_per_episode=args.gpus_per_episode,
+                resume=args.resume, retries=args.retries, progress=not args.quiet)
+    except KeyboardInterrupt:
+        out = args.out
+        if out is None:
+            from .platform import config as config_mod
+
+            out = str(Path("runs") / config_mod.load(config).name)
+        import shlex
+
+        plugins = "".join(f"--plugin {shlex.quote(p)} " for p in [*args.plugin, *getattr(args, "plugin_sub", [])])
+        what = f"run {shlex.quote(str(config))}" if args.command == "run" else f"bench {args.suite}"
+        if sys.stderr.isatty():
+            print(file=sys.stderr)   # end the progress bar's line
+        print(f"teachsim: interrupted; finished episodes are kept in {out}; to finish the run: "
+              f"teachsim {plugins}{what} --out {shlex.quote(str(out))} --resume", file=sys.stderr)
+        return 130
     eps = r.episodes
     failed = eps[eps["status"] != "finished"]
     print(f"run directory: {r.dir}  ({len(eps) - len(failed)} finished, {len(failed)} failed)")
@@ -222,6 +262,50 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_params(pairs: list[str]) -> dict:
+    import tomllib
+
+    from .errors import ConfigError
+
+    out = {}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError.expected("--param", "KEY=VALUE", pair)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = text   # a bare word: take it as a string (push=boundary)
+    return out
+
+
+def _cmd_check_protocol(args: argparse.Namespace) -> int:
+    from .protocols.conformance import check_protocol
+
+    from .errors import ConfigError
+
+    try:
+        report = check_protocol(args.protocol, params=_parse_params(args.param), seed=args.seed)
+    except ConfigError as exc:   # name the argument the user typed, not the config path used inside
+        field = exc.field.replace("protocols[0].name", "PROTOCOL").replace("protocols[0].", "--param ")
+        raise ConfigError(field, exc.detail) from None
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _cmd_check_task(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .tasks.conformance import check_task
+
+    try:
+        report = check_task(args.task, params=_parse_params(args.param), seed=args.seed)
+    except ConfigError as exc:
+        field = exc.field.replace("task.name", "TASK").replace("task.", "--param ")
+        raise ConfigError(field, exc.detail) from None
+    print(report)
+    return 0 if report.ok else 1
+
+
 def _cmd_transcript(args: argparse.Namespace) -> int:
     from .platform.results import open_run
 
@@ -253,6 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_list(args)
         if args.command == "transcript":
             return _cmd_transcript(args)
+        if args.command == "check-protocol":
+            return _cmd_check_protocol(args)
+        if args.command == "check-task":
+            return _cmd_check_task(args)
     except TeachsimError as exc:
         print(f"teachsim: error: {exc}", file=sys.stderr)
         return 2

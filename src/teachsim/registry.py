@@ -113,10 +113,24 @@ models = Registry("model")
 attacks = Registry("attack")
 
 tasks.register("hidden-feature", "teachsim.tasks.hidden_feature:HiddenFeature")
+tasks.register("spheres", "teachsim.tasks.spheres:Spheres")
+tasks.register("digits", "teachsim.tasks.digits:Digits")
 protocols.register("passive", "teachsim.protocols.passive:Passive")
+protocols.register("active-student", "teachsim.protocols.active_student:ActiveStudent")
+protocols.register("membership", "teachsim.protocols.membership:Membership")
+protocols.register("active-teacher", "teachsim.protocols.active_teacher:ActiveTeacher")
+for _name in ("random", "uncertainty", "margin", "entropy", "qbc", "density"):
+    strategies.register(_name, f"teachsim.agents.strategies:{_name}")
 methods.register("erm", "teachsim.agents.methods:erm")
+methods.register("pgd-at", "teachsim.agents.methods:pgd_at")
+methods.register("trades", "teachsim.agents.methods:trades")
+methods.register("beta-at", "teachsim.agents.methods:beta_at")
+methods.register("lrat", "teachsim.agents.methods:lrat")
+methods.register("gairat", "teachsim.agents.methods:gairat")
+methods.register("mail", "teachsim.agents.methods:mail")
 models.register("mlp", "teachsim.agents.models:mlp")
 models.register("linear", "teachsim.agents.models:linear")
+models.register("cnn", "teachsim.agents.models:cnn")
 attacks.register("fgsm", "teachsim.attacks.pgd:fgsm")
 attacks.register("pgd", "teachsim.attacks.pgd:pgd")
 attacks.register("apgd-ce", "teachsim.attacks.apgd:apgd_ce")
@@ -124,6 +138,10 @@ attacks.register("beta", "teachsim.attacks.beta:beta")
 attacks.register("teacher", "teachsim.attacks.teacher:teacher_attack")
 
 REGISTRIES = {r.kind: r for r in (tasks, protocols, strategies, methods, models, attacks)}
+
+PLUGINS: list[str] = []
+"""Plugins loaded in this process, in order (file paths made absolute): what a Ray worker
+loads before it runs an episode."""
 
 
 def load_plugin(spec: str) -> None:
@@ -144,8 +162,11 @@ def load_plugin(spec: str) -> None:
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module
             module_spec.loader.exec_module(module)
+            spec = os.path.abspath(spec)
         else:
             importlib.import_module(spec)
+        if spec not in PLUGINS:
+            PLUGINS.append(spec)
     except PluginError:
         raise
     except Exception as exc:  # a plugin's own bug must still end in one clear line

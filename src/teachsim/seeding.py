@@ -6,7 +6,9 @@ integers or strings, so adding a new consumer never shifts the draws of an old o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from typing import Iterator
 
 import numpy as np
 
@@ -45,3 +47,20 @@ def torch_generator(seed: int, *path: int | str):
     g = torch.Generator()
     g.manual_seed(int_seed(seed, *path))
     return g
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block (restored after).
+
+    Our episodes are small: one thread is fastest (thread start-up dominates) and keeps
+    floating-point results identical from machine to machine.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -7,12 +7,15 @@ parameters. Any method combines with any protocol.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..schema import Choice, Float, Int, Param
 
 
 @dataclass(frozen=True)
@@ -27,3 +30,250 @@ class TrainContext:
 def erm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
     """Empirical risk minimisation: cross-entropy on the labelled points."""
     return F.cross_entropy(model(x), y)
+
+
+# -- adversarial training family (issue 5; research/papers.md sections 2-3) ---------------
+#
+# Every method below attacks the batch with the model in eval mode (then restores its
+# mode), draws every random start from ``ctx.generator`` and keeps every iterate inside
+# ``ctx.box``, so training stays deterministic under a seed. The training attacks take
+# ``attack_steps`` steps of size ``2.5 * eps / attack_steps`` and return their *final*
+# iterate, as the papers' code does (not the judge's best-iterate PGD).
+
+ATTACK_PARAMS: dict[str, Param] = {
+    "eps": Float(1.0, lo=0.0, doc="radius of the training attack's ball"),
+    "norm": Choice("l2", ("l2", "linf"), doc="norm of the training attack's ball"),
+    "attack_steps": Int(10, lo=1, doc="iterations of the training attack (step 2.5 * eps / attack_steps)"),
+}
+
+
+def _settings(method: Callable[..., Any], ctx: TrainContext) -> dict[str, Any]:
+    """The method's parameters: its PARAMS defaults overridden by ``ctx.params``."""
+    out = {k: p.default for k, p in method.PARAMS.items()}
+    out.update(ctx.params)
+    return out
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run the attack on the model in eval mode, then restore its mode."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+@dataclass(frozen=True)
+class AttackTrace:
+    """What a training attack returns.
+
+    Attributes:
+        x_adv: the final iterate (detached), within ``eps`` of ``x`` and inside the box.
+        kappa: per point, how many of the ``steps`` iterates checked *before* each step
+            the model still classified correctly: GAIRAT's geometry value, 0..steps.
+        final_correct: per point, whether the model classifies ``x_adv`` correctly.
+    """
+
+    x_adv: torch.Tensor
+    kappa: torch.Tensor
+    final_correct: torch.Tensor
+
+
+def train_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+                 steps: int, box=None, generator: torch.Generator | None = None, objective: str = "ce",
+                 start: str = "ball") -> AttackTrace:
+    """The training attack: ``steps`` steps of projected steepest ascent, final iterate.
+
+    Args:
+        objective: ``"ce"``: cross-entropy on the true label (Madry; GAIRAT, MAIL);
+            ``"kl"``: KL(p(x) || p(x_adv)) with p(x) fixed (TRADES).
+        start: ``"ball"``: uniform in the eps-ball (Madry, GAIRAT); ``"near"``:
+            ``0.001 * N(0, I)`` (the TRADES and MAIL code; a KL ascent cannot leave x itself).
+    """
+    from ..attacks.common import as_box, ascent, clip, loss_per_point, project, random_in_ball
+
+    b = as_box(box, x)
+    x = x.detach()
+    alpha = 2.5 * eps / max(1, steps)
+    with _eval_mode(model):
+        p_clean = None
+        if objective == "kl":
+            with torch.no_grad():
+                p_clean = F.softmax(model(x), dim=1)
+        if eps <= 0:
+            delta = torch.zeros_like(x)
+        elif start == "ball":
+            delta = random_in_ball(x, eps, norm, generator)
+        else:
+            delta = project(0.001 * torch.randn(x.shape, generator=generator).to(x.device), eps, norm)
+        xa = clip(x + delta, b)
+        kappa = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        for _ in range(steps):
+            xa = xa.detach().requires_grad_(True)
+            logits = model(xa)
+            kappa += (logits.detach().argmax(1) == y).long()
+            if objective == "kl":
+                obj = F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="sum")
+            else:
+                # log of the cross-entropy: per point the same ascent direction, no underflow
+                obj = loss_per_point(logits, y, "ce").sum()
+            (grad,) = torch.autograd.grad(obj, xa)
+            with torch.no_grad():
+                xa = clip(x + project(xa - x + alpha * ascent(grad, norm), eps, norm), b)
+        xa = xa.detach()
+        with torch.no_grad():
+            final_correct = model(xa).argmax(1) == y
+    return AttackTrace(xa, kappa, final_correct)
+
+
+def _attack(model, x, y, ctx: TrainContext, s: Mapping[str, Any], **kw: Any) -> AttackTrace:
+    return train_attack(model, x, y, eps=s["eps"], norm=s["norm"], steps=s["attack_steps"], box=ctx.box,
+                        generator=ctx.generator, **kw)
+
+
+# -- weight rules (pure, detached) -----------------------------------------------------
+
+def gairat_weights(kappa: torch.Tensor, steps: int, lam: float) -> torch.Tensor:
+    """GAIRAT's tanh weights (GAIR.py, ``func == "Tanh"``), normalised to batch mean 1.
+
+    ``w = (1 + tanh(lam + 5 * (h - kappa) / h)) / 2`` with ``h = floor(steps / 2)``
+    (at least 1), then ``w * B / sum(w)``. Small kappa (flipped early: close to the
+    boundary) gets a large weight.
+    """
+    kappa = torch.as_tensor(kappa, dtype=torch.float32).detach()
+    h = max(1, int(steps) // 2)
+    w = (1 + torch.tanh(lam + 5 * (h - kappa) / h)) / 2
+    return w * len(w) / w.sum()
+
+
+def probabilistic_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """MAIL's PM: the largest wrong-class softmax probability minus the true one (detached)."""
+    p = F.softmax(logits.detach(), dim=1)
+    p_true = p.gather(1, y[:, None]).squeeze(1)
+    p_other = p.scatter(1, y[:, None], -1.0).amax(dim=1)
+    return p_other - p_true
+
+
+def mail_weights(pm: torch.Tensor, slope: float, bias: float) -> torch.Tensor:
+    """MAIL's weights (mail_loss.py ``weight_assign``): ``3 * sigmoid(slope * (pm + bias))``.
+
+    A fixed scale of 3, not normalised over the batch (as in the paper's code).
+    """
+    return 3 * torch.sigmoid(slope * (torch.as_tensor(pm, dtype=torch.float32).detach() + bias))
+
+
+def lrat_weights(correct_iterates: torch.Tensor, steps: int) -> torch.Tensor:
+    """LRAT local weight of the adversarial half of each pair [reconstruction].
+
+    ``omega = 1 - c / (steps + 1)``, where ``c`` counts the iterates of the training
+    attack the model still classified correctly: the ``steps`` checked before each step
+    (GAIRAT's kappa) plus the final one, so ``c`` is in 0..steps+1. A point the attack
+    never flipped gets 0 (its pair's weight all goes to the natural instance); a point
+    misclassified from the start gets 1.
+    """
+    c = torch.as_tensor(correct_iterates, dtype=torch.float32).detach()
+    return 1 - c / (int(steps) + 1)
+
+
+# -- the methods -----------------------------------------------------------------------
+
+def pgd_at(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+    """PGD-AT (Madry et al. 2018): cross-entropy at a PGD attack's point on the true label.
+
+    The attack starts uniformly in the eps-ball and ascends the cross-entropy for
+    ``attack_steps`` steps; the loss is the mean cross-entropy at its final iterate.
+    """
+    s = _settings(pgd_at, ctx)
+    tr = _attack(model, x, y, ctx, s, objective="ce", start="ball")
+    return F.cross_entropy(model(tr.x_adv), y)
+
+
+def trades(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+    """TRADES (Zhang et al. 2019): CE(clean) + trades_beta * KL(p(clean) || p(adv)).
+
+    The adversary starts at ``x + 0.001 * N(0, I)`` and ascends the KL with p(clean)
+    fixed; in the loss, gradients flow through both p(clean) and p(adv) (the official code).
+    """
+    s = _settings(trades, ctx)
+    tr = _attack(model, x, y, ctx, s, objective="kl", start="near")
+    logits = model(x)
+    kl = F.kl_div(F.log_softmax(model(tr.x_adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean")
+    return F.cross_entropy(logits, y) + s["trades_beta"] * kl
+
+
+def beta_at(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+    """BETA-AT (Robey et al.): the defender minimises cross-entropy at the BETA attack's point.
+
+    Non-zero-sum: the attacker maximises the targeted logit margin for every wrong class
+    (``attack_steps`` steps each, uniform start) and keeps the class whose final margin
+    is largest (:func:`teachsim.attacks.beta.beta`); the defender keeps the surrogate.
+    """
+    from ..attacks.beta import beta
+
+    s = _settings(beta_at, ctx)
+    with _eval_mode(model):
+        xa = beta(model, x, y, eps=s["eps"], norm=s["norm"], box=ctx.box, generator=ctx.generator,
+                  steps=s["attack_steps"], restarts=1)
+    return F.cross_entropy(model(xa), y)
+
+
+def lrat(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+    """LRAT (Gao et al. 2021), reconstructed: local reweighting inside each (x, x_adv) pair.
+
+    Rule implemented (a reconstruction, research/papers.md section 3.4; the paper's own
+    formula could not be read): the training attack is PGD-CE as in ``pgd-at``; with c_i
+    the number of its iterates (the ``attack_steps`` before each step plus the final one)
+    the model still classifies correctly, ``omega_i = 1 - c_i / (attack_steps + 1)``
+    (detached) and ``loss = mean_i [omega_i CE(f(x_adv_i), y_i) + (1 - omega_i) CE(f(x_i), y_i)]``.
+    Every pair carries total weight 1 (no global reweighting); when the attack never
+    flips x_i, the pair's weight all goes to the natural instance instead of vanishing.
+    """
+    s = _settings(lrat, ctx)
+    tr = _attack(model, x, y, ctx, s, objective="ce", start="ball")
+    omega = lrat_weights(tr.kappa + tr.final_correct.long(), s["attack_steps"])
+    ce_adv = F.cross_entropy(model(tr.x_adv), y, reduction="none")
+    ce_nat = F.cross_entropy(model(x), y, reduction="none")
+    return (omega * ce_adv + (1 - omega) * ce_nat).mean()
+
+
+def gairat(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+    """GAIRAT (Zhang et al. 2021): PGD-AT with points weighted by their geometry value.
+
+    kappa = iterates of the PGD-CE attack (uniform start) still classified correctly,
+    checked before each of its ``attack_steps`` steps; weights :func:`gairat_weights`
+    with ``gairat_lambda``, normalised to batch mean 1; loss = mean(w * CE(f(x_adv), y)).
+    Reweights from the first step (the paper's code trains unweighted before epoch 60).
+    """
+    s = _settings(gairat, ctx)
+    tr = _attack(model, x, y, ctx, s, objective="ce", start="ball")
+    w = gairat_weights(tr.kappa, s["attack_steps"], s["gairat_lambda"])
+    return (w * F.cross_entropy(model(tr.x_adv), y, reduction="none")).mean()
+
+
+def mail(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+    """MAIL-AT (Wang et al. 2021): PGD-AT with points weighted by their probabilistic margin.
+
+    The PGD-CE attack starts at ``x + 0.001 * N(0, I)`` (the MAIL code); PM = largest
+    wrong-class probability minus the true one at its final iterate; weights
+    :func:`mail_weights` ``3 * sigmoid(mail_slope * (PM + mail_bias))``, detached, not
+    normalised; loss = mean(w * CE(f(x_adv), y)).
+    """
+    s = _settings(mail, ctx)
+    tr = _attack(model, x, y, ctx, s, objective="ce", start="near")
+    logits = model(tr.x_adv)
+    w = mail_weights(probabilistic_margin(logits, y), s["mail_slope"], s["mail_bias"])
+    return (w * F.cross_entropy(logits, y, reduction="none")).mean()
+
+
+pgd_at.PARAMS = dict(ATTACK_PARAMS)  # type: ignore[attr-defined]
+trades.PARAMS = {**ATTACK_PARAMS,  # type: ignore[attr-defined]
+                 "trades_beta": Float(6.0, lo=0.0, doc="weight of the KL term")}
+beta_at.PARAMS = dict(ATTACK_PARAMS)  # type: ignore[attr-defined]
+lrat.PARAMS = dict(ATTACK_PARAMS)  # type: ignore[attr-defined]
+gairat.PARAMS = {**ATTACK_PARAMS,  # type: ignore[attr-defined]
+                 "gairat_lambda": Float(-1.0, doc="lambda of the tanh weight (the paper's fixed schedule)")}
+mail.PARAMS = {**ATTACK_PARAMS,  # type: ignore[attr-defined]
+               "mail_slope": Float(1.0, doc="slope of the sigmoid weight"),
+               "mail_bias": Float(-1.5, doc="bias added to the probabilistic margin")}

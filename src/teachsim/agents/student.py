@@ -30,23 +30,32 @@ class Student:
         seed: episode seed; each :meth:`learn` call draws from its own stream, so a
             transcript replays to the same student whatever else consumed randomness.
         steps, lr, batch_size, weight_decay: the training schedule of one ``learn``.
+        optimizer: ``"adam"`` or ``"sgd"`` (plain gradient descent, as in the paper's theory).
         method_params: parameters of the method.
+        invariance_scale, invariance_penalty: how the student uses an ``invariance``
+            explanation (directions the teacher's label ignores): each training batch is
+            shifted along them by N(0, scale^2) per direction (augmentation), and
+            ``penalty`` times the squared norm of the model's input gradient projected
+            onto them is added to the loss.
     """
 
     def __init__(self, model: torch.nn.Module, method: Method, data: Distribution, classes: int, *,
                  seed: int, steps: int = 200, lr: float = 0.01, batch_size: int = 128,
-                 weight_decay: float = 0.0, method_params: Mapping[str, Any] | None = None):
+                 weight_decay: float = 0.0, method_params: Mapping[str, Any] | None = None,
+                 invariance_scale: float = 2.0, invariance_penalty: float = 1.0, optimizer: str = "adam"):
         self.model, self.method, self.data, self.classes = model, method, data, classes
         self.seed, self.steps, self.lr = seed, steps, lr
         self.batch_size, self.weight_decay = batch_size, weight_decay
         self.method_params = dict(method_params or {})
+        self.invariance_scale, self.invariance_penalty = invariance_scale, invariance_penalty
+        self.optimizer = optimizer
         self._X: list[np.ndarray] = []
         self._y: list[np.ndarray] = []
         self.abstained: list[np.ndarray] = []   # points the teacher would not label: information, not labels
         self.explanations: list[m.Message] = []
         self.heard: list[m.Message] = []
         self.observed = 0                        # messages observed so far
-        self.learn_log: list[int] = []           # value of ``observed`` at each learn()
+        self.learn_log: list[tuple[int, int]] = []   # (observed, steps) at each learn(): replays it
         self._stale = False
 
     # -- receiving -------------------------------------------------------------------
@@ -83,41 +92,149 @@ class Student:
         """True when something arrived since the last :meth:`learn`."""
         return self._stale
 
-    def learn(self) -> None:
-        """Train ``steps`` mini-batch steps on everything received (warm start). No-op if not stale."""
+    def learn(self, steps: int | None = None) -> None:
+        """Train ``steps`` (default: the student's schedule) mini-batch steps on everything
+        received, warm-starting from the current weights. No-op if nothing new arrived."""
         if not self._stale:
             return
         self._stale = False
-        self.learn_log.append(self.observed)
+        steps = self.steps if steps is None else int(steps)
+        self.learn_log.append((self.observed, steps))
         X, y = self.training_set()
         if len(y) == 0:
             return
         g = seeding.torch_generator(self.seed, "student", "learn", len(self.learn_log))
+        self._fit(self.model, X, y, steps, g)
+
+    def _fit(self, model: torch.nn.Module, X: np.ndarray, y: np.ndarray, steps: int,
+             g: torch.Generator) -> None:
         ctx = TrainContext(generator=g, box=self.data.box, params=self.method_params)
-        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-        opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        self.model.train()
+        dev = model_device(model)   # the student trains where its model lives (a GPU under Ray)
+        Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
+        V = self.invariance_basis()
+        Vt = None if V is None else torch.from_numpy(V).to(dev)
+        box = None if self.data.box is None else tuple(
+            torch.as_tensor(b, dtype=torch.float32, device=dev) for b in self.data.box)
+        make = torch.optim.SGD if self.optimizer == "sgd" else torch.optim.Adam
+        opt = make(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        model.train()
         n, bs = len(yt), min(self.batch_size, len(yt))
-        for _ in range(self.steps):
+        for _ in range(steps):
             idx = torch.randint(n, (bs,), generator=g) if bs < n else torch.arange(n)
-            loss = self.method(self.model, Xt[idx], yt[idx], ctx)
+            xb, yb = Xt[idx.to(dev)], yt[idx.to(dev)]
+            if Vt is not None and self.invariance_scale > 0:
+                # The teacher said its label ignores these directions: moving along them
+                # keeps the label, so shifted copies are correctly labelled data.
+                shift = (torch.randn(len(xb), len(Vt), generator=g) * self.invariance_scale).to(dev) @ Vt
+                xb = xb + shift if box is None else _invariant_in_box(xb, shift, Vt, box)
+            loss = self.method(model, xb, yb, ctx)
+            if Vt is not None and self.invariance_penalty > 0:
+                loss = loss + self.invariance_penalty * _gradient_along(model, xb, Vt, self.classes, g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        self.model.eval()
+        model.eval()
+
+    def invariance_basis(self) -> np.ndarray | None:
+        """An orthonormal basis (m, dim) of every direction stated as ``invariance`` so far."""
+        stated = [e.vectors for e in self.explanations if e.reason == "invariance" and e.vectors is not None]
+        if not stated:
+            return None
+        q, r = np.linalg.qr(np.concatenate(stated).astype(np.float64).T)
+        keep = np.abs(np.diag(r)) > 1e-6
+        return np.ascontiguousarray(q[:, keep].T, dtype=np.float32)
+
+    def committee(self, size: int, round_: int, steps: int | None = None) -> "Committee":
+        """``size`` bagged copies of the current model (query by committee).
+
+        Each member starts from the student's weights and trains ``steps`` (default: the
+        student's schedule) on
+        a bootstrap resample of its labelled data, from its own seed stream; the student
+        itself is untouched, so committees never change what the transcript replays.
+        """
+        import copy
+
+        X, y = self.training_set()
+        members = []
+        for i in range(size):
+            model = copy.deepcopy(self.model)
+            if len(y):
+                g = seeding.torch_generator(self.seed, "student", "committee", round_, i)
+                pick = torch.randint(len(y), (len(y),), generator=g).numpy()
+                self._fit(model, X[pick], y[pick], self.steps if steps is None else steps, g)
+            members.append(model)
+        return Committee(members)
 
     # -- answering -------------------------------------------------------------------
-    @torch.no_grad()
     def predict_proba(self, points: np.ndarray) -> np.ndarray:
         """Class probabilities, (n, classes); sklearn-style so query strategies can use it."""
-        self.model.eval()
-        x = torch.from_numpy(np.array(points, dtype=np.float32))
-        return torch.softmax(self.model(x), dim=1).numpy()
+        return _proba(self.model, points)
 
     def predict(self, points: np.ndarray) -> np.ndarray:
         """Predicted labels."""
         return self.predict_proba(points).argmax(axis=1)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives: tensors a protocol feeds it must be put there."""
+        return model_device(self.model)
+
     def snapshot(self) -> dict[str, torch.Tensor]:
         """A detached copy of the model's weights."""
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's parameters live (the CPU for a model without any)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def _proba(model: torch.nn.Module, points: np.ndarray) -> np.ndarray:
+    model.eval()
+    x = torch.from_numpy(np.array(points, dtype=np.float32)).to(model_device(model))
+    return torch.softmax(model(x), dim=1).cpu().numpy()
+
+
+class Committee:
+    """Models whose ``predict_proba`` is the mean of the members' (what modAL's
+    ``consensus_entropy`` reads)."""
+
+    def __init__(self, members: list[torch.nn.Module]):
+        self.members = members
+
+    def predict_proba(self, points: np.ndarray) -> np.ndarray:
+        return np.mean([_proba(member, points) for member in self.members], axis=0)
+
+
+def _gradient_along(model: torch.nn.Module, x: torch.Tensor, V: torch.Tensor, classes: int,
+                    g: torch.Generator) -> torch.Tensor:
+    """Mean squared norm of the logits' input Jacobian projected onto the rows of ``V``.
+
+    One random projection of the logits (a Hutchinson estimate: E_r ||V J^T r||^2 =
+    ||V J^T||_F^2) keeps it to a single double-backward pass whatever the class count.
+    """
+    xg = x.detach().requires_grad_(True)
+    r = torch.randn(len(x), classes, generator=g).to(x.device)
+    (grad,) = torch.autograd.grad((model(xg) * r).sum(), xg, create_graph=True)
+    return ((grad.flatten(1) @ V.T) ** 2).sum(dim=1).mean()
+
+
+def _invariant_in_box(x: torch.Tensor, shift: torch.Tensor, V: torch.Tensor,
+                      box: tuple[torch.Tensor, torch.Tensor], rounds: int = 20) -> torch.Tensor:
+    """``x`` moved towards ``x + shift`` (shift in span(V)) while staying in the box and,
+    up to a small residue, in ``x + span(V)``.
+
+    Clipping alone would leave the invariant directions and change the teacher's label
+    (on images, clipped pixels change the pooled image the teacher sees). Alternating
+    projections onto the box and onto ``x + span(V)`` converge to a point of both (x
+    itself is one); the last step clips, so the result is always inside the box.
+    """
+    lo, hi = box
+    z = x + shift
+    for _ in range(rounds):
+        z = torch.maximum(torch.minimum(z, hi), lo)
+        z = x + ((z - x) @ V.T) @ V
+    return torch.maximum(torch.minimum(z, hi), lo)

@@ -45,8 +45,8 @@ def apgd_ce(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = 
     shape = (-1, *([1] * (x.dim() - 1)))
     marks = set(checkpoints(steps))
     out = x.clone()
-    out_loss = torch.full((n,), -float("inf"))
-    found = torch.zeros(n, dtype=torch.bool)
+    out_loss = torch.full((n,), -float("inf"), device=x.device)
+    found = torch.zeros(n, dtype=torch.bool, device=x.device)
 
     def evaluate(xa):
         xa = xa.detach().requires_grad_(True)
@@ -71,11 +71,11 @@ def apgd_ce(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = 
         xk = clip(x + random_in_ball(x, eps, norm, generator), b)
         per, grad, pred = evaluate(xk)
         record(xk, per, pred)
-        eta = torch.full((n,), 2.0 * eps)
+        eta = torch.full((n,), 2.0 * eps, device=x.device)
         best_x, best_loss, best_grad = xk.clone(), per.clone(), grad.clone()
         x_prev = xk.clone()
-        successes = torch.zeros(n)
-        last_mark, loss_at_mark, eta_changed = 0, best_loss.clone(), torch.ones(n, dtype=torch.bool)
+        successes = torch.zeros(n, device=x.device)
+        last_mark, loss_at_mark, eta_changed = 0, best_loss.clone(), torch.ones(n, dtype=torch.bool, device=x.device)
         for k in range(steps):
             z = clip(x + project(xk + eta.view(shape) * ascent(grad, norm) - x, eps, norm), b)
             if k == 0:

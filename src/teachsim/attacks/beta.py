@@ -30,13 +30,13 @@ def beta(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "li
         classes = model(x[:1]).shape[1]
     alpha = step_size if step_size is not None else 2.5 * eps / max(1, steps)
     # targets: for each point, every class except its label
-    others = torch.arange(classes).repeat(n, 1)
+    others = torch.arange(classes, device=x.device).repeat(n, 1)
     others = others[others != y[:, None]].view(n, classes - 1)
     xr = x.repeat_interleave(classes - 1, dim=0)
     yr = y.repeat_interleave(classes - 1)
     tr = others.reshape(-1)
     best = x.clone()
-    best_margin = torch.full((n,), -float("inf"))
+    best_margin = torch.full((n,), -float("inf"), device=x.device)
     for _ in range(max(1, restarts)):
         delta = random_in_ball(xr, eps, norm, generator) if random_start and eps > 0 else torch.zeros_like(xr)
         xa = clip(xr + delta, b)
@@ -51,7 +51,7 @@ def beta(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "li
             logits = model(xa)
             margin = (logits.gather(1, tr[:, None]) - logits.gather(1, yr[:, None])).view(n, classes - 1)
             top, which = margin.max(dim=1)
-            cand = xa.view(n, classes - 1, *x.shape[1:])[torch.arange(n), which]
+            cand = xa.view(n, classes - 1, *x.shape[1:])[torch.arange(n, device=x.device), which]
             better = top > best_margin
             best[better] = cand[better]
             best_margin = torch.where(better, top, best_margin)

@@ -45,7 +45,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "lin
     # per point: the highest loss so far, or +inf once an iterate is misclassified (nothing
     # beats +inf, so the first misclassified iterate is kept; a correctly classified
     # iterate has a finite loss)
-    best_key = torch.full((len(x),), -float("inf"))
+    best_key = torch.full((len(x),), -float("inf"), device=x.device)
     for _ in range(max(1, restarts)):
         delta = random_in_ball(x, eps, norm, generator) if random_start and eps > 0 else torch.zeros_like(x)
         xa = clip(x + delta, b)
@@ -54,7 +54,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "lin
         # Lazy copies: where `current` is set, a point's best iterate is the current one
         # (every iterate is a new tensor, never written to); its row is copied into `best`
         # only once a later iterate does not replace it, or when the restart ends.
-        current = torch.zeros(len(x), dtype=torch.bool)
+        current = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         prev = xa
         for t in range(steps + 1):
             xa.requires_grad_(True)

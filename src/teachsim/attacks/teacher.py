@@ -17,9 +17,8 @@ teacher's uncertain band and misses the directions the teacher ignores.)
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .common import _view, as_box, ascent, clip, project, random_in_ball
+from .common import _view, as_box, ascent, clip, loss_per_point, project, random_in_ball
 
 
 def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "l2", box=None,
@@ -48,7 +47,7 @@ def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "
     x = x.detach()
     alpha = step_size if step_size is not None else 2.5 * radius / max(1, steps)
     out = x.clone()
-    found = torch.zeros(len(x), dtype=torch.bool)
+    found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     target = task.gamma * (1 + slack)
     for r in range(max(1, restarts)):
         start = random_in_ball(x, radius, norm, generator) if r > 0 and radius > 0 else torch.zeros_like(x)
@@ -65,7 +64,7 @@ def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "
                 found |= hit
             if t == steps or bool(found.all()) or radius == 0:
                 break
-            loss = F.cross_entropy(s_logits, label, reduction="none")
+            loss = loss_per_point(s_logits, label, "ce")   # stable when the student is saturated
             (grad,) = torch.autograd.grad(loss.sum(), xa)
             n = torch.autograd.grad(margin.sum(), xa, allow_unused=True)[0] if margin.requires_grad else None
             n = torch.zeros_like(xa) if n is None else n

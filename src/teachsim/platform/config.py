@@ -19,21 +19,25 @@ from typing import Any, Mapping
 
 from .. import registry
 from ..errors import ConfigError, TeachsimError
-from ..schema import Float, Int, IntList, Param, Str, resolve, suggest, unknown_key
+from ..schema import Choice, Float, Int, IntList, Param, Str, resolve, suggest, unknown_key
 from . import judge as judge_mod
 
 TOP = ("name", "description", "seeds", "budgets", "task", "student", "judge", "protocols", "sweep")
 
 STUDENT_PARAMS: dict[str, Param] = {
-    "model": Str("mlp", doc="mlp | linear (registered models)"),
+    "model": Str("mlp", doc="mlp | linear | cnn (registered models)"),
     "hidden": IntList([100], lo=1, doc="hidden layer widths of the mlp"),
     "init_std": Float(0.0, lo=0.0, doc="std of the first layer's normal init; 0 = PyTorch's default init"),
     "method": Str("erm", doc="learning method (teachsim list methods)"),
     "initial_labels": Int(200, lo=0, doc="passive labels before the protocol starts; free, reported apart"),
     "steps": Int(200, lo=0, doc="optimiser steps each time the student learns"),
-    "lr": Float(0.01, lo=0.0, doc="Adam learning rate"),
+    "optimizer": Choice("adam", ("adam", "sgd"), doc="adam, or sgd (plain gradient descent)"),
+    "lr": Float(0.01, lo=0.0, doc="learning rate"),
     "batch_size": Int(128, lo=1, doc="mini-batch size"),
-    "weight_decay": Float(0.0, lo=0.0, doc="Adam weight decay"),
+    "weight_decay": Float(0.0, lo=0.0, doc="weight decay"),
+    "invariance_scale": Float(2.0, lo=0.0, doc="std of the augmentation along directions a teacher "
+                              "states its label ignores (an invariance explanation)"),
+    "invariance_penalty": Float(1.0, lo=0.0, doc="weight of the input-gradient penalty along those directions"),
 }
 SWEEPABLE = ("task", "student", "judge")
 
@@ -144,6 +148,19 @@ def _protocol_label(p: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
     return p["name"] + (f"({', '.join(opts)})" if opts else "")
 
 
+def _try_build(factory: Any, params: Mapping[str, Any], where: str) -> None:
+    # Build the protocol once here, so that what only its constructor can check (a
+    # strategy's parameters, a plugin's own rules) is a config error before anything runs.
+    try:
+        factory(**params)
+    except ConfigError as exc:
+        field = exc.field if exc.field.startswith(where) else f"{where}.{exc.field}"
+        raise ConfigError(field, exc.detail) from None
+    except Exception as exc:
+        raise ConfigError(where, f"expected settings the protocol accepts; building it raised "
+                          f"{type(exc).__name__}: {exc}") from None
+
+
 def resolve_protocols(raw: Any) -> list[dict[str, Any]]:
     """Check the ``[[protocols]]`` array; labels must be unique."""
     if raw is None:
@@ -157,6 +174,8 @@ def resolve_protocols(raw: Any) -> list[dict[str, Any]]:
         if label is not None and (not isinstance(label, str) or not label):
             raise ConfigError.expected(f"{where}.label", "a non-empty string", label)
         res = _plugin_table(p, where, registry.protocols, None, extra=("label",))
+        _try_build(registry.protocols.get(res["name"]).factory,
+                   {k: v for k, v in res.items() if k not in ("name", "label")}, where)
         defaults = {k: prm.default for k, prm in registry.protocols.get(res["name"]).params.items()}
         res["label"] = _protocol_label(res, defaults)
         if res["label"] in seen:
@@ -215,15 +234,22 @@ def _key(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _validate_task(task: Mapping[str, Any]) -> None:
-    # Cross-field rules (manifold_dim <= dim, ...) live in the task's constructor: build it once.
+def _validate_task(task: Mapping[str, Any], student: Mapping[str, Any] | None = None) -> None:
+    # Cross-field rules (manifold_dim <= dim, a cnn needs square images, ...) live in the
+    # constructors: build the task, and the student's model for it, once.
     params = {k: v for k, v in task.items() if k != "name"}
     try:
-        registry.tasks.get(task["name"]).factory(0, **params)
+        built = registry.tasks.get(task["name"]).factory(0, **params)
     except TeachsimError:
         raise
     except Exception as exc:
         raise ConfigError("task", f"the task rejected its parameters: {type(exc).__name__}: {exc}") from None
+    if student is not None:
+        import torch
+
+        factory = registry.models.get(student["model"], "student.model").factory
+        factory(built.dim, built.classes, hidden=list(student["hidden"]), init_std=student["init_std"],
+                generator=torch.Generator().manual_seed(0))
 
 
 def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:
@@ -254,7 +280,7 @@ def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:
                 "judge": resolve_judge(tables["judge"])}
 
     plain = resolved(base)
-    _validate_task(plain["task"])
+    _validate_task(plain["task"], plain["student"])
     variants: list[tuple[str, dict[str, Any]]] = []
     keys = list(sweep)
     for combo in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
@@ -264,7 +290,7 @@ def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:
         label = ", ".join(f"{k}={v}" for k, v in zip(keys, combo))
         try:
             res = resolved(tables)
-            _validate_task(res["task"])
+            _validate_task(res["task"], res["student"])
         except ConfigError as exc:
             path = next((p for p in keys if exc.field.startswith(p)), None)
             if path is not None:

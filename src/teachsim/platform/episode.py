@@ -52,13 +52,14 @@ def build_model(student_cfg: Mapping[str, Any], task, seed: int):
 def build_student(student_cfg: Mapping[str, Any], task, seed: int):
     """A fresh student: model, method and the data distribution, never the mechanism."""
     from ..agents.student import Student
-    from .config import STUDENT_PARAMS
 
     entry = registry.methods.get(student_cfg["method"])
     method_params = {k: v for k, v in student_cfg.items() if k in entry.params}
     return Student(build_model(student_cfg, task, seed), entry.factory, task.data, task.classes, seed=seed,
                    steps=student_cfg["steps"], lr=student_cfg["lr"], batch_size=student_cfg["batch_size"],
-                   weight_decay=student_cfg["weight_decay"], method_params=method_params)
+                   weight_decay=student_cfg["weight_decay"], method_params=method_params,
+                   invariance_scale=student_cfg["invariance_scale"],
+                   invariance_penalty=student_cfg["invariance_penalty"], optimizer=student_cfg["optimizer"])
 
 
 def build_protocol(protocol_cfg: Mapping[str, Any]) -> Protocol:
@@ -66,62 +67,101 @@ def build_protocol(protocol_cfg: Mapping[str, Any]) -> Protocol:
     return registry.protocols.get(protocol_cfg["name"]).factory(**params)
 
 
-def converse(protocol: Protocol, teacher, student, budgets, *, seed: int, initial_labels: int = 0,
-             explain_cost: float = 1.0, probe_limit: int | None = None) -> Conversation:
-    """Run the one episode loop until ``done``, the final budget, or two idle turns.
+class Loop:
+    """The one episode loop, a turn at a time (:func:`converse` runs it to the end; the
+    PettingZoo adapter steps it with outside moves).
 
     Sides alternate, starting with ``protocol.first``. On its turn a side sees only its
     own agent, its inbox and a :class:`TurnContext`; what it returns goes through the
     channel, which charges, checks, delivers and records it, and snapshots the student
-    (after it learns what it was sent) whenever a checkpoint is reached.
+    (after it learns what it was sent) whenever a checkpoint is reached. The protocol may
+    set ``probe_limit`` and ``explain_cost`` (as parameters); the channel enforces them.
     """
-    conv: Conversation
 
-    def on_checkpoint(budget: float) -> None:
-        student.learn()
-        conv.snapshots[budget] = student.snapshot()
-        conv.checkpoints.append((budget, channel.spent, True))
+    def __init__(self, protocol: Protocol, teacher, student, budgets, *, seed: int, initial_labels: int = 0,
+                 explain_cost: float | None = None, probe_limit: int | None = None):
+        if explain_cost is None:
+            explain_cost = float(getattr(protocol, "explain_cost", 1.0))
+        if probe_limit is None:
+            probe_limit = getattr(protocol, "probe_limit", None)
+        self.protocol, self.teacher, self.student = protocol, teacher, student
+        self.probe_limit = probe_limit
+        self.channel = Channel(budgets, observers={m.STUDENT: student.observe, m.TEACHER: teacher.observe},
+                               on_checkpoint=self._on_checkpoint, legal=protocol.legal, dim=student.data.dim,
+                               classes=student.classes, explain_cost=explain_cost, probe_limit=probe_limit)
+        self.conv = Conversation(self.channel)
+        if initial_labels > 0:
+            x = student.data.sample(initial_labels, seeding.rng(seed, "initial"))
+            self.channel.send(m.answer(x, teacher.label(x)), phase="initial")
+            self.channel.take(m.STUDENT)
+        self.rngs = {role: seeding.rng(seed, "protocol", role) for role in (m.STUDENT, m.TEACHER)}
+        self.agents = {m.STUDENT: student, m.TEACHER: teacher}
+        self.moves = {m.STUDENT: protocol.student_turn, m.TEACHER: protocol.teacher_turn}
+        self.role, self.idle, self.turn = protocol.first, 0, 0
 
-    channel = Channel(budgets, observers={m.STUDENT: student.observe, m.TEACHER: teacher.observe},
-                      on_checkpoint=on_checkpoint, legal=protocol.legal, dim=student.data.dim,
-                      classes=student.classes, explain_cost=explain_cost, probe_limit=probe_limit)
-    conv = Conversation(channel)
-    if initial_labels > 0:
-        x = student.data.sample(initial_labels, seeding.rng(seed, "initial"))
-        channel.send(m.answer(x, teacher.label(x)), phase="initial")
-        channel.take(m.STUDENT)
+    def _learn(self) -> None:
+        # Checkpoint trainings follow the protocol's round schedule (its ``steps``) too,
+        # so the last round trains like every other one.
+        train = getattr(self.protocol, "train", None)
+        if callable(train):
+            train(self.student)
+        else:
+            self.student.learn()
 
-    rngs = {role: seeding.rng(seed, "protocol", role) for role in (m.STUDENT, m.TEACHER)}
-    agents = {m.STUDENT: student, m.TEACHER: teacher}
-    turns = {m.STUDENT: protocol.student_turn, m.TEACHER: protocol.teacher_turn}
-    role, idle = protocol.first, 0
-    for turn in range(MAX_TURNS):
-        if channel.finished:
-            break
-        inbox = channel.take(role)
-        room = None if probe_limit is None else probe_limit - channel.probed
-        ctx = TurnContext(rngs[role], turn, channel.spent, channel.room, channel.to_checkpoint, room)
-        sent = turns[role](agents[role], inbox, ctx) or []
+    def _on_checkpoint(self, budget: float) -> None:
+        self._learn()
+        self.conv.snapshots[budget] = self.student.snapshot()
+        self.conv.checkpoints.append((budget, self.channel.spent, True))
+
+    @property
+    def over(self) -> bool:
+        """A ``done`` was delivered, the budget is spent, or neither side had anything to say."""
+        return self.channel.finished or self.idle >= 2
+
+    def context(self) -> TurnContext:
+        """What the side on move may know besides its inbox."""
+        ch = self.channel
+        room = None if self.probe_limit is None else self.probe_limit - ch.probed
+        return TurnContext(self.rngs[self.role], self.turn, ch.spent, ch.room, ch.to_checkpoint, room)
+
+    def step(self, move=None) -> int:
+        """Play the turn of the side on move (its protocol move, or ``move``, a function with
+        the same signature); returns how many messages were delivered."""
+        if self.turn >= MAX_TURNS:
+            raise ProtocolError(f"the protocol did not end within {MAX_TURNS} turns")
+        role = self.role
+        inbox = self.channel.take(role)
+        sent = (move or self.moves[role])(self.agents[role], inbox, self.context()) or []
         delivered = 0
         for msg in sent:
             if isinstance(msg, m.Message) and msg.sender != role:
                 raise ProtocolError(f"on the {role}'s turn the protocol sent a message from the {msg.sender}")
-            delivered += len(channel.send(msg))
-            if channel.finished:
+            delivered += len(self.channel.send(msg))
+            if self.channel.finished:
                 break
-        idle = 0 if delivered else idle + 1
-        if idle >= 2:   # neither side has anything left to say
-            break
-        role = m.TEACHER if role == m.STUDENT else m.STUDENT
-    else:
-        raise ProtocolError(f"the protocol did not end within {MAX_TURNS} turns")
-    conv.turns = turn + 1
-    for budget in channel.close():
-        # Never reached (the protocol ended early): the final student stands for it.
-        student.learn()
-        conv.snapshots[budget] = student.snapshot()
-        conv.checkpoints.append((budget, channel.spent, False))
-    return conv
+        self.idle = 0 if delivered else self.idle + 1
+        self.turn += 1
+        self.role = m.TEACHER if role == m.STUDENT else m.STUDENT
+        return delivered
+
+    def close(self) -> Conversation:
+        """End the episode; a checkpoint never reached gets the final student."""
+        self.conv.turns = self.turn
+        for budget in self.channel.close():
+            self._learn()
+            self.conv.snapshots[budget] = self.student.snapshot()
+            self.conv.checkpoints.append((budget, self.channel.spent, False))
+        return self.conv
+
+
+def converse(protocol: Protocol, teacher, student, budgets, *, seed: int, initial_labels: int = 0,
+             explain_cost: float | None = None, probe_limit: int | None = None) -> Conversation:
+    """Run the one episode loop (:class:`Loop`) until ``done``, the final budget, or two idle turns."""
+    loop = Loop(protocol, teacher, student, budgets, seed=seed, initial_labels=initial_labels,
+                explain_cost=explain_cost, probe_limit=probe_limit)
+    while not loop.over:
+        loop.step()
+    return loop.close()
 
 
 @dataclass
@@ -163,10 +203,30 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def run_episode(spec: EpisodeSpec) -> EpisodeResult:
-    """Run one episode and judge its snapshots. Never raises: a failure is a result."""
+def resolve_device(device: Any = "cpu"):
+    """``device`` as a torch device, or the CPU where it is not usable in this process
+    (``"cuda"`` without a visible CUDA device, say)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return dev
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError):   # no such device here, or torch built without it
+        return torch.device("cpu")
+    return dev
+
+
+def run_episode(spec: EpisodeSpec, device: Any = "cpu") -> EpisodeResult:
+    """Run one episode and judge its snapshots. Never raises: a failure is a result.
+
+    ``device`` is where the student trains and is judged (``"cpu"``, ``"cuda:0"``, ...);
+    where it is not usable the episode runs on the CPU. ``result.stats["device"]`` says
+    which. Results are plain CPU data whatever the device.
+    """
     from ..agents.teacher import Teacher
-    from .judge import judge_all, make_test_set
+    from .judge import judge_all
 
     result = EpisodeResult(spec, "failed", started_at=_now(), host=socket.gethostname())
     t0 = time.perf_counter()
@@ -174,26 +234,32 @@ def run_episode(spec: EpisodeSpec) -> EpisodeResult:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # episodes are small: one thread each is fastest and keeps runs reproducible
+    stats: dict[str, Any] = {}
     try:
+        dev = resolve_device(device)
+        stats["device"] = str(dev)
         task = build_task(spec.task, spec.seed)
         student = build_student(spec.student, task, spec.seed)
+        student.model.to(dev)
         conv = converse(build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets,
                         seed=spec.seed, initial_labels=spec.student["initial_labels"])
         models = {}
         for budget, weights in conv.snapshots.items():
             models[budget] = build_model(spec.student, task, spec.seed)
             models[budget].load_state_dict(weights)
+            models[budget].to(dev)
         result.scores, result.flags = judge_all(models, task, spec.judge, spec.seed)
         result.messages, result.payloads = transcript_rows(conv.channel.log)
-        result.payloads["learn_log"] = np.asarray(student.learn_log, dtype=np.int64)
-        result.snapshots = {b: {k: v.numpy() for k, v in s.items()} for b, s in conv.snapshots.items()}
+        result.payloads["learn_log"] = np.asarray(student.learn_log, dtype=np.int64).reshape(-1, 2)
+        result.snapshots = {b: {k: v.cpu().numpy() for k, v in s.items()} for b, s in conv.snapshots.items()}
         result.checkpoints = conv.checkpoints
-        result.stats = {"spent": conv.channel.spent, "probed": conv.channel.probed,
+        result.stats = {**stats, "spent": conv.channel.spent, "probed": conv.channel.probed,
                         "refused": conv.channel.refused, "turns": conv.turns,
                         "labelled": student.n_labelled, "initial_labels": spec.student["initial_labels"]}
         result.status = "finished"
     except Exception as exc:  # one episode's failure is recorded; the experiment goes on
         result.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-8)}"
+        result.stats = stats
     finally:
         torch.set_num_threads(threads)
     result.finished_at = _now()

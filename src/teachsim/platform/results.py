@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,39 +15,65 @@ import pandas as pd
 from ..errors import ConfigError, RunError
 from . import config as config_mod
 from .config import EpisodeSpec, Experiment
+from .runners import EXECUTORS  # noqa: F401 - re-exported: the executors run() accepts
 from .summary import auc, budget_to, curve_table, summarize
 
-EXECUTORS = ("serial",)
+
+def _recorded(run_dir: Path) -> dict[str, str]:
+    """key -> status of the episodes an existing run directory holds (read-only)."""
+    path = run_dir / "results.sqlite"
+    if not path.is_file():
+        return {}
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return dict(con.execute("SELECT key, status FROM episodes"))
+    except sqlite3.OperationalError:   # created but never written
+        return {}
+    finally:
+        con.close()
 
 
 def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path | None = None,
-        executor: str = "serial", resume: bool = False, retries: int = 0, progress: bool = True,
-        plugins: tuple[str, ...] = ()) -> "Run":
+        executor: str | None = None, address: str | None = None, workers: int | None = None,
+        cpus_per_episode: float | None = None, gpus_per_episode: float | None = None,
+        resume: bool = False, retries: int = 0, progress: bool = True, plugins: tuple[str, ...] = ()) -> Run:
     """Run an experiment and return its :class:`Run`.
 
     Args:
         config: a TOML path, a config dict, or a resolved :class:`Experiment`.
         out: run directory (default ``runs/<name>``).
-        executor: ``"serial"``.
+        executor: ``"ray"`` (default; ``$TEACHSIM_EXECUTOR`` overrides the default) or
+            ``"serial"`` (one episode at a time in this process, no Ray).
+        address: Ray cluster to run on (``HOST:PORT``, ``ray://HOST:PORT``, ``auto``);
+            default ``$RAY_ADDRESS``, else an embedded local Ray started for this run.
+        workers: most episodes at once (Ray; default: as many as the cluster fits).
+        cpus_per_episode: CPUs Ray reserves per episode (default 1).
+        gpus_per_episode: GPUs Ray reserves per episode; a fraction packs several
+            episodes on one GPU (default 0). Without a GPU episodes run on the CPU.
         resume: keep finished episodes of an existing run directory and run the rest.
             Re-running into an existing directory of the same experiment does the same.
-        retries: extra attempts for an episode that fails.
+        retries: extra attempts for an episode that fails (one whose Ray worker dies is
+            also resubmitted, up to 3 times, whatever this is).
         progress: print progress to stderr.
-        plugins: plugin files or modules to load first.
+        plugins: plugin files or modules to load first (Ray workers load them too).
 
     Raises:
-        ConfigError: bad config or option (nothing has run).
+        ConfigError: bad config or option, or an unreachable cluster (nothing has run).
         RunError: ``out`` holds a different experiment.
+        KeyboardInterrupt: the run was interrupted; every finished episode is kept.
     """
+    import sys
+
     from .. import registry
-    from .runners import Progress, run_serial
+    from .runners import Progress, make_executor
     from .store import Store
 
     for plugin in plugins:
         registry.load_plugin(plugin)
-    if executor not in EXECUTORS:
-        raise ConfigError("--executor", f"expected one of {', '.join(EXECUTORS)}, got {executor!r}")
-    if not isinstance(retries, int) or retries < 0:
+    note = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else None
+    runner = make_executor(executor, address=address, workers=workers, cpus_per_episode=cpus_per_episode,
+                           gpus_per_episode=gpus_per_episode, note=note)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ConfigError.expected("--retries", "an integer >= 0", retries)
     exp = config if isinstance(config, Experiment) else config_mod.load(config)
     run_dir = Path(out) if out is not None else Path("runs") / exp.name
@@ -57,25 +84,32 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
     if cfg_path.exists() and cfg_path.read_text() != text:
         raise RunError(f"{run_dir} holds a different experiment (its config.toml differs); "
                        "choose another --out or remove that directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path.write_text(text)
 
-    store = Store(run_dir)
-    try:
-        status = store.status_by_key()
-        todo = [s for s in exp.episodes if status.get(s.key) != "finished"]
-        bar = Progress(len(todo), skipped=len(exp.episodes) - len(todo), enabled=progress)
-        for result, attempts in run_serial(todo, retries=retries):
-            store.write(result, attempts)
-            bar.update(result)
-    finally:
-        store.close()
+    with runner:
+        recorded = _recorded(run_dir)
+        pending = sum(recorded.get(s.key) != "finished" for s in exp.episodes)
+        if pending:
+            runner.start(pending)   # connect first: a bad cluster leaves nothing behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path.write_text(text)
+        store = Store(run_dir)
+        try:
+            status = store.status_by_key()
+            todo = [s for s in exp.episodes if status.get(s.key) != "finished"]
+            bar = Progress(len(todo), skipped=len(exp.episodes) - len(todo), enabled=progress)
+            if todo and runner.name != "serial":
+                bar.note(runner.description)
+            for result, attempts in runner.run(todo, retries=retries):
+                store.write(result, attempts)
+                bar.update(result)
+        finally:
+            store.close()
     result_run = Run(run_dir)
     result_run.write_summary()
     return result_run
 
 
-def open_run(run_dir: str | Path) -> "Run":
+def open_run(run_dir: str | Path) -> Run:
     """Open an existing run directory."""
     return Run(run_dir)
 

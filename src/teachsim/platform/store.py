@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS episodes (
     task TEXT NOT NULL, variant TEXT NOT NULL DEFAULT '', seed INTEGER NOT NULL,
     status TEXT NOT NULL, error TEXT NOT NULL DEFAULT '', started_at TEXT, finished_at TEXT,
     host TEXT, seconds REAL, attempts INTEGER NOT NULL DEFAULT 1, initial_labels INTEGER,
-    spent REAL, probed INTEGER, refused INTEGER, spec TEXT NOT NULL);
+    spent REAL, probed INTEGER, refused INTEGER, spec TEXT NOT NULL, device TEXT);
 CREATE TABLE IF NOT EXISTS scores (
     episode_id INTEGER NOT NULL, budget REAL NOT NULL, metric TEXT NOT NULL, value REAL,
     judge TEXT NOT NULL DEFAULT 'default', PRIMARY KEY (episode_id, judge, budget, metric));
@@ -67,6 +67,10 @@ class Store:
         (self.dir / "students").mkdir(exist_ok=True)
         self.con = connect(self.dir / "results.sqlite")
         self.con.executescript(SCHEMA)
+        columns = {row[1] for row in self.con.execute("PRAGMA table_info(episodes)")}
+        if "device" not in columns:   # a run directory from before the column
+            with self.con:
+                self.con.execute("ALTER TABLE episodes ADD COLUMN device TEXT")
 
     def close(self) -> None:
         self.con.close()
@@ -91,12 +95,12 @@ class Store:
                     self.con.execute(f"DELETE FROM {table} WHERE episode_id = ?", old)
             cur = self.con.execute(
                 "INSERT INTO episodes (episode_id, key, protocol, task, variant, seed, status, error, started_at,"
-                " finished_at, host, seconds, attempts, initial_labels, spent, probed, refused, spec)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " finished_at, host, seconds, attempts, initial_labels, spent, probed, refused, spec, device)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (old[0] if old else None, spec.key, spec.protocol, spec.task["name"], spec.variant, spec.seed,
                  result.status, result.error, result.started_at, result.finished_at, result.host, result.seconds,
                  attempts, spec.student["initial_labels"], stats.get("spent"), stats.get("probed"),
-                 stats.get("refused"), json.dumps(spec.as_dict(), sort_keys=True)))
+                 stats.get("refused"), json.dumps(spec.as_dict(), sort_keys=True), _device_text(stats)))
             eid = cur.lastrowid if not old else old[0]
             self.con.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, 'default')",
                                  [(eid, b, metric, v) for b, metric, v in result.scores])
@@ -124,10 +128,21 @@ class Store:
                                  [(episode_id, b, f, v, name) for b, f, v in flags])
 
 
+def _device_text(stats: dict[str, Any]) -> str | None:
+    """Where the episode ran: ``cpu``, or ``cuda:0 (GPU 1)`` with the GPU id(s) Ray assigned
+    (``cpu (GPU 1)``: Ray assigned GPU 1, but the worker saw no usable CUDA device)."""
+    device = stats.get("device")
+    gpus = stats.get("gpu_ids")
+    if device and gpus:
+        return f"{device} (GPU {','.join(map(str, gpus))})"
+    return device
+
+
 def _students_bytes(snapshots: dict[float, dict[str, Any]]) -> bytes:
     import torch
 
-    flat = {f"{budget:g}/{name}": torch.as_tensor(np.asarray(t)) for budget, s in snapshots.items()
+    # np.array copies: arrays that came back from a Ray worker are read-only views
+    flat = {f"{budget:g}/{name}": torch.as_tensor(np.array(t)) for budget, s in snapshots.items()
             for name, t in s.items()}
     buf = io.BytesIO()
     torch.save(flat, buf)

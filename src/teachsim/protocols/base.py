@@ -28,7 +28,13 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..messages import STUDENT, TEACHER, Message
-from ..schema import Param, resolve
+from ..schema import Int, Param, resolve
+
+ROUND_PARAMS: Mapping[str, Param] = {
+    "batch": Int(25, lo=1, doc="labels (cost units) per round; the student learns after each round"),
+    "steps": Int(0, lo=0, doc="training steps after each round; 0 = the student's own schedule (student.steps)"),
+}
+"""The round schedule the built-in protocols share: how much arrives between two trainings."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,10 @@ class Protocol:
         if name in params:
             return params[name]
         raise AttributeError(name)
+
+    def train(self, student: Any) -> None:
+        """Let the student learn what arrived, on this protocol's round schedule (``steps``)."""
+        student.learn(self.params.get("steps") or None)
 
     def student_turn(self, student: Any, inbox: list[Message], ctx: TurnContext) -> list[Message]:
         """The student's move: return the messages it sends."""

@@ -95,7 +95,7 @@ class Channel:
         split at checkpoints, so the snapshot for a checkpoint sees exactly the points
         that reached it. An indivisible message that does not fit is refused.
         """
-        self._check(msg)
+        self._check(msg, phase)
         if self.ended:
             raise ProtocolError(f"{msg.sender} sent {msg.kind!r} after the episode ended")
         if phase == "initial":
@@ -147,7 +147,7 @@ class Channel:
         self.observers[msg.receiver](msg)
         return msg
 
-    def _check(self, msg: m.Message) -> None:
+    def _check(self, msg: m.Message, phase: str = "protocol") -> None:
         if not isinstance(msg, m.Message):
             raise ProtocolError(f"expected a Message, got {type(msg).__name__}")
         if msg.kind not in m.ROUTES:
@@ -155,7 +155,8 @@ class Channel:
         sender, receiver = m.ROUTES[msg.kind]
         if sender != "either" and (msg.sender, msg.receiver) != (sender, receiver):
             raise ProtocolError(f"{msg.kind!r} goes {sender} -> {receiver}, not {msg.sender} -> {msg.receiver}")
-        if msg.sender not in self.legal or msg.kind not in self.legal[msg.sender]:
+        # The initial labels are the platform's, not the protocol's: any protocol gets them.
+        if phase == "protocol" and (msg.sender not in self.legal or msg.kind not in self.legal[msg.sender]):
             raise ProtocolError(f"this protocol does not allow the {msg.sender} to send {msg.kind!r}")
         if msg.kind in ("query", "answer", "push", "probe"):
             if msg.points is None or msg.points.ndim != 2 or msg.points.shape[1] != self.dim:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from .. import messages as m
-from ..schema import Int
-from .base import Protocol
+from .base import ROUND_PARAMS, Protocol
 
 
 class Passive(Protocol):
     """The teacher labels i.i.d. draws from the data distribution."""
 
-    PARAMS = {"batch": Int(25, lo=1, doc="labels per round; the student learns after each round")}
+    PARAMS = ROUND_PARAMS
 
     def student_turn(self, student, inbox, ctx):
-        student.learn()
+        self.train(student)
         n = min(self.batch, ctx.labels_to_checkpoint)
         if n <= 0:
             return [m.done(m.STUDENT, "budget spent")]

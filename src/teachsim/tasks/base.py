@@ -29,7 +29,8 @@ class Distribution:
 
 
 class Task:
-    """A world. Subclasses set ``name, dim, classes, gamma, data, broad`` and :meth:`logits`.
+    """A world. Subclasses set ``name, dim, classes, gamma, data, broad`` (optionally
+    ``test`` and ``box``) and :meth:`logits`.
 
     The teacher's label at x is ``argmax logits(x)`` where :meth:`margin` >= ``gamma``
     and ABSTAIN elsewhere. ``margin`` defaults to the first-order distance to the
@@ -44,11 +45,33 @@ class Task:
     gamma: float
     data: Distribution
     broad: Distribution
+    test: Distribution | None = None       # held-out inputs for the judge; None: draws from ``data``
     box: tuple[np.ndarray, np.ndarray] | None = None
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The teacher's differentiable score, (n, dim) -> (n, classes)."""
+        """The teacher's differentiable score, (n, dim) -> (n, classes), on ``x``'s device
+        (use :meth:`on_device` for the task's own tensors)."""
         raise NotImplementedError
+
+    def on_device(self, like: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The task's own ``tensors`` on ``like``'s device (where the student lives).
+
+        A tensor already there comes back as it is (so CPU runs are untouched); another
+        is copied once per device and the copy kept. The copies follow the originals only
+        as long as those are not changed in place after first use.
+        """
+        if all(t.device == like.device for t in tensors):
+            return tensors
+        cache = self.__dict__.setdefault("_device_copies", {})
+        out = []
+        for t in tensors:
+            if t.device != like.device:
+                key = (id(t), like.device)
+                if key not in cache:
+                    cache[key] = (t, t.to(like.device))   # keep t alive so its id stays its own
+                t = cache[key][1]
+            out.append(t)
+        return tuple(out)
 
     def margin(self, x: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:
         """Distance-like certainty of the teacher at each point, shape (n,)."""
@@ -70,7 +93,7 @@ class Task:
         """The teacher's labels, ABSTAIN where it is uncertain. Batched to bound memory."""
         x = points if torch.is_tensor(points) else torch.from_numpy(np.array(points, dtype=np.float32))
         out = [self._label_tensor(chunk) for chunk in torch.split(x.float(), 4096)] if len(x) else []
-        return torch.cat(out).numpy().astype(np.int64) if out else np.zeros(0, np.int64)
+        return torch.cat(out).cpu().numpy().astype(np.int64) if out else np.zeros(0, np.int64)
 
     def as_model(self) -> nn.Module:
         """The teacher's score as a torch module (inputs -> logits): a perfect student."""

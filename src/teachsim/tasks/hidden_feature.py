@@ -61,7 +61,8 @@ class HiddenFeature(Task):
             self._W = torch.as_tensor(self._linear_rows(rng), dtype=torch.float32)
         else:
             width = 16
-            self._A = torch.as_tensor(rng.standard_normal((manifold_dim, width)) / np.sqrt(manifold_dim), dtype=torch.float32)
+            a = rng.standard_normal((manifold_dim, width)) / np.sqrt(manifold_dim)
+            self._A = torch.as_tensor(a, dtype=torch.float32)
             self._c = torch.as_tensor(0.5 * rng.standard_normal(width), dtype=torch.float32)
             self._B = torch.as_tensor(rng.standard_normal((width, classes)) * 2 / np.sqrt(width), dtype=torch.float32)
             self._b = torch.zeros(classes)
@@ -79,19 +80,25 @@ class HiddenFeature(Task):
         return np.stack([np.cos(a) * u + np.sin(a) * v for a in angles])
 
     def _balance(self, rng: np.random.Generator) -> None:
-        # A random network favours some classes; shift its biases so that each class
-        # holds a fair share of the data distribution.
+        # A random network favours some classes; shift its biases until each class holds a
+        # fair share of the data distribution. Small damped steps: large ones oscillate
+        # and can leave a class with no region at all.
         x = torch.as_tensor(self.data.sample(4000, rng))
-        for _ in range(20):
+        fair = 1.0 / self.classes
+        for _ in range(3000):
             with torch.no_grad():
                 share = torch.bincount(self.logits(x).argmax(1), minlength=self.classes).float() / len(x)
-            self._b -= 0.5 * torch.log((share + 1e-3) * self.classes)
+            if float((share - fair).abs().max()) < 0.05 * fair:
+                break
+            self._b -= 0.05 * torch.log((share + 0.01) / fair)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         z = x[:, : self.k]
         if self.kind == "linear":
-            return z @ self._W.T
-        return torch.tanh(z @ self._A + self._c) @ self._B + self._b
+            (W,) = self.on_device(x, self._W)
+            return z @ W.T
+        A, c, B, b = self.on_device(x, self._A, self._c, self._B, self._b)
+        return torch.tanh(z @ A + c) @ B + b
 
     def invariances(self) -> np.ndarray:
         return np.eye(self.dim, dtype=np.float32)[self.k:]

@@ -1,0 +1,449 @@
+"""The Ray executor: episodes on a pool of Ray actors, results streamed back as they finish.
+
+Only this module imports ``ray`` (``import teachsim`` never does). The driver starts or
+joins a Ray cluster, keeps one actor per worker (each loads the run's plugins once and
+is reused for every episode it gets, so there is no process start per episode), hands
+each idle worker the next episode, and yields ``(result, attempts)`` as results arrive;
+the caller, in the driver, alone writes them.
+
+Faults: an episode whose worker process dies (killed, out of memory, a crash) is
+resubmitted to a fresh worker, up to :data:`LOST_RETRIES` times; an episode that returns
+a failed result is rerun ``retries`` times, then yielded as failed. Either way every
+attempt counts in ``attempts``.
+
+GPUs: each worker holds ``gpus_per_episode`` of a GPU for its life (Ray's fractional
+packing: 0.25 puts four workers on a GPU), runs its episodes on the GPU Ray assigned it,
+with its CUDA memory capped to its share; without a usable CUDA device it runs on the
+CPU. ``result.stats`` records ``device``, ``gpu_ids`` and ``worker_pid``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import math
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Self
+
+import ray
+import ray.exceptions
+
+from ..errors import ConfigError, RunError
+from .config import EpisodeSpec
+from .episode import EpisodeResult, _now
+
+LOST_RETRIES = 3
+"""Resubmissions of an episode whose worker died, before it is recorded as failed."""
+
+_WAIT_S = 0.5   # ray.wait timeout: how often the driver wakes up (and can be interrupted)
+
+
+class _Worker:
+    """One reused worker process (a Ray actor). Loads plugins once, then runs episodes."""
+
+    def __init__(self, plugins: list[str], paths: list[str], registrations: list[tuple[str, str, bytes]],
+                 gpu_share: float):
+        from ray import cloudpickle
+
+        from .. import registry
+
+        for path in paths:
+            if path not in sys.path:
+                sys.path.append(path)
+        # Best effort: a plugin or registration these episodes do not use must not stop the
+        # worker; an episode that needs a missing one fails with "unknown ..." plus this note.
+        self.problems: list[str] = []
+        for plugin in plugins:
+            try:
+                registry.load_plugin(plugin)
+            except Exception as exc:  # noqa: BLE001
+                self.problems.append(f"plugin {plugin}: {exc}")
+        for kind, name, blob in registrations:
+            try:
+                target, params = cloudpickle.loads(blob)
+            except Exception as exc:  # noqa: BLE001
+                self.problems.append(f"{kind} {name!r} registered by the driver: {type(exc).__name__}: {exc}")
+            else:
+                registry.REGISTRIES[kind]._entries[name] = registry.Entry(name, target, params)
+        self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        self.device = "cpu"
+        if self.gpu_ids:
+            import torch
+
+            if torch.cuda.is_available():   # Ray set CUDA_VISIBLE_DEVICES to our GPU(s): it is cuda:0 here
+                self.device = "cuda:0"
+                if gpu_share < 1:
+                    torch.cuda.set_per_process_memory_fraction(gpu_share, 0)
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "gpu_ids": self.gpu_ids, "device": self.device,
+                "problems": self.problems}
+
+    def run(self, spec: EpisodeSpec) -> EpisodeResult:
+        from .episode import run_episode
+
+        result = run_episode(spec, device=self.device)
+        result.stats.update(gpu_ids=self.gpu_ids, worker_pid=os.getpid())
+        if result.status != "finished" and self.problems:
+            result.error += "\n(on this Ray worker: " + "; ".join(self.problems) + ")"
+        return result
+
+
+_RemoteWorker = ray.remote(max_restarts=0, max_task_retries=0)(_Worker)
+
+
+@dataclass
+class _Item:
+    spec: EpisodeSpec
+    failures: int = 0    # attempts that returned a failed result
+    losses: int = 0      # attempts whose worker died
+
+    @property
+    def attempts(self) -> int:
+        return self.failures + self.losses
+
+
+class _Queue:
+    """Episodes waiting for a worker, longest first as far as is known.
+
+    The last episodes of a run decide when it ends: one long episode started last keeps a
+    single worker busy while the others idle. So the queue first starts one episode of each
+    group (protocol and task variant) to learn what a group costs, then hands out the
+    episodes of the costliest groups first. Episodes to run again go first of all.
+    """
+
+    def __init__(self, items: Iterable[_Item]):
+        self.items = list(items)
+        self.retry: collections.deque[_Item] = collections.deque()
+        self.started: set[tuple[str, str]] = set()
+        self.seconds: dict[tuple[str, str], list[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self.items) + len(self.retry)
+
+    @staticmethod
+    def _group(item: _Item) -> tuple[str, str]:
+        return item.spec.protocol, item.spec.variant
+
+    def pop(self) -> _Item:
+        if self.retry:
+            return self.retry.popleft()
+        for i, item in enumerate(self.items):          # a group not started yet: learn its cost
+            if self._group(item) not in self.started:
+                self.started.add(self._group(item))
+                return self.items.pop(i)
+        known = {g: sum(s) / len(s) for g, s in self.seconds.items()}
+        guess = sum(known.values()) / len(known) if known else 0.0
+        i = max(range(len(self.items)), key=lambda i: known.get(self._group(self.items[i]), guess))
+        return self.items.pop(i)                        # max keeps the first of equals: spec order
+
+    def again(self, item: _Item) -> None:
+        self.retry.append(item)
+
+    def learn(self, item: _Item, result: EpisodeResult) -> None:
+        if result.status == "finished":
+            self.seconds.setdefault(self._group(item), []).append(result.seconds)
+
+
+def _first_line(exc: BaseException, limit: int = 400) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_reachable(address: str, field: str) -> None:
+    """A quick TCP check, so an unreachable cluster is one clear line, not a long hang."""
+    if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError.expected(field, "a Ray cluster address HOST:PORT (or ray://HOST:PORT, or auto)", address)
+    try:
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=5)
+    except OSError as exc:
+        raise ConfigError(field, f"cannot reach a Ray cluster at {address!r} ({exc.strerror or exc})") from None
+    # Ray's GCS (and its client server) speak gRPC: an HTTP/2 server answers the connection
+    # preface with a SETTINGS frame (type 4). Anything else is not Ray, and ray.init would
+    # retry against it for minutes.
+    head = b""
+    with conn:
+        try:
+            conn.settimeout(5)
+            conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+            while len(head) < 4:
+                chunk = conn.recv(4 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+        except OSError:
+            pass
+    if len(head) < 4 or head[3] != 4:
+        raise ConfigError(field, f"{address!r} does not answer like a Ray cluster (no gRPC server on that port)")
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[Callable[[], list[str]]]:
+    """Capture this process's file descriptor 2 (where Ray's C++ side logs) in a block.
+
+    Yields a function that returns the captured lines (after the block).
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    lines: list[str] = []
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lambda: lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode(errors="replace").splitlines())
+
+
+def _user_registrations() -> list[tuple[str, str, bytes]]:
+    """Registry entries the driver's own code made (``teachsim.register_*`` in a script or a
+    notebook, or in a module it imported), pickled one by one for the workers, so that
+    they know the same names. Plugins are not sent (workers load them), nor built-ins."""
+    from ray import cloudpickle
+
+    from .. import registry
+
+    out = []
+    for kind, reg in registry.REGISTRIES.items():
+        for name, entry in reg._entries.items():
+            target = entry.target
+            module = getattr(target, "__module__", "") or ""
+            if isinstance(target, str) or module.split(".")[0] == "teachsim" or module.startswith("teachsim_plugin_"):
+                continue
+            try:
+                blob = cloudpickle.dumps((target, entry._params))
+            except Exception:  # noqa: BLE001, S112 - cannot be shipped: an episode that needs it fails saying so
+                continue
+            out.append((kind, name, blob))
+    return out
+
+
+class RayExecutor:
+    """Runs episodes on Ray. Use as a context manager: :meth:`start`, :meth:`run`, :meth:`close`.
+
+    Args:
+        address: an existing cluster (``HOST:PORT``, ``ray://HOST:PORT`` or ``auto``);
+            default: ``RAY_ADDRESS`` if set, else an embedded local Ray started here.
+        workers: most episodes at once (default: as many as the cluster fits).
+        cpus_per_episode: CPUs Ray reserves for each worker.
+        gpus_per_episode: GPUs (or a fraction of one) Ray reserves for each worker.
+        note: where to say one-line notes (what was started, capped or ignored).
+    """
+
+    name = "ray"
+
+    def __init__(self, *, address: str | None = None, workers: int | None = None, cpus_per_episode: float = 1.0,
+                 gpus_per_episode: float = 0.0, note: Callable[[str], None] | None = None):
+        self.address, self.requested = address, workers
+        self.cpus, self.gpus = float(cpus_per_episode), float(gpus_per_episode)
+        self.note = note or (lambda text: None)
+        self.workers = 0
+        self.started_ray = False     # we called ray.init (and so call ray.shutdown)
+        self.embedded = False        # ... and it started a local instance
+        self.worker_info: list[dict[str, Any]] = []
+        self.description = ""
+        self._where = "the Ray this process had already started"
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, episodes: int) -> None:
+        """Start or join Ray and size the worker pool for ``episodes`` episodes.
+
+        Raises:
+            ConfigError: the address cannot be reached, or an episode's resources do not
+                fit the cluster (nothing has run).
+        """
+        if not ray.is_initialized():
+            self._init()
+        elif self.address:
+            raise ConfigError("--address", "this process is already connected to a Ray instance; "
+                              "leave --address out to use it, or call ray.shutdown() first")
+        nodes = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+                 for n in ray.nodes() if n.get("Alive")]
+        cpus, gpus = sum(c for c, _ in nodes), sum(g for _, g in nodes)
+        if self.gpus > 0 and gpus == 0:
+            self.note("ray: no GPU in the cluster; episodes run on the CPU (--gpus-per-episode ignored)")
+            self.gpus = 0.0
+        # an episode's worker lives on one node: count what fits node by node
+        fit = sum(min(math.floor(c / self.cpus + 1e-9), math.floor(g / self.gpus + 1e-9) if self.gpus else 1 << 30)
+                  for c, g in nodes)
+        if fit == 0:
+            self.close()
+            most_c, most_g = max((c for c, _ in nodes), default=0), max((g for _, g in nodes), default=0)
+            if self.cpus > most_c:
+                raise ConfigError("--cpus-per-episode", f"expected at most the {most_c:g} CPUs of the cluster's "
+                                  f"largest node, got {self.cpus:g}")
+            raise ConfigError("--gpus-per-episode", f"expected at most the {most_g:g} GPUs of the cluster's "
+                              f"largest node, got {self.gpus:g}")
+        want = self.requested or fit
+        if self.requested and self.requested > fit:
+            self.note(f"ray: --workers {self.requested}: the cluster fits {fit} episode(s) at once; using {fit}")
+        self.workers = max(1, min(want, fit, episodes))
+        where = "local Ray" if self.embedded else f"Ray cluster {self._where}"
+        share = f"{self.cpus:g} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")
+        self.description = (f"ray: {self.workers} worker(s) x ({share}) on {where} "
+                            f"({cpus:g} CPUs, {gpus:g} GPUs)")
+
+    def _init(self) -> None:
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        field = "--address" if self.address else "RAY_ADDRESS"
+        quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+        if address and address != "local":
+            _check_reachable(address, field)
+            with _stderr_captured() as said:
+                try:
+                    ray.init(address=address, **quiet)
+                    error = None
+                except Exception as exc:  # noqa: BLE001 - Ray raises many kinds here
+                    error = exc
+            if error is not None:
+                # Ray's C++ client retries for ~20 s, a warning line a second; say it once.
+                auth = [ln for ln in said() if "auth" in ln.lower()]
+                why = auth[-1].split("RPC error:")[-1].strip() if auth else _first_line(error)
+                raise ConfigError(field, f"cannot connect to the Ray cluster at {address!r}: {why}"
+                                  + (" (set RAY_AUTH_TOKEN to the cluster's token)" if auth else "")) from None
+            sys.stderr.write("".join(f"{ln}\n" for ln in said()))
+            self._where = address
+        else:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            # Ray runs workers at nice 15 by default; here they are the run itself, and the
+            # serial executor runs episodes at normal priority: so do they.
+            os.environ.setdefault("RAY_worker_niceness", "0")
+            # Ray (2.50+) turns token authentication on for a new local cluster and says so
+            # in a warning on every start: keep the safe default, drop the notice.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+            try:
+                ray.init(address="local", include_dashboard=False, **quiet)
+            except Exception as exc:  # noqa: BLE001
+                raise RunError(f"could not start a local Ray: {_first_line(exc)}") from None
+            self.embedded = True
+            self._where = "local"
+        self.started_ray = True
+
+    def close(self) -> None:
+        """Disconnect from Ray, shutting down the local Ray if this executor started it."""
+        if self.started_ray:
+            self.started_ray = False
+            try:
+                ray.shutdown()
+            except Exception:  # noqa: BLE001, S110 - best effort on the way out
+                pass
+
+    # -- running -----------------------------------------------------------------------
+    def _new_worker(self, plugins: list[str], paths: list[str], registrations: list[tuple[str, str, bytes]]):
+        return _RemoteWorker.options(num_cpus=self.cpus, num_gpus=self.gpus).remote(
+            plugins, paths, registrations, min(1.0, self.gpus) if self.gpus else 1.0)
+
+    def run(self, specs: Iterable[EpisodeSpec], *, retries: int = 0) -> Iterator[tuple[EpisodeResult, int]]:
+        """Yield ``(result, attempts)`` for every spec, in the order episodes finish."""
+        from .. import registry
+
+        queue = _Queue(_Item(s) for s in specs)
+        if not queue:
+            return
+        if not self.workers:
+            self.start(len(queue))
+        plugins = list(registry.PLUGINS)
+        paths = [os.getcwd(), *sorted({os.path.dirname(p) for p in plugins if os.path.isfile(p)})]
+        registrations = _user_registrations()
+        starting: dict[Any, Any] = {}        # ready ref -> actor
+        running: dict[Any, tuple[Any, _Item]] = {}   # run ref -> (actor, item)
+        idle: list[Any] = []
+        actors: list[Any] = []
+        failed_starts = 0
+
+        def spawn() -> None:
+            actor = self._new_worker(plugins, paths, registrations)
+            actors.append(actor)
+            starting[actor.info.remote()] = actor
+
+        def dispatch() -> None:
+            while idle and queue:
+                actor, item = idle.pop(), queue.pop()
+                running[actor.run.remote(item.spec)] = (actor, item)
+
+        def retire(actor: Any) -> None:
+            if actor in actors:
+                actors.remove(actor)
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001, S110 - it may be gone already
+                pass
+
+        try:
+            for _ in range(self.workers):
+                spawn()
+            while queue or running:
+                dispatch()
+                if not starting and not running:   # every worker is gone and none is coming
+                    spawn()
+                done, _ = ray.wait([*starting, *running], num_returns=1, timeout=_WAIT_S)
+                finished: list[tuple[EpisodeResult, int]] = []
+                for ref in done:
+                    if ref in starting:
+                        actor = starting.pop(ref)
+                        try:
+                            self.worker_info.append(ray.get(ref))
+                        except ray.exceptions.RayError as exc:
+                            retire(actor)
+                            failed_starts += 1
+                            if failed_starts > 2 * self.workers + 2:
+                                raise RunError(f"Ray workers fail to start: {_first_line(exc)}") from None
+                            spawn()
+                        else:
+                            idle.append(actor)
+                        continue
+                    actor, item = running.pop(ref)
+                    started = _now()
+                    try:
+                        result = ray.get(ref)
+                    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                            ray.exceptions.ObjectLostError) as exc:
+                        # the worker process died under the episode: a new worker, and again
+                        retire(actor)
+                        spawn()
+                        item.losses += 1
+                        if item.losses <= LOST_RETRIES:
+                            queue.again(item)
+                        else:
+                            finished.append((EpisodeResult(
+                                item.spec, "failed", started_at=started, finished_at=_now(),
+                                error=f"the Ray worker died {item.losses} times running this episode; "
+                                      f"last: {type(exc).__name__}: {_first_line(exc)}"), item.attempts))
+                        continue
+                    except ray.exceptions.RayTaskError as exc:   # e.g. a result that cannot be sent back
+                        result = EpisodeResult(item.spec, "failed", started_at=started, finished_at=_now(),
+                                               error=f"{type(exc).__name__}: {exc}"[:4000])
+                    idle.append(actor)
+                    item.failures += result.status != "finished"
+                    queue.learn(item, result)
+                    if result.status != "finished" and item.failures <= retries:
+                        queue.again(item)
+                    else:
+                        finished.append((result, item.attempts + (result.status == "finished")))
+                # Hand the freed workers their next episodes before the caller writes these
+                # results: the workers compute while the driver writes.
+                dispatch()
+                yield from finished
+        finally:
+            while actors:
+                retire(actors[-1])

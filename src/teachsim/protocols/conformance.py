@@ -1,0 +1,175 @@
+"""Conformance checks for protocols: the same checks for ours and for a user's plugin.
+
+``check_protocol(name, **params)`` runs small real episodes of the protocol and checks
+that it (1) runs, (2) sends only legal messages, (3) never spends over the budget and
+charges every message by the rules, (4) terminates, (5) is deterministic under a seed,
+and (6) leaves a transcript that replays to the same student.
+
+Example:
+    >>> from teachsim.protocols.conformance import check_protocol
+    >>> report = check_protocol("passive", budgets=(0, 10))
+    >>> report.ok
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .. import messages as m
+from ..errors import ProtocolError
+
+CHECKS = ("runs", "legal", "budget", "terminates", "deterministic", "replays")
+
+SMALL_TASK = {"name": "hidden-feature", "dim": 8, "manifold_dim": 2}
+SMALL_STUDENT = {"hidden": [16], "steps": 20, "initial_labels": 20}
+
+
+@dataclass
+class Report:
+    """What a conformance check found: ``results`` maps each check to ``(ok, detail)``."""
+
+    subject: str
+    results: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    title: str = "check-protocol"
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for ok, _ in self.results.values())
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{name}: {detail}" for name, (ok, detail) in self.results.items() if not ok]
+
+    def __str__(self) -> str:
+        lines = [f"{self.title} {self.subject}"]
+        for name, (ok, detail) in self.results.items():
+            lines.append(f"  {'ok  ' if ok else 'FAIL'} {name:<14} {detail}")
+        lines.append("conforms" if self.ok else f"{len(self.failures)} check(s) failed")
+        return "\n".join(lines)
+
+
+def _run(spec, max_turns: int):
+    from ..agents.teacher import Teacher
+    from ..platform import episode as ep
+
+    from ..seeding import single_thread
+
+    with single_thread():
+        task = ep.build_task(spec.task, spec.seed)
+        student = ep.build_student(spec.student, task, spec.seed)
+        loop = ep.Loop(ep.build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets,
+                       seed=spec.seed, initial_labels=spec.student["initial_labels"])
+        while not loop.over and loop.turn < max_turns:
+            loop.step()
+        finished = loop.over
+        return loop.close(), student, task, finished
+
+
+def replay(log, learn_log: Sequence[tuple[int, int]], student) -> None:
+    """Feed a transcript's student-bound messages to a fresh ``student`` in order, training
+    where the original did (``learn_log``: ``(messages observed, steps)`` per training)."""
+    pending = list(learn_log)
+    for d in log:
+        if d.message.receiver != m.STUDENT:
+            continue
+        while pending and pending[0][0] == student.observed:
+            student._stale = True   # force: the original trained here
+            student.learn(pending.pop(0)[1])
+        student.observe(d.message)
+    while pending:
+        student._stale = True
+        student.learn(pending.pop(0)[1])
+
+
+def _same_weights(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+
+
+def _transcript(conv) -> list[tuple]:
+    rows = []
+    for d in conv.channel.log:
+        msg = d.message
+        arrays = tuple(None if getattr(msg, a) is None else getattr(msg, a).tobytes()
+                       for a in ("points", "labels", "probs", "vectors", "mask"))
+        rows.append((msg.kind, msg.sender, msg.reason, d.cost, d.cum_cost, d.phase, arrays))
+    return rows
+
+
+def check_protocol(protocol: str, *, params: Mapping[str, Any] | None = None, task: Mapping[str, Any] | None = None,
+                   student: Mapping[str, Any] | None = None, budgets: Sequence[float] = (0, 10, 30, 60),
+                   seed: int = 0, max_turns: int = 5000) -> Report:
+    """Run the conformance checks on the registered protocol ``protocol``.
+
+    Args:
+        protocol: a registered protocol name (plugins: load them first).
+        params: the protocol's parameters (its ``[[protocols]]`` table without ``name``).
+        task, student: config tables for the small world it runs in (defaults: a
+            ``hidden-feature`` task of dimension 8 and a small MLP student).
+        budgets: checkpoints of the check episodes.
+        seed: episode seed.
+        max_turns: a protocol that has not ended after this many turns fails ``terminates``.
+
+    Raises:
+        ConfigError: unknown protocol or bad parameters (nothing ran).
+    """
+    from ..platform.config import resolve_experiment
+
+    exp = resolve_experiment({"name": "check", "seeds": [seed], "budgets": list(budgets),
+                              "task": dict(task or SMALL_TASK), "student": dict(student or SMALL_STUDENT),
+                              "protocols": [{"name": protocol, **dict(params or {})}]})
+    spec = exp.episodes[0]
+    report = Report(spec.protocol)
+    res = report.results
+    try:
+        conv, trained, task_obj, finished = _run(spec, max_turns)
+    except ProtocolError as exc:
+        res["runs"] = (False, "stopped by a rule violation")
+        res["legal"] = (False, str(exc))
+        return report
+    except Exception as exc:  # the protocol's own bug: report it, do not crash the checker
+        res["runs"] = (False, f"{type(exc).__name__}: {exc}")
+        return report
+    log = conv.channel.log
+    kinds = sorted({d.message.kind for d in log if d.phase == "protocol"})
+    res["runs"] = (True, f"{len(log)} messages ({', '.join(kinds) or 'none'}), {conv.turns} turns")
+    res["legal"] = (True, "every message allowed by the protocol, well-formed, from the side on move")
+
+    final = conv.channel.final
+    problems = []
+    spent = 0.0
+    for d in log:
+        want = 0.0 if d.phase == "initial" else conv.channel.cost(d.message)
+        if abs(d.cost - want) > 1e-9:
+            problems.append(f"message {d.idx} ({d.message.kind}) charged {d.cost}, rule says {want}")
+        spent += d.cost
+        if d.cum_cost > final + 1e-9 or abs(d.cum_cost - spent) > 1e-6:
+            problems.append(f"message {d.idx} brings the cost to {d.cum_cost} (final budget {final})")
+    if sorted(conv.snapshots) != sorted(float(b) for b in budgets):
+        problems.append(f"snapshots at {sorted(conv.snapshots)}, checkpoints are {list(budgets)}")
+    if spec.student["initial_labels"] and (not log or log[0].phase != "initial"):
+        problems.append("the initial labels were not delivered first")
+    res["budget"] = (not problems, "; ".join(problems[:3]) or f"spent {conv.channel.spent:g} of {final:g}")
+    res["terminates"] = (finished, f"ended after {conv.turns} turns" if finished
+                         else f"still going after {max_turns} turns")
+
+    conv2, trained2, _, _ = _run(spec, max_turns)
+    same = _transcript(conv) == _transcript(conv2) and _same_weights(trained.snapshot(), trained2.snapshot())
+    res["deterministic"] = (same, "same seed, same transcript and student" if same
+                            else "two runs with the same seed differ")
+
+    from ..platform.episode import build_student
+
+    from ..seeding import single_thread
+
+    fresh = build_student(spec.student, task_obj, spec.seed)
+    with single_thread():
+        replay(log, trained.learn_log, fresh)
+    ok = _same_weights(fresh.snapshot(), trained.snapshot())
+    res["replays"] = (ok, "the transcript rebuilds the same student" if ok
+                      else "replaying the transcript gives a different student: the protocol changes the "
+                           "student outside messages and learn()")
+    return report

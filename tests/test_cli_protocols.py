@@ -1,0 +1,226 @@
+"""Protocols through the command line (issue 4, SPEC section 6): ``check-protocol``, user
+protocols via ``--plugin`` in ``run``, ``bench`` and ``check-protocol``, and ``list strategies``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from teachsim.platform.config import to_toml
+
+PREFIX = "teachsim: error: "
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = ROOT / "examples" / "my_protocol.py"
+EXAMPLE = ROOT / "examples" / "noisy_teacher.toml"
+CHECKS = ("runs", "legal", "budget", "terminates", "deterministic", "replays")
+STRATEGIES = ("random", "uncertainty", "margin", "entropy", "qbc", "density")
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "teachsim", *args], check=False, capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def _one_line_error(err: str, out: str = "") -> str:
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(PREFIX), lines[0]
+    return lines[0]
+
+
+def _small(config: dict) -> dict:
+    """The example config shrunk to a world that runs in seconds (its protocols kept as they are)."""
+    return {**config, "seeds": [0], "budgets": [0, 10, 20],
+            "task": {**config.get("task", {}), "dim": 6, "manifold_dim": 2},
+            "student": {**config.get("student", {}), "hidden": [16], "steps": 20, "initial_labels": 10},
+            "judge": {**config.get("judge", {}), "test_points": 60, "steps": 5, "restarts": 1,
+                      "strong_steps": 5, "strong_restarts": 1}}
+
+
+@pytest.fixture(scope="module")
+def noisy_config() -> dict:
+    config = tomllib.loads(EXAMPLE.read_text())
+    assert "noisy-teacher" in {p["name"] for p in config["protocols"]}, "the example must use the plugin"
+    return _small(config)
+
+
+# -- check-protocol ---------------------------------------------------------------------------------
+
+def test_check_protocol_prints_every_check_and_exits_0(tmp_path):
+    proc = _cli("check-protocol", "active-teacher", "--param", "push=invariance", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stdout.splitlines()
+    for check in CHECKS:
+        assert any(line.split()[:2] == ["ok", check] for line in lines), (check, proc.stdout)
+    assert lines[-1] == "conforms"
+
+
+def test_check_protocol_params_take_toml_values(tmp_path):
+    proc = _cli("check-protocol", "active-student", "--param", 'strategy="margin"', "--param", "pool=80",
+                "--param", "batch=10", "--seed", "3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "conforms" in proc.stdout
+
+
+@pytest.mark.parametrize("args, names", [
+    (("check-protocol", "no-such-protocol"), "PROTOCOL"),
+    (("check-protocol", "active-teacher", "--param", "push=shout"), "--param push"),
+    (("check-protocol", "active-teacher", "--param", "bogus=1"), "--param bogus"),
+    (("check-protocol", "active-teacher", "--param", "probes=-3"), "--param probes"),
+    (("check-protocol", "active-teacher", "--param", "nokey"), "--param"),
+])
+def test_check_protocol_bad_input_exits_2_with_one_line(tmp_path, args, names):
+    proc = _cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    line = _one_line_error(proc.stderr, proc.stdout)
+    assert line.startswith(PREFIX + names), line
+    assert "protocols[0]" not in line, "name what the user typed, not the internal config path"
+
+
+def test_check_protocol_suggests_a_close_name(tmp_path):
+    proc = _cli("check-protocol", "passiv", cwd=tmp_path)
+    assert proc.returncode == 2
+    line = _one_line_error(proc.stderr, proc.stdout)
+    assert line.startswith(PREFIX + "PROTOCOL") and "did you mean 'passive'" in line
+
+
+def test_check_protocol_of_a_plugin_protocol(tmp_path):
+    proc = _cli("--plugin", str(PLUGIN), "check-protocol", "noisy-teacher", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "check-protocol noisy-teacher"
+    assert proc.stdout.splitlines()[-1] == "conforms"
+
+
+def test_check_protocol_exits_1_when_a_check_fails(tmp_path):
+    plugin = tmp_path / "clock.py"
+    plugin.write_text('''
+import time
+
+import numpy as np
+
+import teachsim
+from teachsim import messages as m
+from teachsim.protocols.base import Protocol
+
+
+class Clock(Protocol):
+    """Seeds its queries from the clock: not deterministic."""
+
+    def student_turn(self, student, inbox, ctx):
+        student.learn()
+        n = min(5, ctx.labels_to_checkpoint)
+        if n <= 0:
+            return [m.done(m.STUDENT)]
+        return [m.query(student.data.sample(n, np.random.default_rng(time.perf_counter_ns())))]
+
+    def teacher_turn(self, teacher, inbox, ctx):
+        return [teacher.answer(q) for q in inbox if q.kind == "query"]
+
+
+teachsim.register_protocol("clock", Clock)
+''')
+    proc = _cli("check-protocol", "clock", "--plugin", str(plugin), cwd=tmp_path)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert any(line.split()[:2] == ["FAIL", "deterministic"] for line in proc.stdout.splitlines()), proc.stdout
+    assert "check(s) failed" in proc.stdout
+
+
+def test_plugin_protocol_is_unknown_without_the_plugin(tmp_path):
+    proc = _cli("check-protocol", "noisy-teacher", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "noisy-teacher" in _one_line_error(proc.stderr, proc.stdout)
+
+
+def test_missing_plugin_file_exits_2(tmp_path):
+    proc = _cli("--plugin", str(tmp_path / "nope.py"), "check-protocol", "passive", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "nope.py" in _one_line_error(proc.stderr, proc.stdout)
+
+
+# -- run and bench with a user protocol ----------------------------------------------------------------
+
+def test_run_a_config_that_uses_a_plugin_protocol(tmp_path, noisy_config):
+    (tmp_path / "noisy.toml").write_text(to_toml(noisy_config))
+    proc = _cli("--plugin", str(PLUGIN), "run", "noisy.toml", "--out", "run", "--executor", "serial", "--quiet",
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    n = len(noisy_config["protocols"]) * len(noisy_config["seeds"])
+    assert f"{n} finished, 0 failed" in proc.stdout
+
+    import teachsim
+
+    eps = teachsim.open_run(tmp_path / "run").episodes
+    assert (eps["status"] == "finished").all()
+    assert any(p.startswith("noisy-teacher") for p in eps["protocol"])
+
+    # without the plugin the same config is bad input, named in one line
+    proc = _cli("run", "noisy.toml", "--out", "run2", "--executor", "serial", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "noisy-teacher" in _one_line_error(proc.stderr, proc.stdout)
+
+
+def test_bench_a_user_suite_that_uses_a_plugin_protocol(tmp_path, noisy_config):
+    suites = tmp_path / "benchmarks" / "suites"
+    suites.mkdir(parents=True)
+    suite = {**noisy_config, "name": "mine",
+             "protocols": [p for p in noisy_config["protocols"] if p["name"] == "noisy-teacher"]}
+    (suites / "mine.toml").write_text(to_toml(suite))
+
+    listed = _cli("list", "suites", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "mine" in listed.stdout.split()
+
+    proc = _cli("--plugin", str(PLUGIN), "bench", "mine", "--out", "out", "--executor", "serial", "--quiet",
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 finished, 0 failed" in proc.stdout
+    assert (tmp_path / "out" / "results.sqlite").is_file()
+
+
+# -- list strategies -----------------------------------------------------------------------------------------
+
+def test_list_strategies_shows_all_six_with_their_parameters(tmp_path):
+    proc = _cli("list", "strategies", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "strategies:"
+    listed = [line.split()[0] for line in lines[1:] if line.startswith("  ") and not line.startswith("      ")]
+    assert sorted(listed) == sorted(STRATEGIES)
+    for name in STRATEGIES:
+        row = next(line for line in lines if line.split()[:1] == [name])
+        assert len(row.split()) > 1, f"{name} has no summary"
+    params = [line.split()[0] for line in lines if line.startswith("      ")]
+    assert sorted(params) == ["beta", "metric"]
+    assert any("beta = 1.0" in line for line in lines)
+    assert any("metric = 'euclidean'" in line and "cosine" in line for line in lines)
+
+
+def test_list_strategies_includes_a_plugin_strategy(tmp_path):
+    plugin = tmp_path / "mystrategy.py"
+    plugin.write_text('''
+import numpy as np
+
+import teachsim
+
+
+def nearest(model, X_pool, n, *, rng):
+    """Ask about the pool points nearest the origin."""
+    return np.argsort(np.linalg.norm(X_pool, axis=1), kind="stable")[:n]
+
+
+teachsim.register_strategy("nearest", nearest)
+''')
+    proc = _cli("--plugin", str(plugin), "list", "strategies", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert any(line.split()[:1] == ["nearest"] and "nearest the origin" in line for line in proc.stdout.splitlines())
+    proc = _cli("--plugin", str(plugin), "check-protocol", "active-student", "--param", "strategy=nearest",
+                "--param", "pool=60", cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
