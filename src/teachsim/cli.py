@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", help="only this metric")
     p.add_argument("--target", type=float, default=0.9, help="target for the budget-to table (default 0.9)")
     p.add_argument("--judge", default="default", help="show the scores of a re-judging (teachsim judge)")
+    p.add_argument("--matrix", action="store_true",
+                   help="train-method x test-attack matrix of --metric (default lp_robust_acc) at the final budget")
 
     p = sub.add_parser("judge", help="re-score saved students with another judge (no retraining)")
     p.add_argument("run_dir")
@@ -111,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("transcript", help="one episode's messages")
     p.add_argument("run_dir")
     p.add_argument("episode", help="episode id (see teachsim show) or key")
+
+    p = sub.add_parser("interactions", help="multi-order interactions of a saved student, clean vs attacked")
+    p.add_argument("run_dir")
+    p.add_argument("--episode", default=None, help="episode id or key (default: the first finished one)")
+    p.add_argument("--budget", type=float, default=None, help="checkpoint (default: the run's last budget)")
+    p.add_argument("--ratios", type=float, nargs="+", default=None, metavar="R",
+                   help="order ratios r, m = int(r (n-2)) (default: 0.05 0.1 0.2 0.3 0.5 0.7 0.9 0.95)")
+    p.add_argument("--points", type=int, default=20, metavar="N", help="test points (default 20)")
+    p.add_argument("--samples", type=int, default=100, metavar="K", help="contexts per order and pair (default 100)")
+    p.add_argument("--pairs", type=int, default=20, metavar="P", help="player pairs per point (default 20)")
+    p.add_argument("--grid", type=int, default=None, metavar="C",
+                   help="cell size for square images (default: 2 for digits, features otherwise)")
 
     for p in sub.choices.values():
         p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
@@ -166,6 +180,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         from .errors import ConfigError
 
         raise ConfigError("--judge", f"expected one of {', '.join(r.judges)}, got {args.judge!r}")
+    if args.matrix:
+        return _show_matrix(r, args.metric or "lp_robust_acc")
     if args.judge != "default":
         print(f"judge: {args.judge}")
     s = r.summary(args.judge)
@@ -225,6 +241,29 @@ def _cmd_show(args: argparse.Namespace) -> int:
     for row in failed.itertuples():
         print(f"\nfailed: episode {row.episode_id} ({row.protocol}, seed {row.seed}): "
               f"{row.error.splitlines()[0] if row.error else ''}")
+    return 0
+
+
+def _show_matrix(r, metric: str) -> int:
+    from .errors import ConfigError
+    from .platform.judge import METRICS
+    from .schema import suggest
+
+    if metric not in METRICS:
+        raise ConfigError("--metric", f"unknown metric {metric!r}{suggest(metric, METRICS)}; "
+                          f"expected one of {', '.join(METRICS)}")
+    table = r.attack_matrix(metric)
+    if table.empty:
+        print("no scores yet")
+        return 0
+    final = r.scores["budget"].max()
+    print(f"\n{metric} at the final budget {final:g}, mean over seeds and protocols "
+          f"(rows: training {table.index.name}, columns: judge / attack set)")
+    width = max(len(table.index.name), *(len(str(i)) for i in table.index))
+    cols = [max(len(c), 7) for c in table.columns]
+    print(f"{table.index.name:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(table.columns, cols)))
+    for label, row in table.iterrows():
+        print(f"{label:<{width}}  " + "  ".join(f"{_fmt(v):>{w}}" for v, w in zip(row, cols)))
     return 0
 
 
@@ -319,6 +358,46 @@ def _cmd_transcript(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_interactions(args: argparse.Namespace) -> int:
+    import torch
+
+    from .platform.interactions import RATIOS, default_grid, interaction_profile, plot_profile
+    from .platform.results import open_run
+
+    r = open_run(args.run_dir)
+    eps = r.episodes
+    if args.episode is None:
+        done = eps[eps["status"] == "finished"]
+        if done.empty:
+            from .errors import RunError
+            raise RunError(f"no finished episode in {r.dir}")
+        episode = done["episode_id"].iloc[0]
+    else:
+        episode = int(args.episode) if args.episode.isdigit() else args.episode
+    spec = r.spec(episode)
+    budget = args.budget if args.budget is not None else max(r.config["budgets"])
+    model, task = r.student(episode, budget), r.task(episode)
+    x, y = r.test_set(episode)
+    with torch.no_grad():
+        correct = model(torch.from_numpy(x)).argmax(1).numpy() == y
+    keep = correct if correct.any() else ~correct   # the paper keeps correctly classified points
+    x, y = x[keep][:args.points], y[keep][:args.points]
+    grid = args.grid if args.grid is not None else default_grid(task)
+    table = interaction_profile(model, task, x, y=y, ratios=args.ratios or RATIOS, judge=spec.judge,
+                                grid=grid, samples=args.samples, num_pairs=args.pairs, seed=spec.seed)
+    table.insert(0, "budget", budget)
+    table.insert(0, "episode_id", int(r._row(episode)["episode_id"]))
+    csv = r.dir / "interactions.csv"
+    table.to_csv(csv, index=False)
+    png = plot_profile(table, r.dir / "plots" / "interactions.png",
+                       title=f"episode {table['episode_id'].iloc[0]}, budget {budget:g}, "
+                             f"n = {table['n_players'].iloc[0]} players")
+    cols = ["input", "ratio", "order", "mean_abs", "sem_abs", "mean", "coef"]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"wrote {csv} and {png}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``teachsim`` console script."""
     args = build_parser().parse_args(argv)
@@ -337,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_list(args)
         if args.command == "transcript":
             return _cmd_transcript(args)
+        if args.command == "interactions":
+            return _cmd_interactions(args)
         if args.command == "check-protocol":
             return _cmd_check_protocol(args)
         if args.command == "check-task":

@@ -138,6 +138,16 @@ def resolve_judge(raw: Mapping[str, Any]) -> dict[str, Any]:
         if name not in known:
             raise ConfigError(f"judge.attacks[{i}]", f"expected an l_p attack{suggest(name, known)} "
                               f"({', '.join(known)}), got {name!r}")
+    for i, attacks in enumerate(out["attack_sets"]):
+        for j, name in enumerate(attacks):
+            if name not in known:
+                raise ConfigError(f"judge.attack_sets[{i}][{j}]", f"expected an l_p attack"
+                                  f"{suggest(name, known)} ({', '.join(known)}), got {name!r}")
+        if attacks in out["attack_sets"][:i]:
+            raise ConfigError(f"judge.attack_sets[{i}]", f"expected distinct attack sets, got {attacks!r} twice")
+    if not out["attack_sets"]:
+        # absent rather than []: episode keys and config.toml stay as they were before the key
+        del out["attack_sets"]
     return out
 
 

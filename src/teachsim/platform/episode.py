@@ -177,6 +177,8 @@ class EpisodeResult:
     seconds: float = 0.0
     scores: list[tuple[float, str, float]] = field(default_factory=list)
     flags: list[tuple[float, str, float]] = field(default_factory=list)
+    # the judge's attack_sets: judge name -> {"config": ..., "scores": rows, "flags": rows}
+    judged: dict[str, dict[str, Any]] = field(default_factory=dict)
     messages: list[dict[str, Any]] = field(default_factory=list)
     payloads: dict[str, np.ndarray] = field(default_factory=dict)
     snapshots: dict[float, dict[str, Any]] = field(default_factory=dict)
@@ -226,7 +228,7 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu") -> EpisodeResult:
     which. Results are plain CPU data whatever the device.
     """
     from ..agents.teacher import Teacher
-    from .judge import judge_all
+    from .judge import judge_episode
 
     result = EpisodeResult(spec, "failed", started_at=_now(), host=socket.gethostname())
     t0 = time.perf_counter()
@@ -248,7 +250,7 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu") -> EpisodeResult:
             models[budget] = build_model(spec.student, task, spec.seed)
             models[budget].load_state_dict(weights)
             models[budget].to(dev)
-        result.scores, result.flags = judge_all(models, task, spec.judge, spec.seed)
+        result.scores, result.flags, result.judged = judge_episode(models, task, spec.judge, spec.seed)
         result.messages, result.payloads = transcript_rows(conv.channel.log)
         result.payloads["learn_log"] = np.asarray(student.learn_log, dtype=np.int64).reshape(-1, 2)
         result.snapshots = {b: {k: v.cpu().numpy() for k, v in s.items()} for b, s in conv.snapshots.items()}

@@ -17,14 +17,21 @@ import torch
 
 from .. import registry, seeding
 from ..messages import ABSTAIN
-from ..schema import Choice, Float, Int, StrList
+from ..schema import Choice, Float, Int, Param, StrList
 
 METRICS = ("clean_acc", "broad_acc", "lp_robust_acc", "weak_robust_acc", "weak_coverage", "strong_robust_acc")
+LP_METRICS = ("lp_robust_acc", "weak_robust_acc", "weak_coverage")   # the metrics an attack set changes
 
 PARAMS = {
     "norm": Choice("l2", ("l2", "linf"), doc="norm of the l_p attacks and of the strong search"),
     "eps": Float(2.0, lo=0.0, doc="radius of the l_p attacks"),
     "attacks": StrList(["pgd"], doc="l_p attack set; a point is l_p-robust only if every attack fails"),
+    "attack_sets": Param([], "a list of non-empty lists of attack names",
+                         lambda v: isinstance(v, list) and all(
+                             isinstance(s, list) and s and all(isinstance(a, str) for a in s) for s in v),
+                         doc="more l_p attack sets scored in the same pass (judge name per set: "
+                             "'a+b/NORM/EPS'), for a train-method x test-attack matrix",
+                         convert=lambda v: [list(s) for s in v]),
     "strong_radius": Float(4.0, lo=0.0, doc="radius of the teacher-relative search"),
     "test_points": Int(1000, lo=1, doc="teacher-certain test points (data and broad distribution each)"),
     "steps": Int(50, lo=1, doc="iterations of each l_p attack"),
@@ -69,6 +76,12 @@ def make_test_set(task, cfg: Mapping[str, Any], seed: int) -> TestSet:
     x, y = _certain_sample(held_out, task, cfg["test_points"], seeding.rng(seed, "judge", "test"))
     bx, by = _certain_sample(task.broad, task, cfg["test_points"], seeding.rng(seed, "judge", "broad"))
     return TestSet(x, y, bx, by)
+
+
+def attack_set_name(attacks, norm: str, eps: float) -> str:
+    """The judge name of an attack set, e.g. ``"pgd+beta/linf/0.1"`` (``attack_sets`` and
+    ``Run.rejudge`` record under it)."""
+    return f"{'+'.join(attacks)}/{norm}/{eps:g}"
 
 
 def _call_attack(name: str, model, x, y, cfg, generator, box):
@@ -119,14 +132,71 @@ def sanity_flags(model: torch.nn.Module, task, test: TestSet, cfg: Mapping[str, 
 
 def judge_all(models: Mapping[float, torch.nn.Module], task, cfg: Mapping[str, Any],
               seed: int) -> tuple[list[tuple[float, str, float]], list[tuple[float, str, float]]]:
-    """Judge every checkpoint's model; returns ``(scores, flags)`` as (budget, name, value) rows."""
+    """Judge every checkpoint's model; returns ``(scores, flags)`` as (budget, name, value) rows.
+
+    Only ``cfg["attacks"]`` is scored here (``attack_sets`` are :func:`judge_episode`'s)."""
+    scores, flags, _ = judge_episode(models, task, {**cfg, "attack_sets": []}, seed)
+    return scores, flags
+
+
+def judge_episode(models: Mapping[float, torch.nn.Module], task, cfg: Mapping[str, Any], seed: int):
+    """Judge every checkpoint's model with the judge and each of its ``attack_sets``.
+
+    Returns:
+        ``(scores, flags, judged)``: the judge's (budget, name, value) rows, and for each
+        attack set its judge name -> ``{"config", "scores", "flags"}``. A set's scores are
+        the judge's with :data:`LP_METRICS` from that set; every attack runs once per
+        checkpoint whatever the sets it is in, from the same stream a re-judging uses, so a
+        set scores as ``Run.rejudge(attacks=set)`` would.
+    """
     test = make_test_set(task, cfg, seed)
+    sets = [list(s) for s in cfg.get("attack_sets") or []]
+    names = [attack_set_name(s, cfg["norm"], cfg["eps"]) for s in sets]
     scores, flags = [], []
+    judged = {n: {"config": {**cfg, "attacks": s, "attack_sets": []}, "scores": [], "flags": []}
+              for n, s in zip(names, sets)}
     for budget in sorted(models):
         model = models[budget]
-        scores += [(budget, k, v) for k, v in judge(model, task, test, cfg, seed).items()]
-        flags += [(budget, k, v) for k, v in sanity_flags(model, task, test, cfg).items()]
-    return scores, flags
+        out, by_set = _judge(model, task, test, cfg, seed, sets)
+        scores += [(budget, k, v) for k, v in out.items()]
+        flagged = sanity_flags(model, task, test, cfg)
+        flags += [(budget, k, v) for k, v in flagged.items()]
+        for n, s, lp in zip(names, sets, by_set):
+            judged[n]["scores"] += [(budget, k, lp.get(k, v)) for k, v in out.items()]
+            few = sum(getattr(registry.attacks.get(a).factory, "min_classes", 2) > task.classes for a in s)
+            judged[n]["flags"] += [(budget, k, float(few) if k == "too_few_classes" else v)
+                                   for k, v in flagged.items()]
+    return scores, flags, judged
+
+
+def _lp_scores(model, task, x, y, correct, attacks, cfg, seed, cache) -> dict[str, float]:
+    """lp_robust_acc, weak_robust_acc and weak_coverage of one attack set; each attack's
+    output is computed once and kept in ``cache`` (attack name -> (points, flipped))."""
+    dev = x.device
+    # l_p attacks against the clean label; the first successful attack's point (else the
+    # first attack's) is the attack output that weak robustness scores.
+    robust = correct.clone()
+    weak_x = None
+    for name in attacks:
+        if name not in cache:
+            g = seeding.torch_generator(seed, "judge", "attack", name)
+            xa = _call_attack(name, model, x, y, cfg, g, task.box)
+            cache[name] = (xa, _predict(model, xa) != y)
+        xa, flipped = cache[name]
+        robust &= ~flipped
+        if weak_x is None:
+            weak_x, weak_flipped = xa.clone(), flipped.clone()
+        else:
+            use = flipped & ~weak_flipped
+            weak_x[use] = xa[use]
+            weak_flipped |= flipped
+    out = {"lp_robust_acc": robust.float().mean().item()}
+    t_adv = torch.from_numpy(task.label(weak_x.cpu().numpy())).to(dev)
+    certain = t_adv != ABSTAIN
+    out["weak_coverage"] = certain.float().mean().item()
+    agree = _predict(model, weak_x) == t_adv
+    out["weak_robust_acc"] = agree[certain].float().mean().item() if certain.any() else float("nan")
+    return out
 
 
 def judge(model: torch.nn.Module, task, test: TestSet, cfg: Mapping[str, Any], seed: int) -> dict[str, float]:
@@ -142,6 +212,12 @@ def judge(model: torch.nn.Module, task, test: TestSet, cfg: Mapping[str, Any], s
     Returns:
         metric name -> value for every name in :data:`METRICS`.
     """
+    return _judge(model, task, test, cfg, seed, [])[0]
+
+
+def _judge(model, task, test: TestSet, cfg: Mapping[str, Any], seed: int,
+           sets: list[list[str]]) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """:func:`judge`, and :func:`_lp_scores` for each attack set in ``sets`` (same pass)."""
     from ..attacks.teacher import teacher_attack
 
     model.eval()
@@ -155,28 +231,11 @@ def judge(model: torch.nn.Module, task, test: TestSet, cfg: Mapping[str, Any], s
     out = {"clean_acc": correct.float().mean().item(),
            "broad_acc": (_predict(model, bx) == by).float().mean().item()}
 
-    # l_p attacks against the clean label; the first successful attack's point (else the
-    # first attack's) is the attack output that weak robustness scores.
-    robust = correct.clone()
-    weak_x = None
-    for name in cfg["attacks"]:
-        g = seeding.torch_generator(seed, "judge", "attack", name)
-        xa = _call_attack(name, model, x, y, cfg, g, task.box)
-        flipped = _predict(model, xa) != y
-        robust &= ~flipped
-        if weak_x is None:
-            weak_x, weak_flipped = xa.clone(), flipped
-        else:
-            use = flipped & ~weak_flipped
-            weak_x[use] = xa[use]
-            weak_flipped |= flipped
-    out["lp_robust_acc"] = robust.float().mean().item()
-
-    t_adv = torch.from_numpy(task.label(weak_x.cpu().numpy())).to(dev)
-    certain = t_adv != ABSTAIN
-    out["weak_coverage"] = certain.float().mean().item()
-    agree = _predict(model, weak_x) == t_adv
-    out["weak_robust_acc"] = agree[certain].float().mean().item() if certain.any() else float("nan")
+    cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    lp = _lp_scores(model, task, x, y, correct, cfg["attacks"], cfg, seed, cache)
+    out["lp_robust_acc"] = lp["lp_robust_acc"]
+    out["weak_coverage"] = lp["weak_coverage"]
+    out["weak_robust_acc"] = lp["weak_robust_acc"]
 
     g = seeding.torch_generator(seed, "judge", "teacher")
     _, found = teacher_attack(model, task, x, radius=cfg["strong_radius"], norm=cfg["norm"], box=task.box,
@@ -184,4 +243,5 @@ def judge(model: torch.nn.Module, task, test: TestSet, cfg: Mapping[str, Any], s
     # (~found).mean() rather than 1 - found.mean(): the latter can differ from clean_acc by a
     # float ulp when strong_radius = 0, breaking the SPEC invariant that they are equal.
     out["strong_robust_acc"] = (~found).float().mean().item()
-    return out
+    # after everything the judge itself scores: its numbers do not depend on the sets
+    return out, [_lp_scores(model, task, x, y, correct, s, cfg, seed, cache) for s in sets]

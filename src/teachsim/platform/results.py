@@ -187,6 +187,46 @@ class Run:
         s = self.summary(judge)
         return curve_table(s[s["metric"] == metric], lambda b, v: budget_to(b, v, target), "budget_to")
 
+    def attack_matrix(self, metric: str = "lp_robust_acc", budget: float | None = None,
+                      judges: list[str] | None = None) -> pd.DataFrame:
+        """Train-method x test-attack matrix: ``metric`` per training method (rows) under the
+        run's judge and each of its ``attack_sets`` (columns: judge names, ``"default"``
+        first; or the given ``judges``, re-judgings included), mean over seeds and protocols
+        at the final budget (or ``budget``).
+
+        Rows are the swept ``student.method`` values (the run's method when not swept);
+        where other keys are swept too, rows are the full variant labels.
+        """
+        from .judge import attack_set_name
+
+        judge_cfg = config_mod.resolve_judge(self.config.get("judge", {}))
+        names = ["default"] + [attack_set_name(s, judge_cfg["norm"], judge_cfg["eps"])
+                               for s in judge_cfg.get("attack_sets", [])]
+        if judges is not None:
+            names = list(judges)
+        sweep = self.config.get("sweep", {})
+        by_method = "student.method" in sweep and len(sweep) == 1
+        method = self.config.get("student", {}).get("method", "erm")
+
+        def row_label(variant: str) -> str:
+            if by_method:
+                return variant.partition("=")[2]
+            return variant or method
+
+        cols = {}
+        for name in names:
+            s = self.scores_of(name)
+            s = s[s["metric"] == metric]
+            if s.empty:
+                continue
+            at = s["budget"].max() if budget is None else float(budget)
+            s = s[np.isclose(s["budget"], at)]
+            cols[name] = s.assign(row=s["variant"].map(row_label)).groupby("row", sort=False)["value"].mean()
+        table = pd.DataFrame(cols)
+        table.index.name = "method" if by_method or not sweep else "variant"
+        table.columns.name = metric
+        return table
+
     def write_summary(self) -> Path:
         """Write ``summary.csv``: one row per (judge, variant, protocol, budget, metric)."""
         path = self.dir / "summary.csv"
@@ -211,12 +251,12 @@ class Run:
         import sys
 
         from .episode import build_model, build_task
-        from .judge import judge_all
+        from .judge import attack_set_name, judge_all
         from .store import Store, load_students
 
         base = config_mod.resolve_judge({**self.config["judge"], **overrides})   # errors before any work
         if name is None:
-            name = f"{'+'.join(base['attacks'])}/{base['norm']}/{base['eps']:g}"
+            name = attack_set_name(base["attacks"], base["norm"], base["eps"])
         if name == "default":
             raise ConfigError("--name", "expected a name other than 'default' (the run's own judge)")
         eps = self.episodes

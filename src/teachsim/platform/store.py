@@ -106,6 +106,12 @@ class Store:
                                  [(eid, b, metric, v) for b, metric, v in result.scores])
             self.con.executemany("INSERT INTO flags VALUES (?, ?, ?, ?, 'default')",
                                  [(eid, b, flag, v) for b, flag, v in result.flags])
+            for name, j in result.judged.items():   # the judge's attack_sets, scored in the same pass
+                self.con.execute("INSERT OR REPLACE INTO judges VALUES (?, ?)", (name, json.dumps(j["config"])))
+                self.con.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?)",
+                                     [(eid, b, mt, v, name) for b, mt, v in j["scores"]])
+                self.con.executemany("INSERT INTO flags VALUES (?, ?, ?, ?, ?)",
+                                     [(eid, b, f, v, name) for b, f, v in j["flags"]])
             self.con.executemany(
                 "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(eid, r["idx"], r["kind"], r["sender"], r["receiver"], r["size"], r["cost"], r["cum_cost"],
