@@ -71,7 +71,7 @@ class ForeignLoad:
 
     def __init__(self, interval: float = 0.5):
         self.interval, self.seconds, self._stop = interval, 0.0, threading.Event()
-        self.session = os.getsid(0)
+        self.sessions = {os.getsid(0)}    # add the session of a benchmarked child started in its own
         self.ticks = os.sysconf("SC_CLK_TCK")
 
     def _loop(self) -> None:
@@ -79,7 +79,7 @@ class ForeignLoad:
         while not self._stop.wait(self.interval):
             now = _cpu_by_session()
             for pid, (sid, cpu) in now.items():
-                if sid != self.session and pid in last:
+                if sid not in self.sessions and pid in last:
                     self.seconds += max(0, cpu - last[pid][1]) / self.ticks
             last = now
 

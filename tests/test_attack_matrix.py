@@ -155,3 +155,25 @@ def test_no_attack_sets_leaves_keys_and_config_as_before():
     assert [s.key for s in a.episodes] == [s.key for s in b.episodes]
     assert "attack_sets" not in config_mod.to_toml(b.config)
     assert "attack_sets" not in b.episodes[0].judge
+
+
+def test_matrix_rows_are_protocols_when_each_overrides_the_method(tmp_path):
+    """The methods suite's shape: no sweep, one [[protocols]] entry per method."""
+    cfg = copy.deepcopy(CFG)
+    del cfg["sweep"]
+    cfg["seeds"] = [0]
+    cfg["judge"]["attack_sets"] = [["fgsm"]]
+    cfg["protocols"] = [{"name": "passive", "label": "erm"},
+                        {"name": "passive", "label": "pgd-at", "student": {"method": "pgd-at", "attack_steps": 3}}]
+    r = teachsim.run(cfg, out=tmp_path / "per-protocol", executor="serial", progress=False)
+    eps = r.episodes
+    methods = {row.protocol: r.spec(int(row.episode_id)).student["method"] for row in eps.itertuples()}
+    assert methods == {"erm": "erm", "pgd-at": "pgd-at"}
+    table = r.attack_matrix()
+    assert list(table.index) == ["erm", "pgd-at"] and table.index.name == "protocol"
+    assert list(table.columns) == ["default", "fgsm/l2/2"]
+    # each cell is that protocol's own score, not a mean over protocols
+    s = r.scores
+    final = s[(s["metric"] == "lp_robust_acc") & (s["budget"] == 20)].set_index("protocol")["value"]
+    assert table.loc["erm", "default"] == pytest.approx(final["erm"])
+    assert table.loc["pgd-at", "default"] == pytest.approx(final["pgd-at"])

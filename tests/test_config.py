@@ -68,6 +68,18 @@ BAD = [
      "protocols", ["non-empty array"]),
     ("bad-name", _edit('name = "tiny"', 'name = "a/b"'), "name", ["'/'"]),
     ("invalid-toml", TINY + "\n[task\n", "config", ["TOML"]),
+    ("protocol-student-unknown-method", _edit("batch = 5", 'batch = 5\nstudent = { method = "pgd-att" }'),
+     "protocols[1].student.method", ["unknown method", "did you mean 'pgd-at'"]),
+    ("protocol-student-unknown-key", _edit("batch = 5", "batch = 5\nstudent = { hiden = [4] }"),
+     "protocols[1].student.hiden", ["did you mean 'hidden'"]),
+    ("protocol-student-method-param", _edit("batch = 5", "batch = 5\nstudent = { eps = 0.5 }"),
+     "protocols[1].student.eps", ["unknown key"]),   # erm has no training attack
+    ("protocol-student-not-table", _edit("batch = 5", "batch = 5\nstudent = 3"),
+     "protocols[1].student", ["a table", "3"]),
+    ("report-bad-metric", TINY.split("[[protocols]]")[0] + '[report]\nmetric = "strong"\n',
+     "report.metric", ["'strong_robust_acc'", "'strong'"]),
+    ("report-bad-target", TINY + '\n[report]\ntarget = 2\n', "report.target", ["in [0.0, 1.0]", "got 2"]),
+    ("report-unknown-key", TINY + '\n[report]\ntargett = 0.5\n', "report.targett", ["did you mean 'target'"]),
 ]
 
 
@@ -225,3 +237,31 @@ def test_config_file_name_defaults_the_experiment_name(tmp_path):
     path = tmp_path / "my-exp.toml"
     path.write_text(TINY.replace('name = "tiny"\n', ""))
     assert config_mod.load(path).name == "my-exp"
+
+
+def test_a_protocol_can_override_the_student():
+    """``student = {...}`` in a [[protocols]] entry: "passive data, adversarially trained"."""
+    text = _edit("batch = 5", 'batch = 5\nstudent = { method = "pgd-at", eps = 0.5 }')
+    exp = config_mod.load(tomllib.loads(text))
+    by_label = {s.protocol: s for s in exp.episodes}
+    plain, trained = by_label["passive"], by_label["passive(batch=5, student.method=pgd-at, student.eps=0.5)"]
+    assert plain.student["method"] == "erm" and "eps" not in plain.student
+    assert trained.student["method"] == "pgd-at" and trained.student["eps"] == 0.5
+    assert trained.student["hidden"] == [16] and trained.student["steps"] == 30   # the rest from [student]
+    assert "student" not in trained.protocol_cfg                                   # not a protocol parameter
+    assert exp.config["protocols"][1]["student"] == {"method": "pgd-at", "eps": 0.5}   # kept in config.toml
+    # the override is part of the key: same protocol settings, another student, other episodes
+    again = config_mod.load(tomllib.loads(_edit("batch = 5", "batch = 5\nstudent = { steps = 31 }")))
+    assert {s.key for s in again.episodes} != {s.key for s in exp.episodes}
+    # it applies in every sweep variant, on top of the swept value
+    swept = config_mod.load(tomllib.loads(text + '\n[sweep]\n"student.steps" = [10, 20]\n'))
+    got = {(s.variant, s.protocol.split("(")[0], s.student["method"], s.student["steps"]) for s in swept.episodes}
+    assert ("student.steps=10", "passive", "pgd-at", 10) in got and ("student.steps=20", "passive", "erm", 20) in got
+
+
+def test_report_table_is_optional_and_checked():
+    exp = config_mod.load(tomllib.loads(TINY))
+    assert "report" not in exp.config           # absent stays absent: older run directories still match
+    exp = config_mod.load(tomllib.loads(TINY + "\n[report]\ntarget = 0.5\n"))
+    assert exp.config["report"] == {"target": 0.5, "metric": "strong_robust_acc"}
+    assert {s.key for s in exp.episodes} == {s.key for s in config_mod.load(tomllib.loads(TINY)).episodes}

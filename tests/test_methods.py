@@ -299,3 +299,21 @@ def test_beta_is_at_least_as_strong_as_pgd_ce(four_class_student, norm, eps):
     r_beta = robust(beta(model, x, y, eps=eps, norm=norm, generator=gen(5), steps=steps))
     assert 0.05 < r_pgd < 0.95, r_pgd                 # an informative operating point
     assert r_beta <= r_pgd + 0.01, (r_beta, r_pgd)
+
+
+def test_gairat_burn_in_trains_unweighted_first():
+    """The first gairat_burn_in share of each learn call's steps is plain PGD-AT; then reweighted."""
+    x, y = batch()
+    params = {"eps": 0.5, "attack_steps": 3}
+
+    def loss(name, step, steps, **extra):
+        model = mlp(6, 3, hidden=[8], init_std=0.0, generator=gen(0))
+        ctx = M.TrainContext(generator=gen(7), params={**params, **extra}, step=step, steps=steps)
+        return method(name)(model, x, y, ctx).item()
+
+    plain = loss("pgd-at", 0, 0)
+    assert loss("gairat", 0, 10) == pytest.approx(plain)          # step 0 of 10: burn-in (default 0.5)
+    assert loss("gairat", 4, 10) == pytest.approx(plain)          # step 4 < 5
+    assert loss("gairat", 5, 10) != pytest.approx(plain)          # step 5: reweighted
+    assert loss("gairat", 0, 10, gairat_burn_in=0.0) != pytest.approx(plain)
+    assert loss("gairat", 9, 10, gairat_burn_in=1.0) == pytest.approx(plain)

@@ -59,6 +59,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="extra attempts for a failing episode (an episode whose worker dies is always retried)")
     p.add_argument("--resume", action="store_true", help="keep finished episodes of --out and run the rest")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--no-report", action="store_true", dest="no_report",
+                   help="do not build report.html at the end (build it later: teachsim report RUN_DIR)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,10 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="summary tables of a run in the terminal")
     p.add_argument("run_dir")
     p.add_argument("--metric", help="only this metric")
-    p.add_argument("--target", type=float, default=0.9, help="target for the budget-to table (default 0.9)")
+    p.add_argument("--target", type=float, default=None,
+                   help="target for the budget-to table (default: [report] target of the config, else 0.9)")
     p.add_argument("--judge", default="default", help="show the scores of a re-judging (teachsim judge)")
     p.add_argument("--matrix", action="store_true",
                    help="train-method x test-attack matrix of --metric (default lp_robust_acc) at the final budget")
+
+    p = sub.add_parser("report", help="(re)build report.html and plots/*.png of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--target", type=float, default=None,
+                   help="target for the budget-to tables (default: [report] target of the config, else 0.9)")
+    p.add_argument("--judge", default="default", help="report the scores of a re-judging (teachsim judge)")
 
     p = sub.add_parser("judge", help="re-score saved students with another judge (no retraining)")
     p.add_argument("run_dir")
@@ -160,8 +169,25 @@ def _cmd_run(args: argparse.Namespace, config) -> int:
     for row in failed.itertuples():
         print(f"  episode {row.episode_id} ({row.protocol}, seed {row.seed}) failed: "
               f"{row.error.splitlines()[0] if row.error else ''}", file=sys.stderr)
+    if not args.no_report:
+        try:
+            print(f"report: {r.report()}")
+        except Exception as exc:   # the results are safe on disk; say how to retry
+            print(f"teachsim: warning: could not build the report ({type(exc).__name__}: {exc}); "
+                  f"try: teachsim report {r.dir}", file=sys.stderr)
     print(f"next: teachsim show {r.dir}")
     return 1 if len(failed) else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .platform.results import open_run
+
+    if args.target is not None and not math.isfinite(args.target):
+        raise ConfigError.expected("--target", "a finite number", args.target)
+    r = open_run(args.run_dir)
+    print(r.report(target=args.target, judge=args.judge))
+    return 0
 
 
 def _fmt(v: float) -> str:
@@ -182,6 +208,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         raise ConfigError("--judge", f"expected one of {', '.join(r.judges)}, got {args.judge!r}")
     if args.matrix:
         return _show_matrix(r, args.metric or "lp_robust_acc")
+    if args.target is None:
+        args.target = r.config.get("report", {}).get("target", 0.9)
     if args.judge != "default":
         print(f"judge: {args.judge}")
     s = r.summary(args.judge)
@@ -257,8 +285,8 @@ def _show_matrix(r, metric: str) -> int:
         print("no scores yet")
         return 0
     final = r.scores["budget"].max()
-    print(f"\n{metric} at the final budget {final:g}, mean over seeds and protocols "
-          f"(rows: training {table.index.name}, columns: judge / attack set)")
+    print(f"\n{metric} at the final budget {final:g}, mean over seeds "
+          f"(rows: {table.index.name}, columns: judge / attack set)")
     width = max(len(table.index.name), *(len(str(i)) for i in table.index))
     cols = [max(len(c), 7) for c in table.columns]
     print(f"{table.index.name:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(table.columns, cols)))
@@ -410,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args, _suite_path(args.suite))
         if args.command == "show":
             return _cmd_show(args)
+        if args.command == "report":
+            return _cmd_report(args)
         if args.command == "judge":
             return _cmd_judge(args)
         if args.command == "list":

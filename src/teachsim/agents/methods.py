@@ -25,6 +25,8 @@ class TrainContext:
     generator: torch.Generator
     box: tuple[np.ndarray, np.ndarray] | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    step: int = 0      # this batch's index within the current learn call (0-based)...
+    steps: int = 0     # ...of this many steps (0: unknown); schedules such as GAIRAT's burn-in
 
 
 def erm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
@@ -244,12 +246,19 @@ def gairat(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainC
     kappa = iterates of the PGD-CE attack (uniform start) still classified correctly,
     checked before each of its ``attack_steps`` steps; weights :func:`gairat_weights`
     with ``gairat_lambda``, normalised to batch mean 1; loss = mean(w * CE(f(x_adv), y)).
-    Reweights from the first step (the paper's code trains unweighted before epoch 60).
+
+    Burn-in: the paper's code trains unweighted until epoch 60 of 120. A student here
+    learns many times, warm-starting, with no epoch count, so each learn call trains its
+    first ``gairat_burn_in`` share of steps unweighted (plain PGD-AT), then reweights
+    (reconstruction; 0 reweights from the first step).
     """
     s = _settings(gairat, ctx)
     tr = _attack(model, x, y, ctx, s, objective="ce", start="ball")
+    ce = F.cross_entropy(model(tr.x_adv), y, reduction="none")
+    if ctx.step < s["gairat_burn_in"] * ctx.steps:
+        return ce.mean()
     w = gairat_weights(tr.kappa, s["attack_steps"], s["gairat_lambda"])
-    return (w * F.cross_entropy(model(tr.x_adv), y, reduction="none")).mean()
+    return (w * ce).mean()
 
 
 def mail(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
@@ -273,7 +282,9 @@ trades.PARAMS = {**ATTACK_PARAMS,  # type: ignore[attr-defined]
 beta_at.PARAMS = dict(ATTACK_PARAMS)  # type: ignore[attr-defined]
 lrat.PARAMS = dict(ATTACK_PARAMS)  # type: ignore[attr-defined]
 gairat.PARAMS = {**ATTACK_PARAMS,  # type: ignore[attr-defined]
-                 "gairat_lambda": Float(-1.0, doc="lambda of the tanh weight (the paper's fixed schedule)")}
+                 "gairat_lambda": Float(-1.0, doc="lambda of the tanh weight (the paper's fixed schedule)"),
+                 "gairat_burn_in": Float(0.5, lo=0.0, hi=1.0, doc="share of each learn call's steps trained "
+                                         "unweighted first (the paper: epoch 60 of 120)")}
 mail.PARAMS = {**ATTACK_PARAMS,  # type: ignore[attr-defined]
                "mail_slope": Float(1.0, doc="slope of the sigmoid weight"),
                "mail_bias": Float(-1.5, doc="bias added to the probabilistic margin")}

@@ -6,6 +6,8 @@ teacher's mechanism: everything it knows about labels arrived in a message.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -119,7 +121,8 @@ class Student:
         opt = make(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         model.train()
         n, bs = len(yt), min(self.batch_size, len(yt))
-        for _ in range(steps):
+        for step in range(steps):
+            ctx = dataclasses.replace(ctx, step=step, steps=steps)
             idx = torch.randint(n, (bs,), generator=g) if bs < n else torch.arange(n)
             xb, yb = Xt[idx.to(dev)], yt[idx.to(dev)]
             if Vt is not None and self.invariance_scale > 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 NORMS = ("linf", "l2")
 
@@ -18,19 +19,23 @@ def norm_of(d: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(dim=1) if norm == "linf" else flat.norm(dim=1)
 
 
+def _l2_keepdim(d: torch.Tensor) -> torch.Tensor:
+    """Per-point l2 norm shaped to broadcast against ``d`` (one op: these run every step)."""
+    return torch.linalg.vector_norm(d, dim=tuple(range(1, d.dim())), keepdim=True)
+
+
 def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """Project perturbations onto the eps-ball."""
     if norm == "linf":
         return delta.clamp(-eps, eps)
-    scale = (eps / norm_of(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
-    return delta * _view(scale, delta)
+    return delta * (eps / _l2_keepdim(delta).clamp_min(1e-12)).clamp(max=1.0)
 
 
 def ascent(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """The steepest-ascent direction of unit norm for ``norm``."""
     if norm == "linf":
         return grad.sign()
-    return grad / _view(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
+    return grad / _l2_keepdim(grad).clamp_min(1e-12)
 
 
 def random_in_ball(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
@@ -71,8 +76,44 @@ def loss_per_point(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Te
     about 100, which trained students reach: an attack on it stands still there and
     robustness is overstated. ``z`` never underflows.
     """
+    if logits.shape[1] == 2:
+        # Two classes: both losses are l_other - l_true exactly (a logsumexp over one logit
+        # is that logit). Two gathers instead of a scatter and a logsumexp: this loss runs
+        # at every attack step, and on small models its op count is the attack's cost.
+        return logits.gather(1, (1 - y)[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
     true = logits.gather(1, y[:, None])
     if kind == "ce":
         return (logits - true).scatter(1, y[:, None], float("-inf")).logsumexp(dim=1)
     other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
     return other - true.squeeze(1)
+
+
+def loss_and_flipped(y: torch.Tensor, classes: int, kind: str):
+    """A function ``logits -> (loss_per_point, flipped)`` for fixed labels ``y``, where
+    ``flipped`` says per point whether another class's logit exceeds the true one
+    (misclassified; an exact tie counts as not).
+
+    The same values as :func:`loss_per_point`, with what depends only on ``y`` computed
+    once: the attacks call it at every step, where on small models the op count is the
+    cost.
+    """
+    if classes == 2:
+        # both losses are l_other - l_true: one signed sum per row
+        sign = F.one_hot(1 - y, 2).to(torch.float32) - F.one_hot(y, 2).to(torch.float32)
+
+        def two(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            per = (logits * sign).sum(dim=1)
+            return per, per.detach() > 0
+        return two
+    col = y[:, None]
+    if kind != "ce":
+        def margin(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            per = loss_per_point(logits, y, kind)
+            return per, per.detach() > 0
+        return margin
+
+    def ce(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rel = (logits - logits.gather(1, col)).scatter(1, col, float("-inf"))
+        top = rel.detach().amax(dim=1, keepdim=True)     # the margin, and the logsumexp's shift
+        return top.squeeze(1) + (rel - top).exp().sum(dim=1).log(), top.squeeze(1) > 0
+    return ce

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import as_box, ascent, clip, loss_per_point, project, random_in_ball
+from .common import as_box, ascent, clip, loss_and_flipped, loss_per_point, project, random_in_ball
 
 
 def fgsm(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf", box=None,
@@ -46,6 +46,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "lin
     # beats +inf, so the first misclassified iterate is kept; a correctly classified
     # iterate has a finite loss)
     best_key = torch.full((len(x),), -float("inf"), device=x.device)
+    objective = None
     for _ in range(max(1, restarts)):
         delta = random_in_ball(x, eps, norm, generator) if random_start and eps > 0 else torch.zeros_like(x)
         xa = clip(x + delta, b)
@@ -59,13 +60,16 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "lin
         for t in range(steps + 1):
             xa.requires_grad_(True)
             logits = model(xa)
-            per = loss_per_point(logits, y, loss)
-            key = torch.where(logits.detach().argmax(1) != y, float("inf"), per.detach())
+            if objective is None:
+                objective = loss_and_flipped(y, logits.shape[1], loss)
+            per, flipped = objective(logits)
+            key = per.detach().masked_fill(flipped, float("inf"))
             take = key > best_key
-            _copy_rows(best, prev, current & ~take)
+            _copy_rows(best, prev, current > take)      # bools: current and not take
             current = take
-            best_key = torch.where(take, key, best_key)
-            if t == steps or bool(torch.isposinf(best_key).all()):
+            best_key = torch.maximum(best_key, key)
+            # the all-flipped check costs a sync; every 5th step is enough to stop early
+            if t == steps or (t % 5 == 4 and bool(torch.isposinf(best_key).all())):
                 break
             (grad,) = torch.autograd.grad(per.sum(), xa)
             prev = xa

@@ -22,7 +22,13 @@ from ..errors import ConfigError, TeachsimError
 from ..schema import Choice, Float, Int, IntList, Param, Str, resolve, suggest, unknown_key
 from . import judge as judge_mod
 
-TOP = ("name", "description", "seeds", "budgets", "task", "student", "judge", "protocols", "sweep")
+TOP = ("name", "description", "seeds", "budgets", "task", "student", "judge", "protocols", "sweep", "report")
+
+REPORT_PARAMS: dict[str, Param] = {
+    "target": Float(0.9, lo=0.0, hi=1.0, doc="target of the budget-to tables and the dimension-sweep plot"),
+    "metric": Choice("strong_robust_acc", judge_mod.METRICS,
+                     doc="metric of the dimension-sweep plot (budget to reach the target)"),
+}
 
 STUDENT_PARAMS: dict[str, Param] = {
     "model": Str("mlp", doc="mlp | linear | cnn (registered models)"),
@@ -151,10 +157,32 @@ def resolve_judge(raw: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+PROTOCOL_EXTRA = ("label", "student")
+"""Keys of a ``[[protocols]]`` entry that are not the protocol's own parameters: its legend
+``label``, and ``student``, a table of ``[student]`` keys this protocol's episodes override
+(``student = { method = "pgd-at" }`` reads "passive data, adversarially trained")."""
+
+
+def _protocol_params(p: Mapping[str, Any]) -> dict[str, Any]:
+    """The protocol constructor's keyword arguments from a resolved ``[[protocols]]`` entry."""
+    return {k: v for k, v in p.items() if k not in ("name", *PROTOCOL_EXTRA)}
+
+
+def resolve_report(raw: Any) -> dict[str, Any] | None:
+    """Check the optional ``[report]`` table (how the report reads the results; not part of
+    any episode's key). Absent stays absent, so config.toml of older runs is unchanged."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError.expected("report", "a table", raw)
+    return resolve(REPORT_PARAMS, raw, "report")
+
+
 def _protocol_label(p: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
     if p.get("label"):
         return p["label"]
-    opts = [f"{k}={v}" for k, v in p.items() if k not in ("name", "label") and defaults.get(k) != v]
+    opts = [f"{k}={v}" for k, v in _protocol_params(p).items() if defaults.get(k) != v]
+    opts += [f"student.{k}={v}" for k, v in p.get("student", {}).items()]
     return p["name"] + (f"({', '.join(opts)})" if opts else "")
 
 
@@ -183,9 +211,15 @@ def resolve_protocols(raw: Any) -> list[dict[str, Any]]:
         label = p.get("label")
         if label is not None and (not isinstance(label, str) or not label):
             raise ConfigError.expected(f"{where}.label", "a non-empty string", label)
-        res = _plugin_table(p, where, registry.protocols, None, extra=("label",))
-        _try_build(registry.protocols.get(res["name"]).factory,
-                   {k: v for k, v in res.items() if k not in ("name", "label")}, where)
+        student = p.get("student", {})
+        if not isinstance(student, dict):
+            raise ConfigError.expected(f"{where}.student", "a table of [student] keys to override", student)
+        if "method" in student and not isinstance(student["method"], str):
+            raise ConfigError.expected(f"{where}.student.method", "a string", student["method"])
+        res = _plugin_table(p, where, registry.protocols, None, extra=PROTOCOL_EXTRA)
+        _try_build(registry.protocols.get(res["name"]).factory, _protocol_params(res), where)
+        if student:
+            res["student"] = dict(student)
         defaults = {k: prm.default for k, prm in registry.protocols.get(res["name"]).params.items()}
         res["label"] = _protocol_label(res, defaults)
         if res["label"] in seen:
@@ -285,9 +319,23 @@ def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:
         raise ConfigError.expected("task.name", "a string", base["task"]["name"])
 
     def resolved(tables: Mapping[str, Any]) -> dict[str, Any]:
-        return {"task": _plugin_table(tables["task"], "task", registry.tasks, "hidden-feature"),
-                "student": resolve_student(tables["student"]),
-                "judge": resolve_judge(tables["judge"])}
+        out = {"task": _plugin_table(tables["task"], "task", registry.tasks, "hidden-feature"),
+               "student": resolve_student(tables["student"]),
+               "judge": resolve_judge(tables["judge"])}
+        # each protocol's student: the [student] table with that protocol's overrides
+        out["students"] = []
+        for i, proto in enumerate(protocols):
+            if not proto.get("student"):
+                out["students"].append(out["student"])
+                continue
+            try:
+                student = resolve_student({**tables["student"], **proto["student"]})
+                _validate_task(out["task"], student)
+            except ConfigError as exc:
+                field = exc.field.replace("student", f"protocols[{i}].student", 1)
+                raise ConfigError(field, exc.detail) from None
+            out["students"].append(student)
+        return out
 
     plain = resolved(base)
     _validate_task(plain["task"], plain["student"])
@@ -314,18 +362,21 @@ def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:
         variants.append((label, res))
 
     config = {"name": name, "description": description, "seeds": seeds, "budgets": budgets,
-              **plain, "protocols": protocols}
+              **{k: v for k, v in plain.items() if k != "students"}, "protocols": protocols}
+    report = resolve_report(raw.get("report"))
+    if report is not None:
+        config["report"] = report
     if sweep:
         config["sweep"] = sweep
     episodes = []
     for label, res in variants:
-        for proto in protocols:
-            pcfg = {k: v for k, v in proto.items() if k != "label"}
+        for proto, student in zip(protocols, res["students"]):
+            pcfg = {k: v for k, v in proto.items() if k not in PROTOCOL_EXTRA}
             for seed in seeds:
-                payload = {"task": res["task"], "student": res["student"], "judge": res["judge"],
+                payload = {"task": res["task"], "student": student, "judge": res["judge"],
                            "protocol": pcfg, "budgets": budgets, "seed": seed}
                 episodes.append(EpisodeSpec(_key(payload), name, proto["label"], label, seed,
-                                            tuple(float(b) for b in budgets), res["task"], res["student"],
+                                            tuple(float(b) for b in budgets), res["task"], student,
                                             pcfg, res["judge"]))
     return Experiment(config, tuple(episodes))
 

@@ -191,11 +191,14 @@ class Run:
                       judges: list[str] | None = None) -> pd.DataFrame:
         """Train-method x test-attack matrix: ``metric`` per training method (rows) under the
         run's judge and each of its ``attack_sets`` (columns: judge names, ``"default"``
-        first; or the given ``judges``, re-judgings included), mean over seeds and protocols
+        first; or the given ``judges``, re-judgings included), mean over seeds
         at the final budget (or ``budget``).
 
-        Rows are the swept ``student.method`` values (the run's method when not swept);
-        where other keys are swept too, rows are the full variant labels.
+        Rows are the training methods: the swept ``student.method`` values, or, without a
+        sweep, the protocols' labels when there are several (a ``[[protocols]]`` entry can
+        override the student, e.g. ``student = { method = "pgd-at" }``), else the run's
+        method. Where other keys are swept too, rows are the full variant labels (joined
+        with the protocol's label when there are several protocols).
         """
         from .judge import attack_set_name
 
@@ -207,13 +210,15 @@ class Run:
         sweep = self.config.get("sweep", {})
         by_method = "student.method" in sweep and len(sweep) == 1
         method = self.config.get("student", {}).get("method", "erm")
+        several = len(self.config.get("protocols", [])) > 1
 
-        def row_label(variant: str) -> str:
-            if by_method:
-                return variant.partition("=")[2]
-            return variant or method
+        def row_label(variant: str, protocol: str) -> str:
+            head = variant.partition("=")[2] if by_method else variant
+            if several:
+                return f"{head} / {protocol}" if head else protocol
+            return head or method
 
-        cols = {}
+        cols, order = {}, []
         for name in names:
             s = self.scores_of(name)
             s = s[s["metric"] == metric]
@@ -221,11 +226,26 @@ class Run:
                 continue
             at = s["budget"].max() if budget is None else float(budget)
             s = s[np.isclose(s["budget"], at)]
-            cols[name] = s.assign(row=s["variant"].map(row_label)).groupby("row", sort=False)["value"].mean()
-        table = pd.DataFrame(cols)
-        table.index.name = "method" if by_method or not sweep else "variant"
+            rows = [row_label(v, p) for v, p in zip(s["variant"], s["protocol"])]
+            order += [r for r in dict.fromkeys(rows) if r not in order]
+            cols[name] = s.assign(row=rows).groupby("row", sort=False)["value"].mean()
+        table = pd.DataFrame(cols).reindex(order)
+        table.index.name = ("protocol" if several and not sweep else
+                            "method" if by_method or not sweep else "variant")
         table.columns.name = metric
         return table
+
+    def report(self, target: float | None = None, judge: str = "default") -> Path:
+        """Build ``report.html`` with ``plots/*.png`` in the run directory; return the html path.
+
+        Args:
+            target: level for the budget-to-target tables and the sweep plot (default: the
+                config's ``[report] target``, else 0.9).
+            judge: whose scores to show: ``"default"`` or a re-judging's name.
+        """
+        from .report import build_report
+
+        return build_report(self, target=target, judge=judge)
 
     def write_summary(self) -> Path:
         """Write ``summary.csv``: one row per (judge, variant, protocol, budget, metric)."""
