@@ -614,3 +614,23 @@ def test_pgd_keeps_first_misclassified_else_highest_loss_iterate(small_mlp, norm
             found |= wrong
     assert torch.equal(xa, best)
     assert bool(found.all()) == (eps == 3.0) and found.any()
+
+
+@pytest.mark.parametrize("classes", [2, 4, 10])
+@pytest.mark.parametrize("kind", ["ce", "margin"])
+def test_per_step_loss_equals_the_loss_and_argmax(classes, kind):
+    """PGD's per-step objective (labels precomputed, misclassification from the same ops)
+    gives the values and gradients of ``loss_per_point`` and the argmax's verdict, also on
+    saturated logits (gaps of hundreds)."""
+    from teachsim.attacks.common import loss_and_flipped, loss_per_point
+
+    g = torch.Generator().manual_seed(classes)
+    logits = (torch.randn(400, classes, generator=g) * 100).requires_grad_(True)
+    y = torch.randint(classes, (400,), generator=g)
+    per, flipped = loss_and_flipped(y, classes, kind)(logits)
+    want = loss_per_point(logits, y, kind)
+    (g1,) = torch.autograd.grad(per.sum(), logits)
+    (g2,) = torch.autograd.grad(want.sum(), logits)
+    assert torch.equal(per, want) if classes == 2 or kind == "margin" else torch.allclose(per, want)
+    assert torch.allclose(g1, g2, atol=1e-5)
+    assert torch.equal(flipped, logits.argmax(1) != y)
