@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import sqlite3
@@ -371,3 +372,42 @@ def test_saved_student_and_test_set(tiny_run):
     assert (logits.argmax(1).numpy() == y).mean() == pytest.approx(judged, abs=1e-6)
     with pytest.raises(teachsim.RunError):
         r.student(1, 15)
+
+
+# -- re-running into a directory that holds another config --------------------------------------
+
+def test_a_config_that_adds_protocols_or_seeds_extends_the_run(tmp_path, tiny_config, capsys):
+    run_dir = tmp_path / "run"
+    base = copy.deepcopy(tiny_config)
+    base["protocols"] = base["protocols"][:1]
+    first = teachsim.run(base, out=run_dir, executor="serial", progress=False)
+    kept = first.episodes[["episode_id", "key", "finished_at"]]
+    more = copy.deepcopy(base)
+    more["seeds"] = [0, 1, 2]
+    more["protocols"].append({"name": "passive", "batch": 5, "label": "small batches"})
+    more["description"] = "now with small batches"
+    r = teachsim.run(more, out=run_dir, executor="serial", progress=True)
+    assert "extending the experiment" in capsys.readouterr().err
+    eps = r.episodes
+    assert len(eps) == 6 and (eps["status"] == "finished").all()
+    # the recorded episodes are untouched (same ids, keys, timestamps): nothing ran twice
+    same = eps.merge(kept, on=["episode_id", "key", "finished_at"])
+    assert len(same) == len(kept)
+    assert r.config["description"] == "now with small batches"
+    assert set(r.summary()["protocol"]) == {"passive", "small batches"}
+
+
+@pytest.mark.parametrize("change", ["other-setting", "relabel", "dropped-protocol"])
+def test_a_config_that_changes_recorded_episodes_is_refused(tmp_path, tiny_config, change):
+    run_dir = tmp_path / "run"
+    teachsim.run(tiny_config, out=run_dir, executor="serial", progress=False)
+    other = copy.deepcopy(tiny_config)
+    if change == "other-setting":
+        other["student"]["steps"] = 31                  # every key changes
+    elif change == "relabel":
+        other["protocols"][0]["label"] = "renamed"      # same key, another label
+    else:
+        other["protocols"] = other["protocols"][:1]
+    with pytest.raises(teachsim.RunError, match="holds a different experiment"):
+        teachsim.run(other, out=run_dir, executor="serial", progress=False)
+    assert len(teachsim.open_run(run_dir).episodes) == 4   # nothing lost

@@ -47,8 +47,8 @@ def test_paper_suite_covers_the_claim():
         "boundary", "counterexample", "invariance", "offmanifold"}
     assert any(p["name"] == "membership" for p in protos)
     passive = [p for p in protos if p["name"] == "passive"]
-    assert [p.get("student", {}).get("method", "erm") for p in passive] == ["erm", "pgd-at"]
-    assert len(exp.episodes) == len(protos) * 3 * 5
+    assert [p.get("student", {}).get("method", "erm") for p in passive] == ["erm", "pgd-at", "pgd-at"]
+    assert len(exp.episodes) == len(protos) * 3 * 5 == 225
     assert {s.task["dim"] for s in exp.episodes} == {20, 50, 200}
 
 

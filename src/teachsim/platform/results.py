@@ -19,18 +19,43 @@ from .runners import EXECUTORS  # noqa: F401 - re-exported: the executors run() 
 from .summary import auc, budget_to, curve_table, summarize
 
 
-def _recorded(run_dir: Path) -> dict[str, str]:
-    """key -> status of the episodes an existing run directory holds (read-only)."""
+def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str]]:
+    """(key, status, protocol, variant) of the episodes an existing run directory holds (read-only)."""
     path = run_dir / "results.sqlite"
     if not path.is_file():
-        return {}
+        return []
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
-        return dict(con.execute("SELECT key, status FROM episodes"))
+        return list(con.execute("SELECT key, status, protocol, variant FROM episodes"))
     except sqlite3.OperationalError:   # created but never written
-        return {}
+        return []
     finally:
         con.close()
+
+
+def _recorded(run_dir: Path) -> dict[str, str]:
+    """key -> status of the episodes an existing run directory holds (read-only)."""
+    return {key: status for key, status, _, _ in _recorded_rows(run_dir)}
+
+
+def _check_same_or_extended(run_dir: Path, exp: Experiment, note) -> None:
+    """A run directory holding another config is refused, unless the new experiment only
+    adds to it (more protocols, seeds or sweep values, a new description or [report]):
+    then every recorded episode, same key under the same label, is kept and only the new
+    ones run. Keys hash each episode's resolved settings and seed, so a kept result is
+    exactly what the new config would compute."""
+    wanted = {(s.key, s.protocol, s.variant) for s in exp.episodes}
+    rows = _recorded_rows(run_dir)
+    stray = [(p, v) for key, _, p, v in rows if (key, p, v) not in wanted]
+    if stray:
+        label, variant = stray[0]
+        where = f"{label!r}" + (f" in {variant}" if variant else "")
+        raise RunError(f"{run_dir} holds a different experiment (its config.toml differs: the recorded "
+                       f"episodes of {where} are not in the new config, or ran with other settings); "
+                       "choose another --out or remove that directory")
+    if note is not None and rows:
+        note(f"extending the experiment in {run_dir}: its {len(rows)} recorded episodes are kept, "
+             f"{len(wanted) - len(rows)} are new")
 
 
 def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path | None = None,
@@ -51,7 +76,9 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         gpus_per_episode: GPUs Ray reserves per episode; a fraction packs several
             episodes on one GPU (default 0). Without a GPU episodes run on the CPU.
         resume: keep finished episodes of an existing run directory and run the rest.
-            Re-running into an existing directory of the same experiment does the same.
+            Re-running into an existing directory of the same experiment does the same,
+            and so does a config that only adds to it (more protocols, seeds or sweep
+            values): the recorded episodes are kept, the new ones run.
         retries: extra attempts for an episode that fails (one whose Ray worker dies is
             also resubmitted, up to 3 times, whatever this is).
         progress: print progress to stderr.
@@ -59,7 +86,8 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
 
     Raises:
         ConfigError: bad config or option, or an unreachable cluster (nothing has run).
-        RunError: ``out`` holds a different experiment.
+        RunError: ``out`` holds a different experiment (one whose recorded episodes the
+            new config would not reproduce under the same labels).
         KeyboardInterrupt: the run was interrupted; every finished episode is kept.
     """
     import sys
@@ -82,8 +110,7 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"--out: expected a directory, got {str(run_dir)!r} (an existing file)")
     if cfg_path.exists() and cfg_path.read_text() != text:
-        raise RunError(f"{run_dir} holds a different experiment (its config.toml differs); "
-                       "choose another --out or remove that directory")
+        _check_same_or_extended(run_dir, exp, note)
 
     with runner:
         recorded = _recorded(run_dir)
