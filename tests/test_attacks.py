@@ -634,3 +634,52 @@ def test_per_step_loss_equals_the_loss_and_argmax(classes, kind):
     assert torch.equal(per, want) if classes == 2 or kind == "margin" else torch.allclose(per, want)
     assert torch.allclose(g1, g2, atol=1e-5)
     assert torch.equal(flipped, logits.argmax(1) != y)
+
+
+def _plain_pgd(model, x, y, *, eps, norm, steps, restarts, generator, box=None):
+    """The documented pgd, written for reading, not speed: every iterate of every restart
+    is kept, then per point the first misclassified one is chosen, else the highest loss."""
+    from teachsim.attacks.common import ascent, as_box, clip, loss_per_point, project, random_in_ball
+
+    b = as_box(box, x)
+    alpha = 2.5 * eps / steps
+    iterates, losses, wrong = [], [], []
+    for _ in range(restarts):
+        delta = random_in_ball(x, eps, norm, generator)
+        xa = clip(x + delta, b)
+        delta = xa - x
+        for t in range(steps + 1):
+            xa = xa.detach().requires_grad_(True)
+            logits = model(xa)
+            per = loss_per_point(logits, y, "ce")
+            iterates.append(xa.detach())
+            losses.append(per.detach())
+            wrong.append(logits.detach().argmax(1) != y)
+            if t == steps:
+                break
+            (grad,) = torch.autograd.grad(per.sum(), xa)
+            with torch.no_grad():
+                delta = project(delta + alpha * ascent(grad, norm), eps, norm)
+                xa = clip(x + delta, b)
+                delta = xa - x
+    wrong, losses = torch.stack(wrong), torch.stack(losses)
+    first_wrong = torch.where(wrong.any(0), wrong.float().argmax(0), losses.argmax(0))
+    return torch.stack(iterates)[first_wrong, torch.arange(len(x))]
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+@pytest.mark.parametrize("norm", NORMS)
+def test_pgd_is_the_documented_best_iterate(classes, norm):
+    """The fast pgd (lazy row copies, in-place steps, shared loss and verdict, early stop)
+    returns what the plain description says, point for point."""
+    model = frozen(mlp(6, classes, hidden=[16], init_std=1.0, generator=gen(classes)))
+    x = torch.randn(300, 6, generator=gen(1))
+    y = predict(model, x)
+    eps = 0.5 if norm == "l2" else 0.2
+    box = (np.full(6, -1.5, np.float32), np.full(6, 1.5, np.float32))
+    fast = pgd(model, x, y, eps=eps, norm=norm, steps=20, restarts=2, generator=gen(5), box=box)
+    slow = _plain_pgd(model, x, y, eps=eps, norm=norm, steps=20, restarts=2, generator=gen(5), box=box)
+    # the fast one stops once every point has flipped; until then it is the same walk
+    flipped = predict(model, slow) != y
+    assert 0 < flipped.float().mean() < 1, "a case where the choice between iterates matters"
+    assert torch.allclose(fast, slow, atol=1e-5)

@@ -31,6 +31,23 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return delta * (eps / _l2_keepdim(delta).clamp_min(1e-12)).clamp(max=1.0)
 
 
+def project_(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """:func:`project` in place (returns ``delta``): one allocation less per attack step."""
+    if norm == "linf":
+        return delta.clamp_(-eps, eps)
+    return delta.mul_((eps / _l2_keepdim(delta).clamp_min(1e-12)).clamp(max=1.0))
+
+
+def ascent_(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """:func:`ascent` in place (returns ``grad``, or a new tensor when ``grad`` is a
+    broadcast view that cannot be written, as autograd may return for odd models)."""
+    if not grad.is_contiguous():
+        return ascent(grad, norm)
+    if norm == "linf":
+        return grad.sign_()
+    return grad.div_(_l2_keepdim(grad).clamp_min(1e-12))
+
+
 def ascent(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """The steepest-ascent direction of unit norm for ``norm``."""
     if norm == "linf":

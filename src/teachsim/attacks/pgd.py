@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import as_box, ascent, clip, loss_and_flipped, loss_per_point, project, random_in_ball
+from .common import as_box, ascent, ascent_, clip, loss_and_flipped, loss_per_point, project_, random_in_ball
 
 
 def fgsm(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf", box=None,
@@ -74,7 +74,8 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "lin
             (grad,) = torch.autograd.grad(per.sum(), xa)
             prev = xa
             with torch.no_grad():
-                delta = project(delta + alpha * ascent(grad, norm), eps, norm)
+                # in place: delta and grad are this loop's own (xa, kept as prev, is not)
+                delta = project_(delta.add_(ascent_(grad, norm).mul_(alpha)), eps, norm)
                 xa = clip(x + delta, b)
                 if b is not None:
                     delta = xa - x
