@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target for the budget-to tables (default: [report] target of the config, else 0.9)")
     p.add_argument("--judge", default="default", help="report the scores of a re-judging (teachsim judge)")
 
-    p = sub.add_parser("judge", help="re-score saved students with another judge (no retraining)")
+    p = sub.add_parser("judge", help="re-score saved students (no retraining): with no options, bring the run's "
+                       "own judge up to this teachsim's judge version; with options, score another judge")
     p.add_argument("run_dir")
     p.add_argument("--attacks", nargs="+", help="l_p attack set, e.g. --attacks pgd apgd-ce beta")
     p.add_argument("--norm", help="l2 or linf")
@@ -260,8 +261,17 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 v = row["budget_to"].iloc[0] if not row.empty else math.nan
                 cells.append(f"{('never' if v == math.inf else f'{v:g}'):>20}")
             print(f"{p:<{width}}  " + "  ".join(cells))
+    from .platform.judge import INFO_FLAGS, VERSION
+
+    old = [v for v in r.judge_versions.get(args.judge, []) if v != VERSION]
+    if old:
+        print(f"\nwarning: these scores were made by judge version {', '.join(map(str, old))} (this teachsim's "
+              f"is {VERSION}; version 1 overstates strong_robust_acc); re-score: teachsim judge {r.dir}")
     flags = r.flags
-    flags = flags[(flags["judge"] == args.judge) & (flags["value"] > 0)]
+    exact = flags[(flags["judge"] == args.judge) & (flags["flag"] == "strong_exact")]
+    if not exact.empty and (exact["value"] > 0).all():
+        print("\nstrong_robust_acc is exact here (an affine student under an affine teacher)")
+    flags = flags[(flags["judge"] == args.judge) & (flags["value"] > 0) & ~flags["flag"].isin(INFO_FLAGS)]
     for flag, g in flags.groupby("flag"):
         print(f"\nwarning: sanity flag {flag} is set in {g['episode_id'].nunique()} episode(s) "
               f"(max {g['value'].max():.3g}); attack-based numbers may be unreliable there")
@@ -301,6 +311,15 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("attacks", "norm", "eps", "strong_radius", "steps", "restarts")
                  if getattr(args, k) is not None}
     r = open_run(args.run_dir)
+    if not overrides and args.name is None:
+        # no new judge asked for: bring the run's own judge up to this teachsim's version
+        from .platform.judge import VERSION
+
+        n = r.upgrade_judge(progress=not args.quiet)
+        print(f"{n} episode(s) re-scored; every score of {r.dir}'s own judge is judge version {VERSION}"
+              if n else f"{r.dir} is up to date (judge version {VERSION}); to score with another judge, give "
+              "--attacks, --norm, --eps, ... or --name")
+        return 0
     name = r.rejudge(args.name, progress=not args.quiet, **overrides)
     print(f"judged as {name!r}; see: teachsim show {r.dir} --judge '{name}'")
     return 0

@@ -154,6 +154,9 @@ def resolve_judge(raw: Mapping[str, Any]) -> dict[str, Any]:
     if not out["attack_sets"]:
         # absent rather than []: episode keys and config.toml stay as they were before the key
         del out["attack_sets"]
+    for key, default in judge_mod.OPTIONAL.items():   # the same for keys added later
+        if out.get(key) == default:
+            del out[key]
     return out
 
 

@@ -184,6 +184,7 @@ class EpisodeResult:
     snapshots: dict[float, dict[str, Any]] = field(default_factory=dict)
     checkpoints: list[tuple[float, float, bool]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    judge_version: int = 1                      # the judge behaviour version that made the scores
 
 
 def transcript_rows(log: list[Delivery]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
@@ -228,7 +229,7 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu") -> EpisodeResult:
     which. Results are plain CPU data whatever the device.
     """
     from ..agents.teacher import Teacher
-    from .judge import judge_episode
+    from .judge import VERSION, judge_episode
 
     result = EpisodeResult(spec, "failed", started_at=_now(), host=socket.gethostname())
     t0 = time.perf_counter()
@@ -251,6 +252,7 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu") -> EpisodeResult:
             models[budget].load_state_dict(weights)
             models[budget].to(dev)
         result.scores, result.flags, result.judged = judge_episode(models, task, spec.judge, spec.seed)
+        result.judge_version = VERSION
         result.messages, result.payloads = transcript_rows(conv.channel.log)
         result.payloads["learn_log"] = np.asarray(student.learn_log, dtype=np.int64).reshape(-1, 2)
         result.snapshots = {b: {k: v.cpu().numpy() for k, v in s.items()} for b, s in conv.snapshots.items()}

@@ -17,9 +17,17 @@ import torch
 
 from .. import registry, seeding
 from ..messages import ABSTAIN
-from ..schema import Choice, Float, Int, Param, StrList
+from ..schema import Bool, Choice, Float, Int, Param, StrList
 
-METRICS = ("clean_acc", "broad_acc", "lp_robust_acc", "weak_robust_acc", "weak_coverage", "strong_robust_acc")
+METRICS = ("clean_acc", "broad_acc", "lp_robust_acc", "weak_robust_acc", "weak_coverage", "strong_robust_acc",
+           "strong_robust_lb")
+VERSION = 2
+"""The judge's behaviour version, recorded with every score. 1: the untargeted strong search
+(before 0.2; it overstated ``strong_robust_acc`` mid-curve); 2: the targeted search, exact
+answers for affine students, ``strong_robust_lb``. A run scored by another version is not
+extended or resumed until ``teachsim judge RUN_DIR`` re-scores it."""
+INFO_FLAGS = ("strong_exact",)
+"""Flags that describe how a score was made rather than warn about it."""
 LP_METRICS = ("lp_robust_acc", "weak_robust_acc", "weak_coverage")   # the metrics an attack set changes
 
 PARAMS = {
@@ -40,8 +48,22 @@ PARAMS = {
     # 200, not 50: on hidden-feature d=50 a 50-step search left 44% of a counterexample-
     # trained student's test points unbroken that a 200-step search broke (0.44 -> 0.00).
     "strong_steps": Int(200, lo=1, doc="iterations of the teacher-relative search (fewer: optimistic scores)"),
-    "strong_restarts": Int(3, lo=1, doc="restarts of the teacher-relative search (the first starts at x)"),
+    "strong_restarts": Int(3, lo=1, doc="restarts of the teacher-relative search per target class "
+                           "(the first starts at x)"),
+    "strong_exact": Bool(True, doc="score strong_robust_acc exactly where that is possible (an affine "
+                         "student under an affine teacher) instead of by the search"),
+    "certify": Bool(False, doc="certified lower bound strong_robust_lb by MILP for ReLU MLP students under "
+                    "an affine teacher in linf (slow; affine students get it exactly anyway)"),
+    "certify_time": Float(2.0, lo=0.01, doc="seconds per MILP before a point counts as not certified"),
 }
+OPTIONAL = {"strong_exact": True, "certify": False, "certify_time": 2.0}
+"""Judge keys added after runs were stored: left out of the resolved judge at these
+defaults, so the episode keys of older run directories stay what they were."""
+
+
+def setting(cfg: Mapping[str, Any], key: str) -> Any:
+    """A judge setting, with :data:`OPTIONAL`'s default where the resolved table left it out."""
+    return cfg.get(key, OPTIONAL.get(key))
 
 
 @dataclass(frozen=True)
@@ -158,8 +180,9 @@ def judge_episode(models: Mapping[float, torch.nn.Module], task, cfg: Mapping[st
     for budget in sorted(models):
         model = models[budget]
         out, by_set = _judge(model, task, test, cfg, seed, sets)
+        exact_flag = out.pop("_strong_exact")
         scores += [(budget, k, v) for k, v in out.items()]
-        flagged = sanity_flags(model, task, test, cfg)
+        flagged = {**sanity_flags(model, task, test, cfg), "strong_exact": exact_flag}
         flags += [(budget, k, v) for k, v in flagged.items()]
         for n, s, lp in zip(names, sets, by_set):
             judged[n]["scores"] += [(budget, k, lp.get(k, v)) for k, v in out.items()]
@@ -210,16 +233,17 @@ def judge(model: torch.nn.Module, task, test: TestSet, cfg: Mapping[str, Any], s
         seed: episode seed; attacks draw from the judge's own streams.
 
     Returns:
-        metric name -> value for every name in :data:`METRICS`.
+        metric name -> value for every name in :data:`METRICS` (``strong_robust_lb`` only
+        where a verifier applies).
     """
-    return _judge(model, task, test, cfg, seed, [])[0]
+    out = _judge(model, task, test, cfg, seed, [])[0]
+    out.pop("_strong_exact")
+    return out
 
 
 def _judge(model, task, test: TestSet, cfg: Mapping[str, Any], seed: int,
            sets: list[list[str]]) -> tuple[dict[str, float], list[dict[str, float]]]:
     """:func:`judge`, and :func:`_lp_scores` for each attack set in ``sets`` (same pass)."""
-    from ..attacks.teacher import teacher_attack
-
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -237,11 +261,31 @@ def _judge(model, task, test: TestSet, cfg: Mapping[str, Any], seed: int,
     out["weak_coverage"] = lp["weak_coverage"]
     out["weak_robust_acc"] = lp["weak_robust_acc"]
 
-    g = seeding.torch_generator(seed, "judge", "teacher")
-    _, found = teacher_attack(model, task, x, radius=cfg["strong_radius"], norm=cfg["norm"], box=task.box,
-                              generator=g, steps=cfg["strong_steps"], restarts=cfg["strong_restarts"])
-    # (~found).mean() rather than 1 - found.mean(): the latter can differ from clean_acc by a
-    # float ulp when strong_radius = 0, breaking the SPEC invariant that they are equal.
-    out["strong_robust_acc"] = (~found).float().mean().item()
+    out.update(_strong_scores(model, task, x, test, cfg, seed))
     # after everything the judge itself scores: its numbers do not depend on the sets
     return out, [_lp_scores(model, task, x, y, correct, s, cfg, seed, cache) for s in sets]
+
+
+def _strong_scores(model, task, x: torch.Tensor, test: TestSet, cfg: Mapping[str, Any], seed: int) -> dict[str, float]:
+    """``strong_robust_acc`` (exact where possible, else the search's upper bound) and, where
+    a verifier applies, the certified lower bound ``strong_robust_lb``; ``strong_exact``
+    (1/0) says which way the first was made (a flag, see :func:`judge_episode`)."""
+    from ..attacks import exact
+    from ..attacks.teacher import teacher_attack
+
+    radius, norm = cfg["strong_radius"], cfg["norm"]
+    if setting(cfg, "strong_exact") and exact.exact_available(model, task):
+        robust = exact.exact_strong(model, task, test.x, radius=radius, norm=norm).robust
+        value = float(robust.mean())
+        return {"strong_robust_acc": value, "strong_robust_lb": value, "_strong_exact": 1.0}
+    g = seeding.torch_generator(seed, "judge", "teacher")
+    _, found = teacher_attack(model, task, x, radius=radius, norm=norm, box=task.box, generator=g,
+                              steps=cfg["strong_steps"], restarts=cfg["strong_restarts"])
+    # (~found).mean() rather than 1 - found.mean(): the latter can differ from clean_acc by a
+    # float ulp when strong_radius = 0, breaking the invariant that they are equal.
+    out = {"strong_robust_acc": (~found).float().mean().item(), "_strong_exact": 0.0}
+    if setting(cfg, "certify") and exact.milp_available(model, task, norm):
+        certified = exact.milp_strong(model, task, test.x, radius=radius, time_limit=setting(cfg, "certify_time"),
+                                      skip=found.cpu().numpy())
+        out["strong_robust_lb"] = float(certified.mean())
+    return out

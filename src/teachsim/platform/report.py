@@ -357,7 +357,7 @@ def _judge_config(run, judge: str) -> dict[str, Any]:
     cfg = dict(run.config.get("judge", {}))
     if judge != "default":
         try:
-            rows = run._query(f"SELECT config FROM judges WHERE name = '{judge.replace(chr(39), '')}'")
+            rows = run._query("SELECT config FROM judges WHERE name = ?", (judge,))
             if not rows.empty:
                 cfg.update(json.loads(rows["config"].iloc[0]))
         except Exception:     # an older run without the judges table: the run's own judge config
@@ -487,7 +487,9 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
     out.append("<h2>Judge sanity flags</h2>\n")
     flags = run.flags
     if not flags.empty:
-        flags = flags[(flags["judge"] == judge) & (flags["value"] > 0)]
+        from .judge import INFO_FLAGS
+
+        flags = flags[(flags["judge"] == judge) & (flags["value"] > 0) & ~flags["flag"].isin(INFO_FLAGS)]
     if flags.empty:
         out.append('<p class="note">no sanity flags raised</p>\n')
     else:

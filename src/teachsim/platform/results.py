@@ -38,6 +38,29 @@ def _recorded(run_dir: Path) -> dict[str, str]:
     return {key: status for key, status, _, _ in _recorded_rows(run_dir)}
 
 
+def _stale_judge(run_dir: Path) -> set[int]:
+    """The judge versions other than this teachsim's that scored finished episodes of an
+    existing run directory under its own judge (read-only; empty: up to date or new)."""
+    from .judge import VERSION
+
+    path = run_dir / "results.sqlite"
+    if not path.is_file():
+        return set()
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        columns = {row[1] for row in con.execute("PRAGMA table_info(scores)")}
+        if not columns:
+            return set()
+        version = "s.version" if "version" in columns else "1"
+        rows = con.execute(f"SELECT DISTINCT {version} FROM scores s JOIN episodes e USING (episode_id)"
+                           " WHERE s.judge = 'default' AND e.status = 'finished'").fetchall()
+    except sqlite3.OperationalError:
+        return set()
+    finally:
+        con.close()
+    return {int(v) for (v,) in rows} - {VERSION}
+
+
 def _check_same_or_extended(run_dir: Path, exp: Experiment, note) -> None:
     """A run directory holding another config is refused, unless the new experiment only
     adds to it (more protocols, seeds or sweep values, a new description or [report]):
@@ -111,6 +134,13 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         raise RunError(f"--out: expected a directory, got {str(run_dir)!r} (an existing file)")
     if cfg_path.exists() and cfg_path.read_text() != text:
         _check_same_or_extended(run_dir, exp, note)
+    stale = _stale_judge(run_dir)
+    if stale:
+        from .judge import VERSION
+
+        raise RunError(f"{run_dir} was scored by judge version {', '.join(map(str, sorted(stale)))} and this "
+                       f"teachsim's judge is version {VERSION}: its scores would mix two judges. Re-score the "
+                       f"saved students first (no retraining): teachsim judge {run_dir}")
 
     with runner:
         recorded = _recorded(run_dir)
@@ -153,10 +183,10 @@ class Run:
         if not (self.dir / "results.sqlite").is_file():
             raise RunError(f"{self.dir} is not a run directory (no results.sqlite)")
 
-    def _query(self, sql: str) -> pd.DataFrame:
+    def _query(self, sql: str, params: tuple = ()) -> pd.DataFrame:
         con = sqlite3.connect(f"file:{self.dir / 'results.sqlite'}?mode=ro", uri=True)
         try:
-            return pd.read_sql_query(sql, con)
+            return pd.read_sql_query(sql, con, params=params)
         finally:
             con.close()
 
@@ -183,7 +213,23 @@ class Run:
         return self._query(
             "SELECT s.episode_id, s.budget, s.metric, s.value, e.protocol, e.variant, e.seed"
             " FROM scores s JOIN episodes e USING (episode_id) WHERE e.status = 'finished'"
-            f" AND s.judge = '{judge.replace(chr(39), '')}' ORDER BY s.episode_id, s.budget, s.metric")
+            " AND s.judge = ? ORDER BY s.episode_id, s.budget, s.metric", (judge,))
+
+    @property
+    def judge_versions(self) -> dict[str, list[int]]:
+        """Judge name -> the judge versions its scores were made by (``judge.VERSION`` is
+        this teachsim's; older ones overstate ``strong_robust_acc``, see the README)."""
+        con = sqlite3.connect(f"file:{self.dir / 'results.sqlite'}?mode=ro", uri=True)
+        try:
+            cols = {row[1] for row in con.execute("PRAGMA table_info(scores)")}
+            version = "version" if "version" in cols else "1"
+            rows = con.execute(f"SELECT judge, {version} FROM scores GROUP BY judge, {version}").fetchall()
+        finally:
+            con.close()
+        out: dict[str, list[int]] = {}
+        for name, v in rows:
+            out.setdefault(name, []).append(int(v))
+        return {k: sorted(v) for k, v in out.items()}
 
     @property
     def judges(self) -> list[str]:
@@ -298,7 +344,7 @@ class Run:
         import sys
 
         from .episode import build_model, build_task
-        from .judge import attack_set_name, judge_all
+        from .judge import VERSION, attack_set_name, judge_all
         from .store import Store, load_students
 
         base = config_mod.resolve_judge({**self.config["judge"], **overrides})   # errors before any work
@@ -319,7 +365,7 @@ class Run:
                     models[budget] = build_model(spec.student, task, spec.seed)
                     models[budget].load_state_dict(weights)
                 scores, flags = judge_all(models, task, cfg, spec.seed)
-                store.write_judgement(name, cfg, int(row.episode_id), scores, flags)
+                store.write_judgement(name, cfg, int(row.episode_id), scores, flags, VERSION)
                 if progress:
                     print(f"[{i}/{len(done)}] judged episode {row.episode_id} ({row.protocol}, seed {row.seed})",
                           file=sys.stderr, flush=True)
@@ -327,6 +373,58 @@ class Run:
             store.close()
         self.write_summary()
         return name
+
+    def upgrade_judge(self, progress: bool = True) -> int:
+        """Re-score, with this teachsim's judge, every finished episode whose own scores (and
+        those of its ``attack_sets``) were made by another judge version; no retraining.
+        Episodes already up to date are skipped, so an interrupted upgrade resumes where it
+        stopped. Returns the number of episodes re-scored.
+
+        Raises:
+            RunError: an episode's saved students are missing (named, nothing else changed
+                for that episode).
+        """
+        import sys
+
+        from .episode import build_model, build_task
+        from .judge import VERSION, judge_episode
+        from .store import Store, load_students
+
+        con = sqlite3.connect(f"file:{self.dir / 'results.sqlite'}?mode=ro", uri=True)
+        try:
+            cols = {row[1] for row in con.execute("PRAGMA table_info(scores)")}
+            version = "s.version" if "version" in cols else "1"
+            stale = [int(e) for (e,) in con.execute(
+                f"SELECT DISTINCT s.episode_id FROM scores s JOIN episodes e USING (episode_id) WHERE "
+                f"e.status = 'finished' AND s.judge = 'default' AND {version} != ? ORDER BY s.episode_id",
+                (VERSION,))]
+        finally:
+            con.close()
+        store = Store(self.dir)
+        try:
+            for i, eid in enumerate(stale, 1):
+                spec = self.spec(eid)
+                path = self.dir / "students" / f"{spec.key}.pt"
+                if not path.is_file():
+                    raise RunError(f"episode {eid} ({spec.protocol}, seed {spec.seed}) has no saved students "
+                                   f"({path} is missing); it cannot be re-scored")
+                task = build_task(spec.task, spec.seed)
+                models = {}
+                for budget, weights in load_students(path).items():
+                    models[budget] = build_model(spec.student, task, spec.seed)
+                    models[budget].load_state_dict(weights)
+                scores, flags, judged = judge_episode(models, task, spec.judge, spec.seed)
+                # the attack sets first: the run's own judge at the new version marks it done
+                for name, j in judged.items():
+                    store.write_judgement(name, j["config"], eid, j["scores"], j["flags"], VERSION)
+                store.write_judgement("default", None, eid, scores, flags, VERSION)
+                if progress:
+                    print(f"[{i}/{len(stale)}] re-scored episode {eid} ({spec.protocol}, seed {spec.seed}) "
+                          f"with judge version {VERSION}", file=sys.stderr, flush=True)
+        finally:
+            store.close()
+        self.write_summary()
+        return len(stale)
 
     # -- one episode -------------------------------------------------------------------
     def _row(self, episode: int | str) -> pd.Series:

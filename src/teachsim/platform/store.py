@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS episodes (
     spent REAL, probed INTEGER, refused INTEGER, spec TEXT NOT NULL, device TEXT);
 CREATE TABLE IF NOT EXISTS scores (
     episode_id INTEGER NOT NULL, budget REAL NOT NULL, metric TEXT NOT NULL, value REAL,
-    judge TEXT NOT NULL DEFAULT 'default', PRIMARY KEY (episode_id, judge, budget, metric));
+    judge TEXT NOT NULL DEFAULT 'default', version INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (episode_id, judge, budget, metric));
 CREATE TABLE IF NOT EXISTS flags (
     episode_id INTEGER NOT NULL, budget REAL NOT NULL, flag TEXT NOT NULL, value REAL,
     judge TEXT NOT NULL DEFAULT 'default', PRIMARY KEY (episode_id, judge, budget, flag));
@@ -40,6 +41,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     episode_id INTEGER NOT NULL, budget REAL NOT NULL, cum_cost REAL NOT NULL, reached INTEGER NOT NULL,
     PRIMARY KEY (episode_id, budget));
 """
+
+
+SCORE_ROW = "INSERT INTO scores (episode_id, budget, metric, value, judge, version) VALUES (?, ?, ?, ?, ?, ?)"
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -71,6 +75,9 @@ class Store:
         if "device" not in columns:   # a run directory from before the column
             with self.con:
                 self.con.execute("ALTER TABLE episodes ADD COLUMN device TEXT")
+        if "version" not in {row[1] for row in self.con.execute("PRAGMA table_info(scores)")}:
+            with self.con:   # scores from before the column were made by judge version 1
+                self.con.execute("ALTER TABLE scores ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
 
     def close(self) -> None:
         self.con.close()
@@ -102,14 +109,14 @@ class Store:
                  attempts, spec.student["initial_labels"], stats.get("spent"), stats.get("probed"),
                  stats.get("refused"), json.dumps(spec.as_dict(), sort_keys=True), _device_text(stats)))
             eid = cur.lastrowid if not old else old[0]
-            self.con.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, 'default')",
-                                 [(eid, b, metric, v) for b, metric, v in result.scores])
+            self.con.executemany(SCORE_ROW, [(eid, b, metric, v, "default", result.judge_version)
+                                             for b, metric, v in result.scores])
             self.con.executemany("INSERT INTO flags VALUES (?, ?, ?, ?, 'default')",
                                  [(eid, b, flag, v) for b, flag, v in result.flags])
             for name, j in result.judged.items():   # the judge's attack_sets, scored in the same pass
                 self.con.execute("INSERT OR REPLACE INTO judges VALUES (?, ?)", (name, json.dumps(j["config"])))
-                self.con.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?)",
-                                     [(eid, b, mt, v, name) for b, mt, v in j["scores"]])
+                self.con.executemany(SCORE_ROW, [(eid, b, mt, v, name, result.judge_version)
+                                                 for b, mt, v in j["scores"]])
                 self.con.executemany("INSERT INTO flags VALUES (?, ?, ?, ?, ?)",
                                      [(eid, b, f, v, name) for b, f, v in j["flags"]])
             self.con.executemany(
@@ -121,15 +128,18 @@ class Store:
         return eid
 
 
-    def write_judgement(self, name: str, judge_cfg: dict[str, Any], episode_id: int,
-                        scores: list[tuple[float, str, float]], flags: list[tuple[float, str, float]]) -> None:
-        """Record a re-judging of one episode under the judge ``name`` (one transaction)."""
+    def write_judgement(self, name: str, judge_cfg: dict[str, Any] | None, episode_id: int,
+                        scores: list[tuple[float, str, float]], flags: list[tuple[float, str, float]],
+                        version: int) -> None:
+        """Record a (re-)judging of one episode under the judge ``name``, replacing what that
+        judge had recorded for it (one transaction). ``judge_cfg`` None: the run's own judge,
+        whose config is the run's."""
         with self.con:
-            self.con.execute("INSERT OR REPLACE INTO judges VALUES (?, ?)", (name, json.dumps(judge_cfg)))
+            if judge_cfg is not None:
+                self.con.execute("INSERT OR REPLACE INTO judges VALUES (?, ?)", (name, json.dumps(judge_cfg)))
             for table in ("scores", "flags"):
                 self.con.execute(f"DELETE FROM {table} WHERE episode_id = ? AND judge = ?", (episode_id, name))
-            self.con.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?)",
-                                 [(episode_id, b, mt, v, name) for b, mt, v in scores])
+            self.con.executemany(SCORE_ROW, [(episode_id, b, mt, v, name, version) for b, mt, v in scores])
             self.con.executemany("INSERT INTO flags VALUES (?, ?, ?, ?, ?)",
                                  [(episode_id, b, f, v, name) for b, f, v in flags])
 

@@ -83,6 +83,32 @@ class Task:
             (grad,) = torch.autograd.grad(gap.sum(), xg, create_graph=create_graph)
         return gap / (grad.flatten(1).norm(dim=1) + 1e-12)
 
+    def margin_to(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Signed certainty of the teacher *towards* class ``target`` (one per point), shape (n,).
+
+        At least ``gamma`` exactly where the teacher labels the point ``target`` with
+        certainty: where ``target`` is the teacher's top class it is :meth:`margin`; elsewhere
+        it is minus the first-order distance to the boundary between the top class and
+        ``target``, a negative number that grows as ``target`` comes closer. Differentiable,
+        so the teacher-relative search can walk into the certain region of *another* class.
+        """
+        with torch.enable_grad():
+            xg = x if x.requires_grad else x.detach().requires_grad_(True)
+            logits = self.logits(xg)
+            top = logits.argmax(dim=1)
+            gap = logits.gather(1, top[:, None]).squeeze(1) - logits.gather(1, target[:, None]).squeeze(1)
+            (grad,) = torch.autograd.grad(gap.sum(), xg, create_graph=True)
+            away = -gap / (grad.flatten(1).norm(dim=1) + 1e-12)
+            mine = top == target
+            if not bool(mine.any()):
+                return away
+            return torch.where(mine, self.margin(xg, create_graph=True), away)
+
+    def linear_rule(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(W, b)`` with ``logits(x) = x @ W.T + b`` exactly, when the teacher is affine in
+        the input (the exact strong-robustness reference needs it); ``None`` otherwise."""
+        return None
+
     @torch.no_grad()
     def _label_tensor(self, x: torch.Tensor) -> torch.Tensor:
         y = self.logits(x).argmax(dim=1)

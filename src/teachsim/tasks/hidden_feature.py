@@ -100,5 +100,12 @@ class HiddenFeature(Task):
         A, c, B, b = self.on_device(x, self._A, self._c, self._B, self._b)
         return torch.tanh(z @ A + c) @ B + b
 
+    def linear_rule(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.kind != "linear":
+            return None
+        W = np.zeros((self.classes, self.dim))
+        W[:, : self.k] = self._W.double().numpy()
+        return W, np.zeros(self.classes)
+
     def invariances(self) -> np.ndarray:
         return np.eye(self.dim, dtype=np.float32)[self.k:]

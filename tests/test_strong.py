@@ -1,0 +1,232 @@
+"""Strong robustness against exact and independent references.
+
+The teacher-relative search is only as good as what it finds, so it is measured here
+against answers of other kinds: the exact distance computation for affine students under
+affine teachers (itself checked against a dense grid), a dense grid for any student in 2
+and 3 dimensions, a complete MILP check for ReLU MLPs in linf, and a much stronger run of
+the search on MLPs elsewhere. The students are trained for real on small samples, with
+budgets from none (mid-curve, where the old search was 0.25 too optimistic) to many.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from teachsim import messages, seeding
+from teachsim.attacks import exact as E
+from teachsim.attacks.apgd import apgd_ce
+from teachsim.attacks.pgd import fgsm, pgd
+from teachsim.attacks.teacher import teacher_attack
+from teachsim.platform import judge as J
+from teachsim.platform.config import resolve_student
+from teachsim.platform.episode import build_student
+from teachsim.schema import resolve
+from teachsim.tasks.hidden_feature import HiddenFeature
+from teachsim.tasks.spheres import Spheres
+
+
+def student(task, labels: int, *, model: str = "linear", hidden=(16,), seed: int = 0, steps: int = 150):
+    """A student trained for real on ``labels`` teacher-labelled data points."""
+    cfg = resolve_student({"model": model, "hidden": list(hidden), "steps": steps, "initial_labels": 0,
+                           "init_std": 0.5})
+    s = build_student(cfg, task, seed)
+    x = task.data.sample(max(labels, 1), seeding.rng(seed, "test-labels"))
+    s.observe(messages.answer(x, task.label(x)))
+    s.learn()
+    for p in s.model.parameters():
+        p.requires_grad_(False)
+    return s.model.eval()
+
+
+def points(task, n: int, seed: int = 0) -> np.ndarray:
+    return J.make_test_set(task, {"test_points": n}, seed).x
+
+
+def search(model, task, x, radius, norm, **kw) -> np.ndarray:
+    """The judge's search (no exact shortcut): True where it found a counterexample."""
+    _, found = teacher_attack(model, task, torch.from_numpy(x), radius=radius, norm=norm, box=task.box,
+                              generator=seeding.torch_generator(0, "judge", "teacher"), **kw)
+    return found.numpy()
+
+
+# -- the exact reference, checked by brute force -------------------------------------------
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("classes", [2, 3])
+def test_exact_reference_matches_a_dense_grid_in_2d(norm, classes):
+    task = HiddenFeature(1, dim=2, manifold_dim=2, classes=classes, gamma=0.1)
+    model = student(task, 6, seed=1)
+    x = points(task, 60)
+    radius = 0.8 if norm == "l2" else 0.5
+    ex = E.exact_strong(model, task, x, radius=radius, norm=norm)
+    found, _ = E.grid_strong(model, task, x, radius=radius, norm=norm, per_radius=60)
+    # the grid can only miss counterexamples (every one it reports is real), and only in
+    # slivers thinner than its spacing: agreement except where the exact distance is within
+    # a grid step of the radius
+    near = np.abs(ex.distance - radius) < 2 * radius / 60
+    assert not (found & ex.robust).any()
+    assert ((~ex.robust) == found)[~near].all()
+    assert 0 < (~ex.robust).sum() < len(x)     # the case is not trivial either way
+
+
+def test_exact_witnesses_are_real_counterexamples():
+    task = HiddenFeature(0, dim=20, manifold_dim=2, gamma=0.1)
+    model = student(task, 20)
+    x = points(task, 150)
+    ex = E.exact_strong(model, task, x, radius=1.5, norm="l2")
+    bad = ~ex.robust
+    w = ex.witness[bad]
+    assert bad.sum() > 20
+    labels = task.label(w)
+    pred = model(torch.from_numpy(w)).argmax(1).numpy()
+    assert ((labels >= 0) & (labels != pred)).all()
+    assert (np.linalg.norm(w - x[bad], axis=1) <= 1.5 + 1e-4).all()
+
+
+def test_min_distance_is_the_brute_force_minimum():
+    rng = np.random.default_rng(0)
+    for norm in ("l2", "linf"):
+        for _ in range(5):
+            G, h = rng.normal(size=(3, 2)), rng.normal(size=3)
+            x = rng.normal(size=2) * 2
+            d, y = E.min_distance(x, G, h, norm)
+            if d == np.inf:   # empty: then no point of a wide grid is inside
+                g = np.stack(np.meshgrid(*[np.linspace(-50, 50, 1001)] * 2), -1).reshape(-1, 2)
+                assert not (g @ G.T <= h).all(axis=1).any()
+                continue
+            span = np.linspace(-1.2 * d - 0.1, 1.2 * d + 0.1, 801)
+            g = x + np.stack(np.meshgrid(span, span), -1).reshape(-1, 2)   # holds the nearest point
+            ok = (g @ G.T <= h).all(axis=1)
+            dist = np.abs(g[ok] - x).max(axis=1) if norm == "linf" else np.linalg.norm(g[ok] - x, axis=1)
+            assert dist.min() - 4 * (span[1] - span[0]) <= d <= dist.min() + 1e-9
+            assert (G @ y <= h + 1e-7).all()
+
+
+# -- the search against the exact answer ----------------------------------------------------
+@pytest.mark.parametrize("norm,radius", [("l2", 1.5), ("linf", 0.3)])
+@pytest.mark.parametrize("dim", [5, 20, 50])
+def test_search_finds_what_the_exact_answer_finds(norm, radius, dim):
+    """Binary affine students, from no labels to many: the search's robust fraction is
+    within 0.01 of the exact one and never below it (every counterexample is real)."""
+    task = HiddenFeature(dim, dim=dim, manifold_dim=2, gamma=0.1)
+    x = points(task, 150, seed=dim)
+    for labels in (2, 30, 400):
+        model = student(task, labels, seed=labels)
+        ex = E.exact_strong(model, task, x, radius=radius, norm=norm)
+        found = search(model, task, x, radius, norm)
+        assert not (found & ex.robust).any()
+        assert (1 - found.mean()) - ex.robust_acc <= 0.01, (labels, 1 - found.mean(), ex.robust_acc)
+
+
+def test_the_issue_case_end_to_end(tmp_path):
+    """The reported case, run as a user would (hidden-feature d 20, linear teacher and
+    student, 40 initial labels, passive to budget 60, l2, strong radius 1.5, 300 test
+    points, seed 0) with the exact shortcut off: the old search said 0.68 at budget 60,
+    the exact answer is 0.41; the judge's search must now say the same."""
+    import teachsim
+
+    cfg = {"name": "issue", "seeds": [0], "budgets": [60],
+           "task": {"name": "hidden-feature", "dim": 20, "manifold_dim": 2, "gamma": 0.1, "teacher": "linear"},
+           "student": {"model": "linear", "initial_labels": 40},
+           "judge": {"norm": "l2", "strong_radius": 1.5, "test_points": 300, "strong_exact": False},
+           "protocols": [{"name": "passive"}]}
+    run = teachsim.run(cfg, out=tmp_path / "issue", executor="serial", progress=False)
+    s = run.scores
+    judged = float(s[s["metric"] == "strong_robust_acc"]["value"].iloc[0])
+    task = run.task(1)
+    x, _ = run.test_set(1)
+    ex = E.exact_strong(run.student(1, 60), task, x, radius=1.5, norm="l2")
+    assert 0.2 < ex.robust_acc < 0.6          # mid-curve
+    assert ex.robust_acc <= judged <= ex.robust_acc + 0.01
+
+
+def test_judge_uses_the_exact_answer_for_affine_students_and_says_so():
+    task = HiddenFeature(0, dim=20, manifold_dim=2, gamma=0.1)
+    model = student(task, 40)
+    cfg = resolve(J.PARAMS, {"test_points": 150, "strong_radius": 1.5}, "judge")
+    test = J.make_test_set(task, cfg, 0)
+    scores, flags, _ = J.judge_episode({0.0: model}, task, cfg, 0)
+    got = {k: v for _, k, v in scores}
+    ex = E.exact_strong(model, task, test.x, radius=1.5, norm="l2")
+    assert got["strong_robust_acc"] == pytest.approx(ex.robust_acc)
+    assert got["strong_robust_lb"] == got["strong_robust_acc"]       # exact: the interval is a point
+    assert {k: v for _, k, v in flags}["strong_exact"] == 1.0
+    off = J.judge(model, task, test, {**cfg, "strong_exact": False}, 0)
+    assert "strong_robust_lb" not in off
+    assert abs(off["strong_robust_acc"] - ex.robust_acc) <= 0.01
+
+
+# -- MLP students ---------------------------------------------------------------------------
+# The issue's target is 0.01 everywhere. Measured at this commit (200 steps x 3 restarts
+# per class): hidden-feature in 3-d (linear teacher, linf) within 0.01; the 2-d net teacher
+# 7 of the grid's 45 on 120 points at 80 labels (2 with 1000 steps); 2-d spheres 5 of 120
+# at 10 labels. The
+# tolerances below pin those measurements so they cannot get worse; closing the gap on
+# curved teachers is open work.
+@pytest.mark.parametrize("make,radius,norm,tol", [
+    (lambda: HiddenFeature(2, dim=2, manifold_dim=2, gamma=0.1, teacher="net"), 0.6, "l2", 0.06),
+    (lambda: HiddenFeature(3, dim=3, manifold_dim=2, gamma=0.1), 0.5, "linf", 0.01),
+    (lambda: Spheres(0, dim=2, outer_radius=1.6, gamma=0.05), 0.4, "l2", 0.045),
+])
+def test_search_on_mlps_matches_a_dense_grid(make, radius, norm, tol):
+    task = make()
+    x = points(task, 120)
+    for labels in (10, 80):
+        model = student(task, labels, model="mlp", hidden=(32,), seed=labels)
+        found = search(model, task, x, radius, norm)
+        grid, _ = E.grid_strong(model, task, x, radius=radius, norm=norm, per_radius=30 if task.dim == 3 else 60)
+        # both only report real counterexamples; the search may miss at most tol of the points
+        assert (grid & ~found).mean() <= tol, (labels, (grid & ~found).sum(), grid.sum())
+
+
+@pytest.mark.slow
+def test_search_on_mlps_matches_a_ten_times_stronger_search():
+    """No exact answer for an MLP in d = 20 under l2: the default search is within 0.02 of
+    one with 5x the steps and 2x the restarts (10x the work per target class)."""
+    task = HiddenFeature(0, dim=20, manifold_dim=2, gamma=0.1)
+    x = points(task, 100)
+    model = student(task, 40, model="mlp", hidden=(32,), seed=40)
+    base = search(model, task, x, 1.5, "l2")
+    strong = search(model, task, x, 1.5, "l2", steps=1000, restarts=6)
+    assert 0 < base.sum() < len(x)
+    assert (strong & ~base).mean() <= 0.02
+
+
+def test_milp_certificate_is_a_lower_bound_and_tight_where_it_finishes():
+    task = HiddenFeature(1, dim=5, manifold_dim=2, gamma=0.1)
+    x = points(task, 40)
+    model = student(task, 40, model="mlp", hidden=(8,), seed=2)
+    found = search(model, task, x, 0.3, "linf")
+    certified = E.milp_strong(model, task, x, radius=0.3, time_limit=5.0)
+    assert not (certified & found).any()             # lower bound <= upper bound, point by point
+    assert certified.mean() >= (1 - found.mean()) - 0.025   # the two meet up to a point
+    assert 0 < certified.sum() < len(x)
+
+
+def test_judge_certify_records_the_interval():
+    task = HiddenFeature(1, dim=5, manifold_dim=2, gamma=0.1)
+    model = student(task, 40, model="mlp", hidden=(8,), seed=2)
+    cfg = resolve(J.PARAMS, {"test_points": 30, "norm": "linf", "strong_radius": 0.3, "certify": True}, "judge")
+    out = J.judge(model, task, J.make_test_set(task, cfg, 0), cfg, 0)
+    assert out["strong_robust_lb"] <= out["strong_robust_acc"] <= out["clean_acc"]
+
+
+# -- the l_p metric against the exact answer ------------------------------------------------
+@pytest.mark.parametrize("norm,eps", [("l2", 0.5), ("linf", 0.1)])
+def test_lp_attacks_match_the_exact_answer_on_affine_students(norm, eps):
+    task = HiddenFeature(4, dim=20, manifold_dim=2, gamma=0.1)
+    x = points(task, 300)
+    y = task.label(x)
+    model = student(task, 30)
+    exact = E.exact_lp(model, x, y, eps=eps, norm=norm)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    g = torch.Generator().manual_seed(0)
+    for attack in (pgd, apgd_ce, fgsm):
+        adv = attack(model, xt, yt, eps=eps, norm=norm, generator=g)
+        robust = (model(adv).argmax(1) == yt).numpy() & (model(xt).argmax(1) == yt).numpy()
+        assert not (exact & ~robust).any()   # an attack never breaks a truly robust point
+        # within one test point for FGSM (exact on an affine student) and APGD; PGD's random
+        # start leaves a tangential part that its last iterate has not shed: measured 2 here
+        tol = 2 if attack is pgd else 1
+        assert abs(int(robust.sum()) - int(exact.sum())) <= tol, attack.__name__
