@@ -1,5 +1,5 @@
-"""The attacks (SPEC section 4): balls, boxes, determinism, closed forms, a reference PGD,
-and the teacher-relative attack behind ``strong_robust_acc`` (SPEC section 5)."""
+"""The attacks: balls, boxes, determinism, closed forms, a reference PGD,
+and the teacher-relative attack behind ``strong_robust_acc``."""
 
 from __future__ import annotations
 
@@ -390,7 +390,7 @@ def test_teacher_attack_at_least_as_strong_as_off_manifold_pgd(trained, radius):
 
 
 # --------------------------------------------------------------------------- apgd-ce and beta
-# The checks pgd has, where they apply, for the two stronger l_p attacks of SPEC section 4.
+# The checks pgd has, where they apply, for the two stronger l_p attacks (apgd-ce and beta).
 
 STRONGER = {"apgd-ce": apgd_ce, "beta": beta}
 

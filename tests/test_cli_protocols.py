@@ -1,4 +1,4 @@
-"""Protocols through the command line (issue 4, SPEC section 6): ``check-protocol``, user
+"""Protocols through the command line: ``check-protocol``, user
 protocols via ``--plugin`` in ``run``, ``bench`` and ``check-protocol``, and ``list strategies``."""
 
 from __future__ import annotations

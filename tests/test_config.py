@@ -1,4 +1,4 @@
-"""Config validation (SPEC sections 6-7): every bad key is caught before anything runs,
+"""Config validation: every bad key is caught before anything runs,
 reported by the CLI as one line naming the dotted field, with exit code 2."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The judge (SPEC section 5): metric names, the test set, determinism, and the invariants
-the SPEC requires to be tested, on small real runs."""
+"""The judge: metric names, the test set, determinism, and the invariants
+the metric definitions require to be tested, on small real runs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from teachsim.platform import judge as J
 from teachsim.schema import resolve
 from teachsim.tasks.hidden_feature import HiddenFeature
 
-SPEC_METRICS = {"clean_acc", "broad_acc", "lp_robust_acc", "weak_robust_acc", "weak_coverage", "strong_robust_acc"}
+CONTRACT_METRICS = {"clean_acc", "broad_acc", "lp_robust_acc", "weak_robust_acc", "weak_coverage", "strong_robust_acc"}
 
 
 def config(**given) -> dict:
@@ -87,9 +87,9 @@ def snapshots(task):
 
 def test_metric_names_are_the_spec_ones(task, test_set):
     # the contract's six, and the certified lower bound where a verifier applies
-    assert set(J.METRICS) == SPEC_METRICS | {"strong_robust_lb"} and len(J.METRICS) == 7
+    assert set(J.METRICS) == CONTRACT_METRICS | {"strong_robust_lb"} and len(J.METRICS) == 7
     out = J.judge(untrained(task), task, test_set, config(steps=5, strong_steps=5), 0)
-    assert set(out) == SPEC_METRICS    # an MLP student in l2: no verifier, no lower bound
+    assert set(out) == CONTRACT_METRICS    # an MLP student in l2: no verifier, no lower bound
     assert all(isinstance(v, float) for v in out.values())
 
 
@@ -198,7 +198,7 @@ def test_more_attacks_never_raise_lp_robustness(task, test_set, snapshots):
 
 
 def test_lp_robustness_penalises_the_teacher_itself(task, test_set):
-    # SPEC section 1: l_p robustness scores attacked points against the *clean* label. A
+    # l_p robustness scores attacked points against the *clean* label. A
     # large l2 ball crosses the teacher's own boundary, so the perfect student loses l_p
     # robustness, while weak robustness (scored against the teacher at x') stays 1.
     out = J.judge(task.as_model(), task, test_set, config(norm="l2", eps=2.0), 0)

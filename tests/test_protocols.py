@@ -1,4 +1,4 @@
-"""The protocol families of SPEC section 4 (issue 4) on small real episodes: conformance of
+"""The built-in protocol families on small real episodes: conformance of
 every built-in, what each push or query really contains, and the checker catching bad
 user protocols."""
 

@@ -1,4 +1,4 @@
-"""Scale-out on Ray (SPEC sections 6, 8 and 9): the Ray executor, clusters, GPUs, faults, resume.
+"""Scale-out on Ray: the Ray executor, clusters, GPUs, faults, resume.
 
 One local Ray with two *logical* GPUs serves the in-process tests (module scope); the
 tests of Ctrl-C, kill -9 and a real ``ray start --head`` cluster run the command line in

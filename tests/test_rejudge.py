@@ -58,9 +58,10 @@ def test_judge_command(tiny_run, capsys):
 def test_flags_are_recorded_per_checkpoint(tiny_run):
     flags = tiny_run.flags
     default = flags[flags["judge"] == "default"]
-    assert set(default["flag"]) == {"zero_grad_share", "stochastic", "too_few_classes"}
-    assert len(default) == 3 * len(tiny_run.scores[["episode_id", "budget"]].drop_duplicates())
+    assert set(default["flag"]) == {"zero_grad_share", "stochastic", "too_few_classes", "strong_exact"}
+    assert len(default) == 4 * len(tiny_run.scores[["episode_id", "budget"]].drop_duplicates())
     assert (default[default["flag"] == "stochastic"]["value"] == 0).all()
+    assert (default[default["flag"] == "strong_exact"]["value"] == 0).all()   # an MLP: the search
 
 
 class Noisy(torch.nn.Module):
@@ -85,3 +86,50 @@ def test_sanity_flags_detect_masking_and_randomness():
     flags = sanity_flags(healthy, task, test, cfg)
     assert flags == {"zero_grad_share": 0.0, "stochastic": 0.0, "too_few_classes": 0.0}
     assert sanity_flags(Noisy(healthy), task, test, cfg)["stochastic"] == 1.0
+
+
+# -- judge versions ----------------------------------------------------------------------------
+def _make_old(run_dir) -> None:
+    """Turn a run directory into one written before judge versions (version 1, no column)."""
+    import sqlite3
+
+    con = sqlite3.connect(run_dir / "results.sqlite")
+    with con:
+        con.execute("ALTER TABLE scores DROP COLUMN version")
+    con.close()
+
+
+def test_a_run_scored_by_an_older_judge_is_refused_until_rejudged(tmp_path, tiny_base, capsys):
+    from teachsim.errors import RunError
+    from teachsim.platform.judge import VERSION
+
+    out = tmp_path / "old"
+    run = teachsim.run(tiny_base, out=out, progress=False)
+    before = run.scores
+    _make_old(out)
+    assert teachsim.open_run(out).judge_versions["default"] == [1]
+    with pytest.raises(RunError, match="judge version 1.*teachsim judge"):
+        teachsim.run(tiny_base, out=out, progress=False, resume=True)
+    assert main(["show", str(out)]) == 0
+    assert "judge version 1" in capsys.readouterr().out      # show warns
+    # the upgrade re-scores every episode with this judge, no retraining, then resume works
+    assert main(["judge", str(out), "--quiet"]) == 0
+    upgraded = teachsim.open_run(out)
+    assert upgraded.judge_versions["default"] == [VERSION]
+    pd.testing.assert_frame_equal(upgraded.scores, before)   # same judge code: the same numbers
+    assert upgraded.upgrade_judge(progress=False) == 0        # nothing left to do
+    episodes = upgraded.episodes
+    again = teachsim.run(tiny_base, out=out, progress=False, resume=True)
+    pd.testing.assert_frame_equal(again.episodes, episodes)   # nothing re-ran
+
+
+def test_upgrading_names_an_episode_whose_students_are_missing(tmp_path, tiny_base):
+    from teachsim.errors import RunError
+
+    out = tmp_path / "old"
+    run = teachsim.run(tiny_base, out=out, progress=False)
+    _make_old(out)
+    key = run.episodes["key"].iloc[0]
+    (out / "students" / f"{key}.pt").unlink()
+    with pytest.raises(RunError, match="episode 1 .*no saved students"):
+        run.upgrade_judge(progress=False)

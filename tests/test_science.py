@@ -1,4 +1,4 @@
-"""The paper's claim on a small real run (SPEC section 1, issue 4): at equal budget an
+"""The paper's claim on a small real run: at equal budget an
 active teacher makes the student strongly robust w.r.t. the teacher where passive data
 do not, and an active student's gain shows mostly in weak robustness (its own attack's
 directions), not in strong robustness."""

@@ -1,4 +1,4 @@
-"""Query strategies (issue 4, SPEC section 7): our picks equal modAL's, the modAL scorers we
+"""Query strategies: our picks equal modAL's, the modAL scorers we
 build on are pinned to closed-form values, and the strategy contract is checked."""
 
 from __future__ import annotations

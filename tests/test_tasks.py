@@ -1,4 +1,4 @@
-"""Tasks: the teacher's mechanism and the data it labels (issue 7, SPEC sections 4 and 7):
+"""Tasks: the teacher's mechanism and the data it labels:
 check_task on every built-in task, the checker catching broken user tasks, the spheres and
 digits worlds, the cnn student, and a user task from a plugin file."""
 

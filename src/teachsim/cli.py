@@ -1,4 +1,4 @@
-"""The ``teachsim`` command line (SPEC section 6).
+"""The ``teachsim`` command line.
 
 Exit codes: 0 success; 1 the experiment ran but some episodes failed; 2 bad input
 (config, arguments, plugin), reported in one line without a traceback.

@@ -1,4 +1,4 @@
-"""Messages: the only way teacher and student reach each other (SPEC section 3).
+"""Messages: the only way teacher and student reach each other.
 
 A :class:`Message` is immutable: its arrays are private read-only copies. Build them
 with the helpers below (``query``, ``answer``, ``push``, ...), which fill in sender

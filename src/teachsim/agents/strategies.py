@@ -1,7 +1,7 @@
 """Query strategies: which pool points an active student asks the teacher about.
 
 A strategy is a function ``(model, X_pool, n, *, rng) -> indices`` for any model with
-``predict_proba`` (SPEC section 7): a *scorer* rates every pool point and a selector
+``predict_proba``: a *scorer* rates every pool point and a selector
 keeps the ``n`` best. The scorers are modAL's stateless ones where modAL has them (its
 learner classes break on current scikit-learn; research/ecosystem.md section 2), so our
 picks equal modAL's on the same estimator and pool.

@@ -2,7 +2,7 @@
 
 The resolved config (defaults filled in) is what gets written to ``config.toml`` and
 hashed into episode keys. Each error names the dotted field, what was expected and
-what came (SPEC section 7).
+what came.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The judge: a pure function of (student snapshot, task, judge config, seed) -> scores.
 
-Metric definitions are SPEC section 5. The test sets come from their own seed stream,
+Metric definitions are in the README. The test sets come from their own seed stream,
 separate from everything the episode draws, and teacher-uncertain points are dropped
 before anything else.
 """
@@ -21,6 +21,8 @@ from ..schema import Bool, Choice, Float, Int, Param, StrList
 
 METRICS = ("clean_acc", "broad_acc", "lp_robust_acc", "weak_robust_acc", "weak_coverage", "strong_robust_acc",
            "strong_robust_lb")
+ALWAYS = METRICS[:6]
+"""The metrics every checkpoint has (``strong_robust_lb`` only where a verifier applies)."""
 VERSION = 2
 """The judge's behaviour version, recorded with every score. 1: the untargeted strong search
 (before 0.2; it overstated ``strong_robust_acc`` mid-curve); 2: the targeted search, exact

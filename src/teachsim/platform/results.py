@@ -199,7 +199,7 @@ class Run:
 
     @property
     def episodes(self) -> pd.DataFrame:
-        """One row per episode (SPEC section 8 columns and a few more)."""
+        """One row per episode (the README's columns and a few more)."""
         return self._query("SELECT * FROM episodes ORDER BY episode_id")
 
     @property

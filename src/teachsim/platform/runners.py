@@ -25,7 +25,7 @@ EXECUTOR_ENV = "TEACHSIM_EXECUTOR"
 
 
 def default_executor() -> str:
-    """``$TEACHSIM_EXECUTOR`` if set, else ``"ray"`` (SPEC section 9)."""
+    """``$TEACHSIM_EXECUTOR`` if set, else ``"ray"``."""
     return os.environ.get(EXECUTOR_ENV, "").strip() or "ray"
 
 

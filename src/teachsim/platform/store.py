@@ -1,4 +1,4 @@
-"""The results store: ``results.sqlite`` plus ``transcripts/`` and ``students/`` (SPEC section 8).
+"""The results store: ``results.sqlite`` plus ``transcripts/`` and ``students/``.
 
 Only the driver writes. Files for an episode are written first (atomically, by rename),
 then its rows in one transaction; the row is what marks an episode finished, so a run

@@ -1,5 +1,5 @@
 """The channel: the one place that charges cost, enforces the budget, takes checkpoint
-snapshots and writes the transcript (SPEC section 3). Protocols cannot bypass it.
+snapshots and writes the transcript. Protocols cannot bypass it.
 """
 
 from __future__ import annotations
