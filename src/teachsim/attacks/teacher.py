@@ -5,19 +5,18 @@ with certainty by the teacher, as any class c, while the student does not say c 
 The teacher's label at x' need not be its label at x: the nearest counterexample often
 lies across the teacher's uncertain band, where the teacher is already certain of the
 other class and the student still keeps the old one. So the search is *targeted*: for
-every class c the teacher could be certain of within the ball (its own class first),
-it first walks into c's certain region, then ascends the student's loss against c while
-staying there:
+every class c the teacher could be certain of within the ball (its own class first), it
+solves
 
     maximise  loss_student(x', c)   over  ||x' - x|| <= radius,  x' in box,
                                            margin_to(x', c) >= gamma
 
-Each step is a normalised ascent step on the student's loss followed by the
-projection onto the teacher's constraint linearised at the current point (exact for a
-linear teacher) and onto the ball and box. The step size decays linearly to zero, so the
-iterates settle on the constrained optimum instead of circling it. For a linear student
-and a linear teacher the problem is a linear objective over a convex set, and the search
-converges to the exact answer (tested against ``teachsim.attacks.exact``).
+by Frank-Wolfe steps: at the current point it linearises the student's loss and the
+teacher's constraint and solves that linear problem over the ball exactly (l2: in closed
+form; linf: a fractional knapsack, with the box), then moves towards the solution. For an
+affine student and an affine teacher the linearised problem *is* the problem, and the
+first step lands on its optimum (tested against ``teachsim.attacks.exact``); on curved
+boundaries damped restarts and random starts do the rest.
 
 Every iterate is checked with the teacher's exact rule (``margin_to >= gamma``) and the
 student's prediction, and every reported counterexample is checked again with
@@ -28,21 +27,12 @@ from __future__ import annotations
 
 import torch
 
-from .common import _view, as_box, ascent, clip, loss_per_point, norm_of, project, random_in_ball
+from .common import as_box, clip, loss_per_point, norm_of, project, random_in_ball
 
 
 def _dual_norm(g: torch.Tensor, norm: str) -> torch.Tensor:
     flat = g.flatten(1)
     return flat.abs().sum(dim=1) if norm == "linf" else flat.norm(dim=1)
-
-
-def _toward(g: torch.Tensor, amount: torch.Tensor, norm: str) -> torch.Tensor:
-    """The shortest step (in ``norm``) that raises a linear function with gradient ``g`` by
-    ``amount`` per point: along g in l2, along sign(g) in linf."""
-    scale = amount / _dual_norm(g, norm).clamp_min(1e-12)
-    if norm == "linf":
-        return g.sign() * _view(scale, g)
-    return g * _view(scale / _dual_norm(g, "l2").clamp_min(1e-12), g)
 
 
 def _into_ball(x: torch.Tensor, xa: torch.Tensor, radius: float, norm: str, box) -> torch.Tensor:
