@@ -338,14 +338,14 @@ def _interval_bounds(layers, lo: np.ndarray, hi: np.ndarray) -> list[tuple[np.nd
     return out
 
 
-def _milp_feasible(layers, lo: np.ndarray, hi: np.ndarray, TG: np.ndarray, Th: np.ndarray, c: int, s: int,
-                   time_limit: float) -> bool | None:
-    """Is there x in [lo, hi] with TG x <= Th where the MLP's logit s >= logit c?
-    True / False, or None when the solver ran out of time."""
+def _milp_feasible(layers, lo: np.ndarray, hi: np.ndarray, bounds, TG: np.ndarray, Th: np.ndarray, c: int,
+                   s: int, time_limit: float) -> bool | None:
+    """Is there x in [lo, hi] with TG x <= Th where the MLP's logit s >= logit c? ``bounds``:
+    :func:`_interval_bounds` over [lo, hi]. True / False, or None when the solver ran out
+    of time."""
     from scipy.optimize import LinearConstraint, milp
     from scipy.sparse import lil_matrix
 
-    bounds = _interval_bounds(layers, lo, hi)
     dim = len(lo)
     # variables: x, then per hidden layer its outputs and one binary per unstable neuron
     sizes, layout, n_var = [dim], [], dim
@@ -430,6 +430,7 @@ def milp_strong(model: nn.Module, task, x: np.ndarray, *, radius: float, time_li
         if skip is not None and skip[i]:
             continue
         lo, hi = np.maximum(x[i] - radius, blo), np.minimum(x[i] + radius, bhi)
+        bounds = _interval_bounds(layers, lo, hi)   # the same for every (class, runner-up, s)
         ok = True
         for c, TG, Th in regions:
             if _lower_bound(x[i], TG, Th, "linf") > radius:
@@ -437,7 +438,7 @@ def milp_strong(model: nn.Module, task, x: np.ndarray, *, radius: float, time_li
             for s in range(C):
                 if s == c:
                     continue
-                verdict = _milp_feasible(layers, lo, hi, TG, Th, c, s, time_limit)
+                verdict = _milp_feasible(layers, lo, hi, bounds, TG, Th, c, s, time_limit)
                 if verdict is not False:
                     ok = False
                     break

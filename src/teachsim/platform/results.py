@@ -38,6 +38,27 @@ def _recorded(run_dir: Path) -> dict[str, str]:
     return {key: status for key, status, _, _ in _recorded_rows(run_dir)}
 
 
+def _version_column(con: sqlite3.Connection, prefix: str = "") -> str | None:
+    """The SQL for a score row's judge version: its ``version`` column, or ``1`` in a run
+    directory from before the column; None when there is no scores table yet."""
+    columns = {row[1] for row in con.execute("PRAGMA table_info(scores)")}
+    if not columns:
+        return None
+    return f"{prefix}version" if "version" in columns else "1"
+
+
+def _saved_models(spec: EpisodeSpec, path: Path, task) -> dict[float, Any]:
+    """The episode's saved students (``students/KEY.pt``), one model per checkpoint."""
+    from .episode import build_model
+    from .store import load_students
+
+    models = {}
+    for budget, weights in load_students(path).items():
+        models[budget] = build_model(spec.student, task, spec.seed)
+        models[budget].load_state_dict(weights)
+    return models
+
+
 def _stale_judge(run_dir: Path) -> set[int]:
     """The judge versions other than this teachsim's that scored finished episodes of an
     existing run directory under its own judge (read-only; empty: up to date or new)."""
@@ -48,10 +69,9 @@ def _stale_judge(run_dir: Path) -> set[int]:
         return set()
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
-        columns = {row[1] for row in con.execute("PRAGMA table_info(scores)")}
-        if not columns:
+        version = _version_column(con, "s.")
+        if version is None:
             return set()
-        version = "s.version" if "version" in columns else "1"
         rows = con.execute(f"SELECT DISTINCT {version} FROM scores s JOIN episodes e USING (episode_id)"
                            " WHERE s.judge = 'default' AND e.status = 'finished'").fetchall()
     except sqlite3.OperationalError:
@@ -221,8 +241,7 @@ class Run:
         this teachsim's; older ones overstate ``strong_robust_acc``, see the README)."""
         con = sqlite3.connect(f"file:{self.dir / 'results.sqlite'}?mode=ro", uri=True)
         try:
-            cols = {row[1] for row in con.execute("PRAGMA table_info(scores)")}
-            version = "version" if "version" in cols else "1"
+            version = _version_column(con) or "1"
             rows = con.execute(f"SELECT judge, {version} FROM scores GROUP BY judge, {version}").fetchall()
         finally:
             con.close()
@@ -343,9 +362,9 @@ class Run:
         """
         import sys
 
-        from .episode import build_model, build_task
+        from .episode import build_task
         from .judge import VERSION, attack_set_name, judge_all
-        from .store import Store, load_students
+        from .store import Store
 
         base = config_mod.resolve_judge({**self.config["judge"], **overrides})   # errors before any work
         if name is None:
@@ -360,10 +379,7 @@ class Run:
                 spec = self.spec(int(row.episode_id))
                 cfg = config_mod.resolve_judge({**spec.judge, **overrides})
                 task = build_task(spec.task, spec.seed)
-                models = {}
-                for budget, weights in load_students(self.dir / "students" / f"{row.key}.pt").items():
-                    models[budget] = build_model(spec.student, task, spec.seed)
-                    models[budget].load_state_dict(weights)
+                models = _saved_models(spec, self.dir / "students" / f"{row.key}.pt", task)
                 scores, flags = judge_all(models, task, cfg, spec.seed)
                 store.write_judgement(name, cfg, int(row.episode_id), scores, flags, VERSION)
                 if progress:
@@ -386,14 +402,13 @@ class Run:
         """
         import sys
 
-        from .episode import build_model, build_task
+        from .episode import build_task
         from .judge import VERSION, judge_episode
-        from .store import Store, load_students
+        from .store import Store
 
         con = sqlite3.connect(f"file:{self.dir / 'results.sqlite'}?mode=ro", uri=True)
         try:
-            cols = {row[1] for row in con.execute("PRAGMA table_info(scores)")}
-            version = "s.version" if "version" in cols else "1"
+            version = _version_column(con, "s.") or "1"
             stale = [int(e) for (e,) in con.execute(
                 f"SELECT DISTINCT s.episode_id FROM scores s JOIN episodes e USING (episode_id) WHERE "
                 f"e.status = 'finished' AND s.judge = 'default' AND {version} != ? ORDER BY s.episode_id",
@@ -409,10 +424,7 @@ class Run:
                     raise RunError(f"episode {eid} ({spec.protocol}, seed {spec.seed}) has no saved students "
                                    f"({path} is missing); it cannot be re-scored")
                 task = build_task(spec.task, spec.seed)
-                models = {}
-                for budget, weights in load_students(path).items():
-                    models[budget] = build_model(spec.student, task, spec.seed)
-                    models[budget].load_state_dict(weights)
+                models = _saved_models(spec, path, task)
                 scores, flags, judged = judge_episode(models, task, spec.judge, spec.seed)
                 # the attack sets first: the run's own judge at the new version marks it done
                 for name, j in judged.items():
