@@ -186,8 +186,8 @@ def bench_pgd(name, model, x, y, *, eps, norm, steps, restarts, repeats) -> dict
 # --------------------------------------------------------------------------- (b) the judge
 
 
-def bench_judge(task, model, repeats: int) -> dict:
-    cfg = resolve(J.PARAMS, {"test_points": 500, "eps": 1.0}, "judge")
+def bench_judge(task, model, repeats: int, **judge) -> dict:
+    cfg = resolve(J.PARAMS, {"test_points": 500, "eps": 1.0, **judge}, "judge")
     t = time.perf_counter()
     test = J.make_test_set(task, cfg, SEED)
     t_test = time.perf_counter() - t
@@ -309,12 +309,21 @@ def main(argv=None) -> int:
     print(f"{'make_test_set (once per seed)':<34} {jb['make_test_set_s']:>9.3f}")
     for k in ("apgd-ce", "beta"):
         print(f"{k + ' (if added to attacks)':<34} {jb[k]['median_s']:>9.3f} {jb[k]['min_s']:>8.3f}")
-    print(f"judge per checkpoint, version 2 / version 1 (same run): {jb['ratio_v2_v1']:.2f} "
+    print(f"judge per checkpoint, current version / version 1 (same run): {jb['ratio_v2_v1']:.2f} "
           f"(target <= {JUDGE_TARGET}) -> {'OK' if jb['ratio_v2_v1'] <= JUDGE_TARGET else 'ABOVE TARGET'}")
-    print(f"strong found: version 2 {jb['found_strong']:.3f}, version 1 {jb['found_strong_v1']:.3f}")
+    print(f"strong found: current {jb['found_strong']:.3f}, version 1 {jb['found_strong_v1']:.3f}")
     sc = jb["scores"]
     print("scores: " + ", ".join(f"{k}={v:.3f}" for k, v in sc.items())
           + f"; l_p flipped {jb['flipped_lp']:.3f}, strong found {jb['found_strong']:.3f}")
+
+    # mid-curve: a radius where a third of the points stay robust, so the search runs its
+    # whole budget on them (at the default radius almost every point breaks at once)
+    mid = bench_judge(task50, model50, args.repeats, strong_radius=1.0)
+    print(f"mid-curve (strong radius 1.0): strong search {mid['strong_search']['median_s']:.3f} s, "
+          f"version 1 {mid['strong_search_v1']['median_s']:.3f} s; judge version 2+ / 1: {mid['ratio_v2_v1']:.2f} "
+          f"(target <= {JUDGE_TARGET}) -> {'OK' if mid['ratio_v2_v1'] <= JUDGE_TARGET else 'ABOVE TARGET'}; "
+          f"strong found {mid['found_strong']:.3f} vs version 1 {mid['found_strong_v1']:.3f}")
+    jb["mid_curve"] = mid
 
     if args.json:
         with open(args.json, "w") as f:

@@ -119,6 +119,25 @@ def test_search_finds_what_the_exact_answer_finds(norm, radius, dim):
         assert (1 - found.mean()) - ex.robust_acc <= 0.01, (labels, 1 - found.mean(), ex.robust_acc)
 
 
+@pytest.mark.parametrize("norm,radius", [("l2", 0.8), ("linf", 0.2)])
+@pytest.mark.parametrize("classes,dim", [(3, 5), (3, 20), (4, 5)])
+def test_search_finds_what_the_exact_answer_finds_with_several_classes(norm, radius, classes, dim):
+    """3 and 4 classes: the counterexample set is a union of pieces with kinks (the
+    teacher's runner-up and the student's choice change); version 2 missed up to 0.12 of
+    the points here. The search must be within 0.01 of exact, never below it."""
+    task = HiddenFeature(dim, dim=dim, manifold_dim=2, classes=classes, gamma=0.1)
+    x = points(task, 150, seed=dim)
+    accs = []
+    for labels in (2, 30, 400):
+        model = student(task, labels, seed=labels)
+        ex = E.exact_strong(model, task, x, radius=radius, norm=norm)
+        found = search(model, task, x, radius, norm)
+        assert not (found & ex.robust).any()
+        assert (1 - found.mean()) - ex.robust_acc <= 0.01, (labels, 1 - found.mean(), ex.robust_acc)
+        accs.append(ex.robust_acc)
+    assert max(accs) > 0.05   # some points are robust, so the search had something to miss
+
+
 def test_the_issue_case_end_to_end(tmp_path):
     """The reported case, run as a user would (hidden-feature d 20, linear teacher and
     student, 40 initial labels, passive to budget 60, l2, strong radius 1.5, 300 test
@@ -158,26 +177,23 @@ def test_judge_uses_the_exact_answer_for_affine_students_and_says_so():
 
 
 # -- MLP students ---------------------------------------------------------------------------
-# The issue's target is 0.01 everywhere. Measured at this commit (200 steps x 3 restarts
-# per class): hidden-feature in 3-d (linear teacher, linf) within 0.01; the 2-d net teacher
-# 7 of the grid's 45 on 120 points at 80 labels (2 with 1000 steps); 2-d spheres 5 of 120
-# at 10 labels. The
-# tolerances below pin those measurements so they cannot get worse; closing the gap on
-# curved teachers is open work.
-@pytest.mark.parametrize("make,radius,norm,tol", [
-    (lambda: HiddenFeature(2, dim=2, manifold_dim=2, gamma=0.1, teacher="net"), 0.6, "l2", 0.06),
-    (lambda: HiddenFeature(3, dim=3, manifold_dim=2, gamma=0.1), 0.5, "linf", 0.01),
-    (lambda: Spheres(0, dim=2, outer_radius=1.6, gamma=0.05), 0.4, "l2", 0.045),
+# Version 2 of the search missed 7 of the grid's 45 counterexamples on the 2-d net teacher
+# (80 labels) and 5 of 120 on spheres (10 labels); the linearise-and-project polish of
+# version 3 finds all of them (measured: 0 misses in every case below).
+@pytest.mark.parametrize("make,radius,norm", [
+    (lambda: HiddenFeature(2, dim=2, manifold_dim=2, gamma=0.1, teacher="net"), 0.6, "l2"),
+    (lambda: HiddenFeature(3, dim=3, manifold_dim=2, gamma=0.1), 0.5, "linf"),
+    (lambda: Spheres(0, dim=2, outer_radius=1.6, gamma=0.05), 0.4, "l2"),
 ])
-def test_search_on_mlps_matches_a_dense_grid(make, radius, norm, tol):
+def test_search_on_mlps_matches_a_dense_grid(make, radius, norm):
     task = make()
     x = points(task, 120)
     for labels in (10, 80):
         model = student(task, labels, model="mlp", hidden=(32,), seed=labels)
         found = search(model, task, x, radius, norm)
         grid, _ = E.grid_strong(model, task, x, radius=radius, norm=norm, per_radius=30 if task.dim == 3 else 60)
-        # both only report real counterexamples; the search may miss at most tol of the points
-        assert (grid & ~found).mean() <= tol, (labels, (grid & ~found).sum(), grid.sum())
+        # both only report real counterexamples; the search may miss at most 0.01 of the points
+        assert (grid & ~found).mean() <= 0.01, (labels, (grid & ~found).sum(), grid.sum())
 
 
 @pytest.mark.slow

@@ -15,8 +15,24 @@ by Frank-Wolfe steps: at the current point it linearises the student's loss and 
 teacher's constraint and solves that linear problem over the ball exactly (l2: in closed
 form; linf: a fractional knapsack, with the box), then moves towards the solution. For an
 affine student and an affine teacher the linearised problem *is* the problem, and the
-first step lands on its optimum (tested against ``teachsim.attacks.exact``); on curved
-boundaries damped restarts and random starts do the rest.
+first step lands on its optimum for a binary task (tested against
+``teachsim.attacks.exact``); on curved boundaries damped restarts and random starts do
+the rest.
+
+Two more phases close what Frank-Wolfe on one linearised constraint cannot reach:
+
+- before it, an *untargeted* ascent from x (judge version 1's search), which on curved
+  teachers (digits) finds a few counterexamples the targeted phase misses;
+- after it, a *linearise-and-project* polish on the points still unbroken. With three or
+  more classes the counterexample set is a union of pieces (teacher certain of c with
+  runner-up j, student preferring s to c), each an intersection of several constraints
+  whose kinks one linearised constraint cannot follow (it missed up to 0.12 of the points
+  on 4 classes). The polish linearises both models, computes the nearest point of every
+  nearby piece exactly (a QP in l2, an LP in linf, with the box: ``attacks.exact``'s
+  solvers), verifies it with the real models and, on curved models, linearises again
+  there (3 rounds). For affine students and teachers its first round is exact; on ReLU
+  MLPs it walks activation regions the way FAB (Croce & Hein, arXiv 1907.02044) does for
+  the l_p boundary, and closed every gap a dense grid showed on 2-d and 3-d tasks.
 
 Every iterate is checked with the teacher's exact rule (``margin_to >= gamma``) and the
 student's prediction, and every reported counterexample is checked again with
@@ -25,9 +41,10 @@ student's prediction, and every reported counterexample is checked again with
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from .common import as_box, clip, loss_per_point, norm_of, project, random_in_ball
+from .common import _view, as_box, ascent, clip, loss_per_point, norm_of, project, random_in_ball
 
 
 def _dual_norm(g: torch.Tensor, norm: str) -> torch.Tensor:
@@ -139,17 +156,153 @@ def _search(model, task, x, c, *, radius, norm, box, start, steps, target, class
     return found, best
 
 
+def _untargeted(model, task, x, *, radius, norm, box, steps, penalty=10.0, slack=0.1):
+    """An untargeted first phase (judge version 1's search, one start at x): ascend the
+    student's loss against the teacher's label *at the current point*, with the part of
+    the gradient that would lower the teacher's margin projected out and a push back into
+    the certain region. It never crosses the uncertain band (the targeted phase does), but
+    on curved teachers (digits) it finds some counterexamples the targeted phase misses,
+    so the search reports the union. Returns ``(found, points)``."""
+    alpha = 2.5 * radius / max(1, steps)
+    target = task.gamma * (1 + slack)
+    found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    out = x.clone()
+    xa = x.clone()
+    for t in range(steps + 1):
+        xa.requires_grad_(True)
+        with torch.enable_grad():
+            label = task.logits(xa).argmax(1).detach()
+            margin = task.margin(xa, create_graph=True)
+            s_logits = model(xa)
+            with torch.no_grad():
+                hit = (margin >= task.gamma) & (s_logits.argmax(1) != label) & ~found
+                out[hit] = xa.detach()[hit]
+                found |= hit
+            if t == steps or bool(found.all()):
+                break
+            (grad,) = torch.autograd.grad(loss_per_point(s_logits, label, "ce").sum(), xa, retain_graph=True)
+            n = torch.autograd.grad(margin.sum(), xa, allow_unused=True)[0] if margin.requires_grad else None
+        with torch.no_grad():
+            n = torch.zeros_like(xa) if n is None else n
+            low = margin < target
+            dot = (grad * n).flatten(1).sum(1)
+            nn2 = (n * n).flatten(1).sum(1).clamp_min(1e-12)
+            grad = grad - _view(torch.where(low & (dot < 0), dot / nn2, torch.zeros_like(dot)), n) * n
+            push = torch.where(low, penalty * (target - margin) / max(target, 1e-12), torch.zeros_like(margin))
+            grad = grad + _view(push * grad.flatten(1).norm(dim=1) / nn2.sqrt(), n) * n
+            xa = _into_ball(x, xa + alpha * ascent(grad, norm), radius, norm, box)
+    return found, out
+
+
+def _jacobian(f, z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``f(z)`` (n, C) and its Jacobian (n, C, dim) per point, in float64."""
+    zg = z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = f(zg)
+        rows = []
+        for k in range(out.shape[1]):
+            (g,) = torch.autograd.grad(out[:, k].sum(), zg, retain_graph=k < out.shape[1] - 1, allow_unused=True)
+            rows.append(torch.zeros_like(zg).flatten(1) if g is None else g.flatten(1))
+    return out.detach().double().cpu().numpy(), torch.stack(rows, 1).double().cpu().numpy()
+
+
+def _piece_rows(T, JT, S, JS, z, c, j, s, target, tight):
+    """The (teacher class c, runner-up j, student class s) piece linearised at z, as rows
+    ``G y <= h`` (each scaled to unit l2 norm): the teacher's margin of c over j at least
+    ``target``, j above every other class, and the student above c with s."""
+    def row(gi, ti, margin):   # (g . (y - z) + t) / |g| >= margin  ->  -g/|g| . y <= (t - g . z)/|g| - margin
+        size = np.linalg.norm(gi)
+        if size == 0:
+            return None if ti >= margin else (np.zeros_like(gi), -1.0)
+        return -gi / size, (ti - gi @ z) / size - margin
+    g = JT[c] - JT[j]
+    rows = [row(g, T[c] - T[j], target)]   # rows are scaled by |g|: gap / |g| >= target
+    rows += [row(JT[j] - JT[i], T[j] - T[i], tight) for i in range(len(T)) if i not in (c, j)]
+    rows.append(row(JS[s] - JS[c], S[s] - S[c], tight))
+    rows = [r for r in rows if r is not None]
+    return np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+
+
+def _polish(model, task, x, todo, targets, *, radius, norm, box, target, rounds=3, width=3):
+    """Linearise-and-project on the points ``todo`` that the Frank-Wolfe search left: for
+    every piece where the teacher is certain of a target class c with runner-up j and the
+    student prefers s to c, linearise both models (at x first, then at the last
+    projection) and compute the nearest point of that polyhedron exactly (a QP in l2, an
+    LP in linf, with the box); verify it with the real models. With several classes the
+    counterexample set has kinks (runner-ups change) that one linearised constraint cannot
+    follow; for affine students and teachers the first round is exact."""
+    from .exact import _box_rows, min_distance
+
+    dim = x[0].numel()
+    bG, bh = _box_rows(None if box is None else tuple(v.cpu().numpy() for v in box), dim)
+    tight = 1e-5 * max(1.0, radius)
+    xs = x.flatten(1).double().cpu().numpy()
+    dual = (lambda g: np.abs(g).sum()) if norm == "linf" else np.linalg.norm   # row distance = gap / dual norm
+    pairs = []   # (point, c, j, s)
+    T, JT = _jacobian(task.logits, x[todo])
+    S, JS = _jacobian(model, x[todo])
+    for k, i in enumerate(todo.tolist()):
+        for c in targets[i]:
+            # the most binding runner-ups and student classes: the nearest single rows
+            jd = [(T[k, c] - T[k, j] - target * np.linalg.norm(JT[k, c] - JT[k, j]))
+                  / max(dual(JT[k, c] - JT[k, j]), 1e-30) for j in range(T.shape[1])]
+            sd = [(S[k, c] - S[k, s]) / max(dual(JS[k, s] - JS[k, c]), 1e-30) for s in range(S.shape[1])]
+            js = [j for j in np.argsort(jd)[::-1] if j != c][:width]
+            ss = [s for s in np.argsort(sd) if s != c][:width]
+            for j in js:
+                if -jd[j] >= radius:
+                    continue
+                pairs += [(i, c, j, s) for s in ss if sd[s] < radius]
+    z = {p: xs[p[0]] for p in pairs}
+    found = {}
+    for _ in range(rounds):
+        pairs = [p for p in pairs if p[0] not in found]
+        if not pairs:
+            break
+        zz = torch.as_tensor(np.stack([z[p] for p in pairs]), dtype=x.dtype, device=x.device).view(-1, *x.shape[1:])
+        T, JT = _jacobian(task.logits, zz)
+        S, JS = _jacobian(model, zz)
+        cand = []
+        for k, p in enumerate(pairs):
+            i, c, j, s = p
+            G, h = _piece_rows(T[k], JT[k], S[k], JS[k], z[p], c, j, s, target, tight)
+            try:
+                d, y = min_distance(xs[i], np.concatenate([G, bG]), np.concatenate([h, bh]), norm)
+            except RuntimeError:
+                continue
+            if y is not None and d <= 1.5 * radius:
+                cand.append((p, y))
+        if not cand:
+            break
+        idx = torch.as_tensor([p[0] for p, _ in cand], device=x.device)
+        y = torch.as_tensor(np.stack([v for _, v in cand]), dtype=x.dtype, device=x.device).view(-1, *x.shape[1:])
+        y = _into_ball(x[idx], y, radius, norm, box)
+        with torch.no_grad():
+            ok = (torch.as_tensor(task.label(y), device=x.device) == torch.as_tensor([p[1] for p, _ in cand],
+                                                                                      device=x.device))
+            ok &= model(y).argmax(dim=1) != torch.as_tensor([p[1] for p, _ in cand], device=x.device)
+        for k, (p, _) in enumerate(cand):
+            if bool(ok[k]):
+                found.setdefault(p[0], y[k])
+            else:
+                z[p] = y[k].flatten().double().cpu().numpy()   # curved: linearise again there
+        pairs = [p for p, _ in cand]
+    return found
+
+
 def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "l2", box=None,
                    generator: torch.Generator | None = None, steps: int = 200, restarts: int = 3,
-                   slack: float = 1e-3,
-                   reach: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+                   slack: float = 1e-3, reach: float = 2.0,
+                   polish: int = 3, untargeted: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
     """Search for teacher-certain disagreements near ``x`` (module docstring).
 
-    For each class the teacher may be certain of within the ball (first-order distance of
-    its boundary at most ``reach * radius``; the teacher's own class always), ``restarts``
-    searches of ``steps`` steps run on the points not broken yet: the first from x with
-    Frank-Wolfe's classic step schedule, the second from x with a damped one, the others
-    from uniform points of the ball (damped).
+    Three phases, each on the points not broken yet: ``untargeted`` steps of the
+    untargeted ascent from x; then, for each class the teacher may be certain of within
+    the ball (first-order distance of its boundary at most ``reach * radius``; the
+    teacher's own class always), ``restarts`` Frank-Wolfe searches of ``steps`` steps (the
+    first from x with the classic step schedule, the second from x with a damped one, the
+    others from uniform points of the ball, damped); then ``polish`` rounds of
+    linearise-and-project (0 turns a phase off).
 
     Args:
         model: the student, inputs -> logits.
@@ -177,6 +330,11 @@ def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "
         found = (t0 >= 0) & (model(x).argmax(dim=1) != t0)   # already wrong at x
     if radius == 0:
         return out, found
+    if untargeted > 0:
+        idx = (~found).nonzero().squeeze(1)
+        hit, pts = _untargeted(model, task, x[idx], radius=radius, norm=norm, box=b, steps=untargeted)
+        out[idx[hit]] = pts[hit]
+        found[idx[hit]] = True
     order, dist = _targets(task, x, norm)
     for rank in range(order.shape[1]):
         c_all = order[:, rank]
@@ -191,6 +349,13 @@ def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "
                                steps=steps, target=target, classic=r == 0)
             out[idx[hit]] = pts[hit]
             found[idx[hit]] = True
+    if polish > 0:
+        todo = (~found).nonzero().squeeze(1)
+        if len(todo):
+            targets = {i: [int(c) for c, d in zip(order[i], dist[i]) if d <= reach * radius] for i in todo.tolist()}
+            for i, y in _polish(model, task, x, todo, targets, radius=radius, norm=norm, box=b,
+                                target=target, rounds=polish).items():
+                out[i], found[i] = y, True
     # check every counterexample once more with the teacher's own labelling rule
     moved = found & (norm_of(out - x, norm) > 0)
     if bool(moved.any()):
