@@ -44,6 +44,12 @@ BAD = [
     ("empty-label", _edit("batch = 5", 'batch = 5\nlabel = ""'), "protocols[1].label", ["non-empty string"]),
     ("budgets-not-increasing", _edit("budgets = [0, 10, 20]", "budgets = [0, 20, 10]"), "budgets", ["increasing"]),
     ("budgets-negative", _edit("budgets = [0, 10, 20]", "budgets = [-1, 10]"), "budgets", [">= 0"]),
+    # the name is the folder under runs/: "..", separators, NUL or a huge name would escape it
+    ("name-dotdot", _edit('name = "tiny"', 'name = ".."'), "name", ["safe file name", "'..'"]),
+    ("name-separator", _edit('name = "tiny"', 'name = "a/b"'), "name", ["safe file name", "'a/b'"]),
+    ("name-backslash", _edit('name = "tiny"', 'name = "a\\\\b"'), "name", ["safe file name"]),
+    ("name-nul", _edit('name = "tiny"', 'name = "a\\u0000b"'), "name", ["safe file name"]),
+    ("name-too-long", _edit('name = "tiny"', f'name = "{"n" * 101}"'), "name", ["1-100 characters"]),
     ("empty-seeds", _edit("seeds = [0, 1]", "seeds = []"), "seeds", ["non-empty"]),
     ("float-seed", _edit("seeds = [0, 1]", "seeds = [0.5]"), "seeds", ["integers"]),
     ("unknown-method", _edit("steps = 30", 'steps = 30\nmethod = "ermm"'), "student.method",
@@ -66,7 +72,6 @@ BAD = [
      .replace('seeds = [0, 1]', 'seeds = [0, 1]\ntask = 3'), "task", ["a table", "3"]),
     ("protocols-empty", TINY.split("[[protocols]]")[0].replace('seeds = [0, 1]', 'seeds = [0, 1]\nprotocols = []'),
      "protocols", ["non-empty array"]),
-    ("bad-name", _edit('name = "tiny"', 'name = "a/b"'), "name", ["'/'"]),
     ("invalid-toml", TINY + "\n[task\n", "config", ["TOML"]),
     ("protocol-student-unknown-method", _edit("batch = 5", 'batch = 5\nstudent = { method = "pgd-att" }'),
      "protocols[1].student.method", ["unknown method", "did you mean 'pgd-at'"]),
@@ -108,6 +113,18 @@ def test_bad_config_is_one_line_exit_2_and_runs_nothing(tmp_path, capsys, text, 
     assert captured.out == ""
     assert not (out / "results.sqlite").exists()
     assert not out.exists()
+
+
+def test_a_dotdot_name_writes_nothing_anywhere(tmp_path, monkeypatch, capsys):
+    """Without --out the run would go to runs/NAME: with name = ".." it once landed in the
+    current folder and overwrote the user's own config.toml."""
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "config.toml"
+    mine.write_text("# the user's own file\n")
+    (tmp_path / "bad.toml").write_text(_edit('name = "tiny"', 'name = ".."'))
+    assert main(["run", "bad.toml", "--quiet"]) == 2
+    assert mine.read_text() == "# the user's own file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "config.toml"]
 
 
 def test_every_bad_case_is_distinct():

@@ -105,6 +105,15 @@ def load(source: str | Path | Mapping[str, Any]) -> Experiment:
     return resolve_experiment(raw)
 
 
+def _safe_name(name: Any) -> bool:
+    """True for an experiment name that is one plain folder name on every OS: ``..``, ``.``,
+    hidden names and separators would put results outside ``runs/`` (``name = ".."`` once
+    overwrote the user's own config.toml)."""
+    return (isinstance(name, str) and 0 < len(name) <= 100 and not name.startswith((".", "-"))
+            and not any(ch in name for ch in "/\\:") and all(ch.isprintable() for ch in name)
+            and name.strip() == name)
+
+
 def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = raw.get(key, {})
     if not isinstance(value, dict):
@@ -307,8 +316,9 @@ def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:
         if key not in TOP:
             raise unknown_key("", key, TOP)
     name = raw.get("name", "experiment")
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ConfigError.expected("name", "a non-empty string without '/'", name)
+    if not _safe_name(name):
+        raise ConfigError.expected("name", "a safe file name (1-100 characters, no path separators, NUL, "
+                                   "control characters, leading '.' or '-'; it names the folder under runs/)", name)
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise ConfigError.expected("description", "a string", description)

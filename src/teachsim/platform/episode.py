@@ -261,7 +261,11 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu") -> EpisodeResult:
                         "refused": conv.channel.refused, "turns": conv.turns,
                         "labelled": student.n_labelled, "initial_labels": spec.student["initial_labels"]}
         result.status = "finished"
-    except Exception as exc:  # one episode's failure is recorded; the experiment goes on
+    except KeyboardInterrupt:
+        raise   # the user stops the run (finished episodes are kept; --resume goes on)
+    except BaseException as exc:  # noqa: BLE001 - one episode's failure is recorded; the experiment goes on.
+        # BaseException, not Exception: a plugin's sys.exit() (SystemExit) once ended a
+        # serial run with exit 0, the episode unrecorded and the rest never run.
         result.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-8)}"
         result.stats = stats
     finally:
