@@ -45,6 +45,22 @@ def test_rejudge_rejects_bad_overrides_before_any_work(tiny_run):
         tiny_run.rejudge("default", progress=False)
 
 
+def test_judge_names_round_trip_whatever_their_quotes(tiny_run):
+    """Names once went into SQL by string formatting: "def'ault" showed the default judge's
+    numbers as its own and "o'brien" showed nothing."""
+    for name in ("def'ault", "o'brien", 'say "hi"; --'):
+        assert tiny_run.rejudge(name, progress=False, attacks=["fgsm"]) == name
+        got = tiny_run.scores_of(name)
+        assert len(got) == len(tiny_run.scores)
+        assert name in tiny_run.judges
+    # the same judge under three names: the same numbers, read back under each name
+    a, b = tiny_run.scores_of("def'ault"), tiny_run.scores_of("o'brien")
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
+    for bad in ("", " padded", "tab\there"):
+        with pytest.raises(teachsim.ConfigError, match="--name"):
+            tiny_run.rejudge(bad, progress=False, attacks=["fgsm"])
+
+
 def test_judge_command(tiny_run, capsys):
     assert main(["judge", str(tiny_run.dir), "--attacks", "fgsm", "--eps", "0.5", "--name", "fgsm", "--quiet"]) == 0
     assert main(["show", str(tiny_run.dir), "--judge", "fgsm"]) == 0

@@ -371,6 +371,10 @@ class Run:
             name = attack_set_name(base["attacks"], base["norm"], base["eps"])
         if name == "default":
             raise ConfigError("--name", "expected a name other than 'default' (the run's own judge)")
+        if not isinstance(name, str) or not 0 < len(name) <= 100 or name.strip() != name \
+                or not name.isprintable():
+            raise ConfigError.expected("--name", "1-100 printable characters without leading or trailing spaces",
+                                       name)
         eps = self.episodes
         done = eps[eps["status"] == "finished"]
         store = Store(self.dir)
