@@ -11,7 +11,8 @@ pytest.importorskip("pettingzoo")
 import teachsim
 from teachsim import messages as m
 from teachsim.agents.teacher import Teacher
-from teachsim.platform import episode as ep
+from teachsim.platform import build as ep
+from teachsim.platform import loop
 
 K = 8
 WORLD = {"task": {"name": "hidden-feature", "dim": 6, "manifold_dim": 2},
@@ -233,7 +234,7 @@ def test_all_defer_play_equals_converse(protocol):
     spec = env.spec
     task = ep.build_task(spec.task, seed)
     student = ep.build_student(spec.student, task, seed)
-    conv = ep.converse(ep.build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets, seed=seed,
+    conv = loop.converse(ep.build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets, seed=seed,
                        initial_labels=spec.student["initial_labels"])
     assert transcript(env.loop.channel.log) == transcript(conv.channel.log)
     assert student.learn_log == env.student.learn_log

@@ -12,7 +12,7 @@ import torch
 
 import teachsim
 from teachsim.cli import main
-from teachsim.platform import config as config_mod
+from teachsim import config as config_mod
 
 SETS = [["fgsm"], ["pgd", "fgsm"]]
 NAMES = ["fgsm/l2/2", "pgd+fgsm/l2/2"]

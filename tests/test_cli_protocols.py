@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from teachsim.platform.config import to_toml
+from teachsim.config import to_toml
 
 PREFIX = "teachsim: error: "
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 
 import teachsim
 from teachsim.cli import main
-from teachsim.platform import config as config_mod
+from teachsim import config as config_mod
 from tiny import TINY_TOML as TINY
 
 PREFIX = "teachsim: error: "

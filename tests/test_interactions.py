@@ -14,7 +14,7 @@ import torch
 
 import teachsim
 from teachsim.cli import main
-from teachsim.platform.interactions import (
+from teachsim.analysis.interactions import (
     exact_interactions,
     interaction_profile,
     interactions_from_values,

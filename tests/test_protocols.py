@@ -16,8 +16,10 @@ import teachsim
 from teachsim import messages as m
 from teachsim import registry
 from teachsim.agents.teacher import Teacher
-from teachsim.platform import episode as ep
-from teachsim.platform.config import load, resolve_experiment, resolve_student
+from teachsim.platform import build as ep
+from teachsim.platform import loop
+from teachsim.platform.episode import run_episode
+from teachsim.config import load, resolve_experiment, resolve_student
 from teachsim.protocols.base import Protocol
 from teachsim.protocols.membership import boundary_points
 from teachsim.schema import Int
@@ -49,7 +51,7 @@ def play(protocol, *, task=None, student=None, budgets=BUDGETS, seed=0):
     task_obj = ep.build_task(spec.task, seed)
     student_obj = ep.build_student(spec.student, task_obj, seed)
     proto = ep.build_protocol(spec.protocol_cfg)
-    conv = ep.converse(proto, Teacher(task_obj), student_obj, spec.budgets, seed=seed,
+    conv = loop.converse(proto, Teacher(task_obj), student_obj, spec.budgets, seed=seed,
                        initial_labels=spec.student["initial_labels"])
     return conv, student_obj, task_obj, proto
 
@@ -582,7 +584,7 @@ def _tiny_spec(tiny_config, proto):
                          ids=lambda p: "-".join(map(str, p.values())))
 def test_run_episode_transcripts_are_deterministic(tiny_config, proto):
     spec = _tiny_spec(tiny_config, proto)
-    a, b = ep.run_episode(spec), ep.run_episode(spec)
+    a, b = run_episode(spec), run_episode(spec)
     assert a.status == b.status == "finished", a.error
     assert len(a.messages) > 2
     assert a.messages == b.messages

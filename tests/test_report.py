@@ -18,7 +18,7 @@ import pytest
 import teachsim
 from teachsim import registry
 from teachsim.platform.judge import ALWAYS as METRICS
-from teachsim.platform.report import fmt
+from teachsim.results.report import fmt
 from tiny import TINY
 
 BOOM_PLUGIN = '''

@@ -316,8 +316,8 @@ def test_user_strategy_runs_in_active_student_and_conforms(restore_registry):
 def test_repeating_strategy_never_pays_twice_for_a_point(restore_registry):
     # A strategy that returns the same index n times: the student asks about it once.
     teachsim.register_strategy("always-first", lambda model, X_pool, n, *, rng: np.zeros(n, dtype=np.int64))
-    from teachsim.protocols.conformance import _run
-    from teachsim.platform.config import resolve_experiment
+    from teachsim.checks.protocol import _run
+    from teachsim.config import resolve_experiment
 
     exp = resolve_experiment({"budgets": [0, 20], "seeds": [0], "task": {"dim": 6},
                               "student": {"hidden": [8], "steps": 5, "initial_labels": 5},

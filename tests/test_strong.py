@@ -5,8 +5,9 @@ against answers of other kinds: the exact distance computation for affine studen
 affine teachers (itself checked against a dense grid), a dense grid for any student in 2
 and 3 dimensions, a complete MILP check for ReLU MLPs in linf, and a much stronger run of
 the search on MLPs elsewhere, and a penalty-method search (another formulation and
-optimiser) on MLPs in many dimensions, curved teachers and the digits box. The students are trained for real on small samples, with
-budgets from none (mid-curve, where the old search was 0.25 too optimistic) to many.
+optimiser) on MLPs in many dimensions, curved teachers and the digits box. The students
+are trained for real on small samples, with budgets from none (mid-curve, where the old
+search was 0.25 too optimistic) to many.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from teachsim.attacks.apgd import apgd_ce
 from teachsim.attacks.pgd import fgsm, pgd
 from teachsim.attacks.teacher import teacher_attack
 from teachsim.platform import judge as J
-from teachsim.platform.config import resolve_student
-from teachsim.platform.episode import build_student
+from teachsim.config import resolve_student
+from teachsim.platform.build import build_student
 from teachsim.schema import resolve
 from teachsim.tasks.digits import Digits
 from teachsim.tasks.hidden_feature import HiddenFeature

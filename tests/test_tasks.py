@@ -19,7 +19,7 @@ from teachsim.errors import ConfigError
 from teachsim.messages import ABSTAIN
 from teachsim.tasks import digits as digits_mod
 from teachsim.tasks.base import Distribution, Task
-from teachsim.tasks.conformance import check_task
+from teachsim.checks.task import check_task
 from teachsim.tasks.digits import Digits, high_frequency_basis
 from teachsim.tasks.hidden_feature import HiddenFeature
 from teachsim.tasks.spheres import Spheres

@@ -139,6 +139,15 @@ attacks.register("teacher", "teachsim.attacks.teacher:teacher_attack")
 
 REGISTRIES = {r.kind: r for r in (tasks, protocols, strategies, methods, models, attacks)}
 
+
+def Registered(kind: str, default: str, doc: str = "") -> Param:
+    """The name of a registered ``kind`` (``"strategy"``, ``"attack"``...), plugins included."""
+    def ok(v: Any) -> bool:
+        return isinstance(v, str) and v in REGISTRIES[kind]
+
+    plural = "strategies" if kind == "strategy" else kind + "s"
+    return Param(default, f"a registered {kind} (see: teachsim list {plural})", ok, doc)
+
 PLUGINS: list[str] = []
 """Plugins loaded in this process, in order (file paths made absolute): what a Ray worker
 loads before it runs an episode."""

@@ -7,7 +7,6 @@ teacher's mechanism: everything it knows about labels arrived in a message.
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Any, Callable, Mapping
 
 import numpy as np

@@ -304,7 +304,7 @@ def data_mean(task, seed: int = 0, n: int = 4096) -> np.ndarray:
 
 def attack_points(model, task, x: np.ndarray, y: np.ndarray, judge: Mapping[str, Any], seed: int = 0) -> np.ndarray:
     """The judge's ``pgd`` (its eps, norm, steps, restarts, loss) from x against y."""
-    from .judge import _call_attack
+    from ..platform.judge import _call_attack
 
     for p in model.parameters():
         p.requires_grad_(False)

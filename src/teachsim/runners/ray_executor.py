@@ -35,8 +35,8 @@ import ray
 import ray.exceptions
 
 from ..errors import ConfigError, RunError
-from .config import EpisodeSpec
-from .episode import EpisodeResult, _now
+from ..platform.episode import EpisodeResult, now
+from ..platform.spec import EpisodeSpec
 
 LOST_RETRIES = 3
 """Resubmissions of an episode whose worker died, before it is recorded as failed."""
@@ -86,7 +86,7 @@ class _Worker:
                 "problems": self.problems}
 
     def run(self, spec: EpisodeSpec) -> EpisodeResult:
-        from .episode import run_episode
+        from ..platform.episode import run_episode
 
         result = run_episode(spec, device=self.device)
         result.stats.update(gpu_ids=self.gpu_ids, worker_pid=os.getpid())
@@ -413,7 +413,7 @@ class RayExecutor:
                             idle.append(actor)
                         continue
                     actor, item = running.pop(ref)
-                    started = _now()
+                    started = now()
                     try:
                         result = ray.get(ref)
                     except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
@@ -426,12 +426,12 @@ class RayExecutor:
                             queue.again(item)
                         else:
                             finished.append((EpisodeResult(
-                                item.spec, "failed", started_at=started, finished_at=_now(),
+                                item.spec, "failed", started_at=started, finished_at=now(),
                                 error=f"the Ray worker died {item.losses} times running this episode; "
                                       f"last: {type(exc).__name__}: {_first_line(exc)}"), item.attempts))
                         continue
                     except ray.exceptions.RayTaskError as exc:   # e.g. a result that cannot be sent back
-                        result = EpisodeResult(item.spec, "failed", started_at=started, finished_at=_now(),
+                        result = EpisodeResult(item.spec, "failed", started_at=started, finished_at=now(),
                                                error=f"{type(exc).__name__}: {exc}"[:4000])
                     idle.append(actor)
                     item.failures += result.status != "finished"
