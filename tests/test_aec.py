@@ -14,21 +14,12 @@ from teachsim.agents.teacher import Teacher
 from teachsim.platform import build as ep
 from teachsim.platform import loop
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest
+
 K = 8
 WORLD = {"task": {"name": "hidden-feature", "dim": 6, "manifold_dim": 2},
          "student": {"hidden": [16], "steps": 20, "initial_labels": 10},
          "budgets": (0, 10, 30), "candidates": K, "eval_points": 64}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models: one thread is fastest and keeps timings sane on a shared machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make(protocol, **kw):

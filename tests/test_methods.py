@@ -24,17 +24,10 @@ from teachsim.messages import ABSTAIN
 from teachsim.config import resolve_experiment, resolve_student
 from teachsim.tasks.hidden_feature import HiddenFeature
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest
+
 NAMES = ("erm", "pgd-at", "trades", "beta-at", "lrat", "gairat", "mail")
 ADVERSARIAL = NAMES[1:]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models: one thread is fastest and keeps timings sane on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def gen(seed: int) -> torch.Generator:

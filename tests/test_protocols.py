@@ -24,22 +24,13 @@ from teachsim.protocols.base import Protocol
 from teachsim.protocols.membership import boundary_points
 from teachsim.schema import Int
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest
+
 TASK = {"name": "hidden-feature", "dim": 8, "manifold_dim": 2}
 STUDENT = {"hidden": [16], "steps": 20, "initial_labels": 10}
 BUDGETS = (0, 10, 30)
 STRATEGIES = ("random", "uncertainty", "margin", "entropy", "qbc", "density")
 PUSHES = ("boundary", "counterexample", "invariance", "offmanifold")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models: one thread is fastest and keeps timings sane on a shared machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def play(protocol, *, task=None, student=None, budgets=BUDGETS, seed=0):
@@ -59,16 +50,6 @@ def play(protocol, *, task=None, student=None, budgets=BUDGETS, seed=0):
 def messages(conv, kind=None, phase="protocol"):
     return [d for d in conv.channel.log if (kind is None or d.message.kind == kind)
             and (phase is None or d.phase == phase)]
-
-
-@pytest.fixture
-def restore_registry():
-    """Registrations made by a test are undone after it."""
-    saved = {r.kind: dict(r._entries) for r in registry.REGISTRIES.values()}
-    yield
-    for r in registry.REGISTRIES.values():
-        r._entries.clear()
-        r._entries.update(saved[r.kind])
 
 
 # -- every built-in conforms ---------------------------------------------------------------------

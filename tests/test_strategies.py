@@ -14,18 +14,9 @@ from teachsim import registry
 from teachsim.agents import strategies as st
 from teachsim.agents.student import Committee
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest
+
 BUILTIN = ("random", "uncertainty", "margin", "entropy", "qbc", "density")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models: one thread is fastest and keeps timings sane on a shared machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Fixed:
@@ -55,16 +46,6 @@ def _rng(seed=0):
 
 def _ent(*ps):
     return -sum(p * math.log(p) for p in ps if p > 0)
-
-
-@pytest.fixture
-def restore_registry():
-    """Registrations made by a test are undone after it."""
-    saved = {r.kind: dict(r._entries) for r in registry.REGISTRIES.values()}
-    yield
-    for r in registry.REGISTRIES.values():
-        r._entries.clear()
-        r._entries.update(saved[r.kind])
 
 
 # -- our picks equal modAL's -----------------------------------------------------------------

@@ -8,10 +8,11 @@ the config loader checks user tables against.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import ConfigError, PluginError
 from .schema import Param, suggest
@@ -27,7 +28,8 @@ class Entry:
 
     name: str
     target: Callable[..., Any] | str
-    _params: dict[str, Param] | None = field(default=None, repr=False)
+    declared: dict[str, Param] | None = field(default=None, repr=False)   # given at registration
+    _params: dict[str, Param] | None = field(default=None, init=False, repr=False)
 
     @property
     def factory(self) -> Callable[..., Any]:
@@ -44,7 +46,8 @@ class Entry:
     def params(self) -> dict[str, Param]:
         """Declared parameters: the ones given at registration, else ``factory.PARAMS``."""
         if self._params is None:
-            self._params = dict(getattr(self.factory, "PARAMS", {}))
+            self._params = dict(self.declared if self.declared is not None
+                                else getattr(self.factory, "PARAMS", {}))
         return self._params
 
     @property
@@ -104,6 +107,19 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
+    def entries(self) -> dict[str, Entry]:
+        """A copy of name -> entry (changing it changes nothing here)."""
+        return dict(self._entries)
+
+    def add(self, entry: Entry) -> None:
+        """Put ``entry`` under its name, replacing any, without a warning: for restoring
+        a snapshot or installing what another process registered."""
+        self._entries[entry.name] = entry
+
+    def restore(self, entries: dict[str, Entry]) -> None:
+        """Make the registry hold exactly ``entries`` (a snapshot from :meth:`entries`)."""
+        self._entries = dict(entries)
+
 
 tasks = Registry("task")
 protocols = Registry("protocol")
@@ -138,6 +154,27 @@ attacks.register("beta", "teachsim.attacks.beta:beta")
 attacks.register("teacher", "teachsim.attacks.teacher:teacher_attack")
 
 REGISTRIES = {r.kind: r for r in (tasks, protocols, strategies, methods, models, attacks)}
+
+
+@contextlib.contextmanager
+def scoped() -> Iterator[None]:
+    """Registrations made inside the block (plugins loaded, ``register`` calls) are undone
+    when it ends; what it replaced comes back.
+
+    Example:
+        >>> with scoped():
+        ...     protocols.register("tmp", lambda: None)
+        ...     "tmp" in protocols
+        True
+        >>> "tmp" in protocols
+        False
+    """
+    saved = {kind: reg.entries() for kind, reg in REGISTRIES.items()}
+    try:
+        yield
+    finally:
+        for kind, reg in REGISTRIES.items():
+            reg.restore(saved[kind])
 
 
 def Registered(kind: str, default: str, doc: str = "") -> Param:

@@ -70,7 +70,7 @@ class _Worker:
             except Exception as exc:  # noqa: BLE001
                 self.problems.append(f"{kind} {name!r} registered by the driver: {type(exc).__name__}: {exc}")
             else:
-                registry.REGISTRIES[kind]._entries[name] = registry.Entry(name, target, params)
+                registry.REGISTRIES[kind].add(registry.Entry(name, target, params))
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         self.device = "cpu"
         if self.gpu_ids:
@@ -219,13 +219,13 @@ def _user_registrations() -> list[tuple[str, str, bytes]]:
 
     out = []
     for kind, reg in registry.REGISTRIES.items():
-        for name, entry in reg._entries.items():
+        for name, entry in reg.entries().items():
             target = entry.target
             module = getattr(target, "__module__", "") or ""
             if isinstance(target, str) or module.split(".")[0] == "teachsim" or module.startswith("teachsim_plugin_"):
                 continue
             try:
-                blob = cloudpickle.dumps((target, entry._params))
+                blob = cloudpickle.dumps((target, entry.declared))
             except Exception:  # noqa: BLE001, S112 - cannot be shipped: an episode that needs it fails saying so
                 continue
             out.append((kind, name, blob))
