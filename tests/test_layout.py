@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from teachsim import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 
 LAYERS = [
     {"errors", "seeding", "messages", "version"},   # foundation
@@ -99,3 +102,56 @@ def test_reading_configs_never_imports_torch(module):
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'pandas', 'ray') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_checking_every_builtin_suite_imports_no_torch_and_trains_nothing():
+    code = ("import sys; from pathlib import Path; from teachsim import config\n"
+            "import teachsim.suites as s\n"
+            "for p in sorted(Path(s.__path__[0]).glob('*.toml')): config.load(p)\n"
+            "print(sorted(m for m in ('torch', 'pandas', 'ray', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("kind", sorted(registry.REGISTRIES))
+def test_builtin_parameter_tables_registered_torch_free_are_the_implementations_own(kind):
+    # tasks and methods register their tables by "module:attr" (torch-free modules): the
+    # strings must name the very table the implementation reads
+    for name, entry in registry.REGISTRIES[kind].entries().items():
+        if isinstance(entry.declared, str):
+            assert entry.params == dict(getattr(entry.factory, "PARAMS", {})), (kind, name)
+
+
+def _used_attributes(path: Path, side: str) -> set[str]:
+    """Attributes a protocol module reads of its ``student``/``teacher`` argument."""
+    tree = ast.parse(path.read_text())
+    return {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == side}
+
+
+PROTOCOL_FILES = sorted((SRC / "teachsim" / "protocols").glob("*.py")) + [ROOT / "examples" / "my_protocol.py"]
+
+
+@pytest.mark.parametrize("path", PROTOCOL_FILES, ids=lambda p: p.name)
+def test_protocols_use_only_the_declared_sides(path):
+    from teachsim.protocols.base import StudentSide, TeacherSide
+
+    for side, contract in (("student", StudentSide), ("teacher", TeacherSide)):
+        declared = {n for n in dir(contract) if not n.startswith("_")} | set(contract.__annotations__)
+        extra = _used_attributes(path, side) - declared
+        assert not extra, f"{path.name} uses {side}.{sorted(extra)}, which {contract.__name__} does not declare"
+
+
+def test_the_agents_implement_the_sides():
+    import torch
+
+    from teachsim.agents.methods import erm
+    from teachsim.agents.student import Student
+    from teachsim.agents.teacher import Teacher
+    from teachsim.protocols.base import StudentSide, TeacherSide
+    from teachsim.tasks.hidden_feature import HiddenFeature
+
+    task = HiddenFeature(0, dim=4)
+    student = Student(torch.nn.Linear(4, 2), erm, task.data, task.classes, seed=0)
+    assert isinstance(student, StudentSide) and isinstance(Teacher(task), TeacherSide)
+    assert not isinstance(Teacher(task), StudentSide)   # the check can fail

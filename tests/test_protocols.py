@@ -21,7 +21,7 @@ from teachsim.platform import loop
 from teachsim.platform.episode import run_episode
 from teachsim.config import load, resolve_experiment, resolve_student
 from teachsim.protocols.base import Protocol
-from teachsim.protocols.membership import boundary_points
+from teachsim.protocols.membership import model_boundary_points
 from teachsim.schema import Int
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest
@@ -501,7 +501,7 @@ def test_membership_adversarial_queries_lie_within_eps_of_labelled_points(norm, 
     assert queries == 3
 
 
-def test_boundary_points_land_on_a_two_class_linear_boundary():
+def test_model_boundary_points_land_on_a_two_class_linear_boundary():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     lin = torch.nn.Linear(5, 2)
@@ -513,28 +513,28 @@ def test_boundary_points_land_on_a_two_class_linear_boundary():
     b = lin.bias[0] - lin.bias[1]
     with torch.no_grad():
         projection = x - ((x @ w + b) / (w @ w))[:, None] * w
-    z = boundary_points(lin, x, overshoot=0.0)
+    z = model_boundary_points(lin, x, overshoot=0.0)
     torch.testing.assert_close(z, projection, atol=1e-4, rtol=0)
-    z = boundary_points(lin, x)   # the default overshoot still ends on the boundary
+    z = model_boundary_points(lin, x)   # the default overshoot still ends on the boundary
     with torch.no_grad():
         gap = lin(z)
     assert (gap[:, 0] - gap[:, 1]).abs().max() < 1e-3
     torch.testing.assert_close(z, projection, atol=1e-3, rtol=0)
 
 
-def test_boundary_points_land_on_a_multiclass_linear_boundary_within_the_box():
+def test_model_boundary_points_land_on_a_multiclass_linear_boundary_within_the_box():
     g = torch.Generator().manual_seed(1)
     lin = torch.nn.Linear(4, 3)
     with torch.no_grad():
         lin.weight.copy_(torch.randn(3, 4, generator=g))
         lin.bias.zero_()
     x = torch.randn(30, 4, generator=g)
-    z = boundary_points(lin, x, steps=50)
+    z = model_boundary_points(lin, x, steps=50)
     with torch.no_grad():
         top = lin(z).topk(2, dim=1).values
     assert (top[:, 0] - top[:, 1]).max() < 1e-3
     lo, hi = -torch.ones(4) * 5, torch.ones(4) * 5
-    zb = boundary_points(lin, x, steps=50, box=(lo, hi))
+    zb = model_boundary_points(lin, x, steps=50, box=(lo, hi))
     assert (zb >= lo).all() and (zb <= hi).all()
 
 

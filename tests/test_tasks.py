@@ -398,7 +398,7 @@ def test_digits_teacher_is_deterministic_per_seed(digits, all_images):
     assert torch.equal(digits.logits(x), again.logits(x))
     # not only the cache: training from scratch gives the same weights bit for bit
     fresh = digits_mod._teacher_weights.__wrapped__(0, 32, 300)
-    cached = (digits._W1, digits._b1, digits._W2, digits._b2)
+    cached = digits.weights
     assert all(torch.equal(a, b) for a, b in zip(fresh, cached))
 
 

@@ -80,10 +80,12 @@ def protocol_env(protocol: Any, **options: Any):
     return _env(protocol, **options)
 
 
-def register_task(name: str, factory: Any, *, params: Any = None) -> None:
+def register_task(name: str, factory: Any, *, params: Any = None, check: Any = None) -> None:
     """Register a task factory ``factory(seed, **params) -> Task`` (a ``Task`` subclass with
-    ``PARAMS`` is one); check it with :func:`check_task`."""
-    registry.tasks.register(name, factory, params=params)
+    ``PARAMS`` is one); check it with :func:`check_task`. ``check(**params) -> (dim,
+    classes)``, optional, checks parameters together (raising ``ConfigError``) without
+    building the task; without it, checking a config builds the task once."""
+    registry.tasks.register(name, factory, params=params, check=check)
 
 
 def register_protocol(name: str, factory: Any, *, params: Any = None) -> None:

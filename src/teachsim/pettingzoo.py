@@ -153,7 +153,7 @@ def _env_class():
                 point = self.pool[i: i + 1]
 
                 def move(student, inbox, ctx):
-                    self.loop._learn()   # the protocol's round schedule, as on its own moves
+                    self.loop.learn()   # the protocol's round schedule, as on its own moves
                     return [m.query(point)]
             else:
                 point = self.offers[i: i + 1]

@@ -77,12 +77,10 @@ def replay(log, learn_log: Sequence[tuple[int, int]], student) -> None:
         if d.message.receiver != m.STUDENT:
             continue
         while pending and pending[0][0] == student.observed:
-            student._stale = True   # force: the original trained here
-            student.learn(pending.pop(0)[1])
+            student.learn(pending.pop(0)[1], force=True)   # the original trained here
         student.observe(d.message)
     while pending:
-        student._stale = True
-        student.learn(pending.pop(0)[1])
+        student.learn(pending.pop(0)[1], force=True)
 
 
 def _same_weights(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

@@ -7,7 +7,6 @@ before anything else.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,8 @@ import torch
 
 from .. import registry, seeding
 from ..messages import ABSTAIN
-from .judge_params import ALWAYS, INFO_FLAGS, LP_METRICS, METRICS, OPTIONAL, PARAMS, VERSION, setting  # noqa: F401 - the judge's own table
+from .judge_params import (  # noqa: F401 - the judge's own table, read here too
+    ALWAYS, ATTACK_OPTIONS, INFO_FLAGS, LP_METRICS, METRICS, OPTIONAL, PARAMS, VERSION, attack_options, setting)
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,12 @@ def attack_set_name(attacks, norm: str, eps: float) -> str:
     return f"{'+'.join(attacks)}/{norm}/{eps:g}"
 
 
-def _call_attack(name: str, model, x, y, cfg, generator, box):
+def call_attack(name: str, model, x, y, cfg, generator, box):
+    """Run the l_p attack ``name`` as the judge does: ``eps``, ``norm`` and the box, plus
+    the keys of :data:`ATTACK_OPTIONS` it takes (a config setting one an attack of its
+    set cannot take is refused when it is checked: nothing is dropped silently)."""
     fn = registry.attacks.get(name, "judge.attacks").factory
-    accepted = inspect.signature(fn).parameters
-    extra = {k: cfg[k] for k in ("steps", "restarts", "loss") if k in accepted}
+    extra = {k: cfg[k] for k in attack_options(name)}
     return fn(model, x, y, eps=cfg["eps"], norm=cfg["norm"], box=box, generator=generator, **extra)
 
 
@@ -87,8 +89,6 @@ def sanity_flags(model: torch.nn.Module, task, test: TestSet, cfg: Mapping[str, 
       zero (gradient masking: gradient attacks cannot move there).
     - ``stochastic``: 1 if two forward passes in eval mode disagree (randomised defences
       need EOT, which the judge does not do).
-    - ``too_few_classes``: number of attacks in the set that declare ``min_classes`` above
-      the task's class count.
     """
     dev = _device(model)
     x = torch.from_numpy(test.x).to(dev).requires_grad_(True)
@@ -100,10 +100,8 @@ def sanity_flags(model: torch.nn.Module, task, test: TestSet, cfg: Mapping[str, 
     (grad,) = torch.autograd.grad(loss, x)
     with torch.no_grad():
         again = model(x)
-    few = sum(getattr(registry.attacks.get(a).factory, "min_classes", 2) > task.classes for a in cfg["attacks"])
     return {"zero_grad_share": (grad.flatten(1).abs().sum(1) == 0).float().mean().item(),
-            "stochastic": float(not torch.equal(logits.detach(), again)),
-            "too_few_classes": float(few)}
+            "stochastic": float(not torch.equal(logits.detach(), again))}
 
 
 def judge_all(models: Mapping[float, torch.nn.Module], task, cfg: Mapping[str, Any],
@@ -138,11 +136,9 @@ def judge_episode(models: Mapping[float, torch.nn.Module], task, cfg: Mapping[st
         scores += [(budget, k, v) for k, v in out.items()]
         flagged = {**sanity_flags(model, task, test, cfg), "strong_exact": exact_flag}
         flags += [(budget, k, v) for k, v in flagged.items()]
-        for n, s, lp in zip(names, sets, by_set):
+        for n, lp in zip(names, by_set):
             judged[n]["scores"] += [(budget, k, lp.get(k, v)) for k, v in out.items()]
-            few = sum(getattr(registry.attacks.get(a).factory, "min_classes", 2) > task.classes for a in s)
-            judged[n]["flags"] += [(budget, k, float(few) if k == "too_few_classes" else v)
-                                   for k, v in flagged.items()]
+            judged[n]["flags"] += [(budget, k, v) for k, v in flagged.items()]
     return scores, flags, judged
 
 
@@ -157,7 +153,7 @@ def _lp_scores(model, task, x, y, correct, attacks, cfg, seed, cache) -> dict[st
     for name in attacks:
         if name not in cache:
             g = seeding.torch_generator(seed, "judge", "attack", name)
-            xa = _call_attack(name, model, x, y, cfg, g, task.box)
+            xa = call_attack(name, model, x, y, cfg, g, task.box)
             cache[name] = (xa, _predict(model, xa) != y)
         xa, flipped = cache[name]
         robust &= ~flipped

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .. import registry
 from ..schema import Bool, Choice, Float, Int, Param, StrList
 
 METRICS = ("clean_acc", "broad_acc", "lp_robust_acc", "weak_robust_acc", "weak_coverage", "strong_robust_acc",
@@ -34,6 +35,31 @@ INFO_FLAGS = ("strong_exact",)
 
 
 LP_METRICS = ("lp_robust_acc", "weak_robust_acc", "weak_coverage")   # the metrics an attack set changes
+
+
+ATTACK_OPTIONS = ("steps", "restarts", "loss")
+"""Judge keys handed on to each l_p attack that takes them."""
+
+BUILTIN_ATTACK_OPTIONS = {"fgsm": ("loss",), "pgd": ("steps", "restarts", "loss"),
+                          "apgd-ce": ("steps", "restarts", "loss"), "beta": ("steps", "restarts")}
+"""What the built-in attacks take of :data:`ATTACK_OPTIONS`, so that checking a config
+imports no attack (tests/test_judge.py checks it against their signatures)."""
+
+FIXED_BY_DEFINITION = {"fgsm": ("steps", "restarts")}
+"""Keys an attack's definition fixes (FGSM is one step from x): setting them for the
+other attacks of a set ignores nothing, so checking a config does not refuse them."""
+
+
+def attack_options(name: str) -> tuple[str, ...]:
+    """The keys of :data:`ATTACK_OPTIONS` the registered l_p attack ``name`` takes: a
+    built-in's from the table, a plugin's from its signature."""
+    import inspect
+
+    entry = registry.attacks.get(name, "judge.attacks")
+    if isinstance(entry.target, str) and name in BUILTIN_ATTACK_OPTIONS:
+        return BUILTIN_ATTACK_OPTIONS[name]
+    accepted = inspect.signature(entry.factory).parameters
+    return tuple(k for k in ATTACK_OPTIONS if k in accepted)
 
 
 PARAMS = {

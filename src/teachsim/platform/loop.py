@@ -32,16 +32,18 @@ class Loop:
     Sides alternate, starting with ``protocol.first``. On its turn a side sees only its
     own agent, its inbox and a :class:`TurnContext`; what it returns goes through the
     channel, which charges, checks, delivers and records it, and snapshots the student
-    (after it learns what it was sent) whenever a checkpoint is reached. The protocol may
-    set ``probe_limit`` and ``explain_cost`` (as parameters); the channel enforces them.
+    (after it learns what it was sent) whenever a checkpoint is reached. The protocol's
+    :meth:`~teachsim.protocols.base.Protocol.channel_rules` (``probe_limit``,
+    ``explain_cost``) are the channel's; ``explain_cost``/``probe_limit`` given here win.
     """
 
     def __init__(self, protocol: Protocol, teacher, student, budgets, *, seed: int, initial_labels: int = 0,
                  explain_cost: float | None = None, probe_limit: int | None = None):
+        rules = protocol.channel_rules()
         if explain_cost is None:
-            explain_cost = float(getattr(protocol, "explain_cost", 1.0))
+            explain_cost = rules.explain_cost
         if probe_limit is None:
-            probe_limit = getattr(protocol, "probe_limit", None)
+            probe_limit = rules.probe_limit
         self.protocol, self.teacher, self.student = protocol, teacher, student
         self.probe_limit = probe_limit
         self.channel = Channel(budgets, observers={m.STUDENT: student.observe, m.TEACHER: teacher.observe},
@@ -57,17 +59,14 @@ class Loop:
         self.moves = {m.STUDENT: protocol.student_turn, m.TEACHER: protocol.teacher_turn}
         self.role, self.idle, self.turn = protocol.first, 0, 0
 
-    def _learn(self) -> None:
-        # Checkpoint trainings follow the protocol's round schedule (its ``steps``) too,
-        # so the last round trains like every other one.
-        train = getattr(self.protocol, "train", None)
-        if callable(train):
-            train(self.student)
-        else:
-            self.student.learn()
+    def learn(self) -> None:
+        """Let the student learn what arrived, on the protocol's round schedule
+        (``Protocol.train``): checkpoint trainings follow it too, so the last round trains
+        like every other one. The PettingZoo adapter calls it between outside moves."""
+        self.protocol.train(self.student)
 
     def _on_checkpoint(self, budget: float) -> None:
-        self._learn()
+        self.learn()
         self.conv.snapshots[budget] = self.student.snapshot()
         self.conv.checkpoints.append((budget, self.channel.spent, True))
 
@@ -106,7 +105,7 @@ class Loop:
         """End the episode; a checkpoint never reached gets the final student."""
         self.conv.turns = self.turn
         for budget in self.channel.close():
-            self._learn()
+            self.learn()
             self.conv.snapshots[budget] = self.student.snapshot()
             self.conv.checkpoints.append((budget, self.channel.spent, False))
         return self.conv

@@ -70,7 +70,8 @@ def _check_same_or_extended(run_dir: Path, exp: Experiment, note) -> None:
         label, variant = stray[0]
         where = f"{label!r}" + (f" in {variant}" if variant else "")
         raise RunError(f"{run_dir} holds a different experiment (its config.toml differs: the recorded "
-                       f"episodes of {where} are not in the new config, or ran with other settings); "
+                       f"episodes of {where} are not in the new config, or ran with other settings or "
+                       "another version of a protocol, task, method or model); "
                        "choose another --out or remove that directory")
     if note is not None and rows:
         note(f"extending the experiment in {run_dir}: its {len(rows)} recorded episodes are kept, "
@@ -94,10 +95,11 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         cpus_per_episode: CPUs Ray reserves per episode (default 1).
         gpus_per_episode: GPUs Ray reserves per episode; a fraction packs several
             episodes on one GPU (default 0). Without a GPU episodes run on the CPU.
-        resume: keep finished episodes of an existing run directory and run the rest.
-            Re-running into an existing directory of the same experiment does the same,
-            and so does a config that only adds to it (more protocols, seeds or sweep
-            values): the recorded episodes are kept, the new ones run.
+        resume: say that ``out`` may hold this experiment already (``--resume``). It
+            changes nothing: re-running into a directory of the same experiment always
+            keeps its finished episodes and runs the rest, and so does a config that only
+            adds to it (more protocols, seeds or sweep values). A directory of another
+            experiment, or of another judge or component version, is refused either way.
         retries: extra attempts for an episode that fails (one whose Ray worker dies is
             also resubmitted, up to 3 times, whatever this is).
         progress: print progress to stderr.

@@ -103,7 +103,8 @@ class Run:
 
     @property
     def flags(self) -> pd.DataFrame:
-        """Sanity flags per (episode, judge, budget): zero_grad_share, stochastic, too_few_classes."""
+        """Sanity flags per (episode, judge, budget): zero_grad_share, stochastic, strong_exact
+        (older run directories also hold too_few_classes, which was always 0)."""
         return self._query("SELECT * FROM flags ORDER BY episode_id, judge, budget, flag")
 
     @property

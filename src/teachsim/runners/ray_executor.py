@@ -66,11 +66,11 @@ class _Worker:
                 self.problems.append(f"plugin {plugin}: {exc}")
         for kind, name, blob in registrations:
             try:
-                target, params = cloudpickle.loads(blob)
+                target, params, check, version = cloudpickle.loads(blob)
             except Exception as exc:  # noqa: BLE001
                 self.problems.append(f"{kind} {name!r} registered by the driver: {type(exc).__name__}: {exc}")
             else:
-                registry.REGISTRIES[kind].add(registry.Entry(name, target, params))
+                registry.REGISTRIES[kind].add(registry.Entry(name, target, params, check, version))
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         self.device = "cpu"
         if self.gpu_ids:
@@ -225,7 +225,7 @@ def _user_registrations() -> list[tuple[str, str, bytes]]:
             if isinstance(target, str) or module.split(".")[0] == "teachsim" or module.startswith("teachsim_plugin_"):
                 continue
             try:
-                blob = cloudpickle.dumps((target, entry.declared))
+                blob = cloudpickle.dumps((target, entry.declared, entry.check, entry.version))
             except Exception:  # noqa: BLE001, S112 - cannot be shipped: an episode that needs it fails saying so
                 continue
             out.append((kind, name, blob))
