@@ -20,6 +20,7 @@ from teachsim.platform import build as ep
 from teachsim.platform import loop
 from teachsim.platform.episode import run_episode
 from teachsim.config import load, resolve_experiment, resolve_student
+from teachsim.protocols.active_teacher import PUSHES
 from teachsim.protocols.base import Protocol
 from teachsim.protocols.membership import model_boundary_points
 from teachsim.schema import Int
@@ -29,8 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one th
 TASK = {"name": "hidden-feature", "dim": 8, "manifold_dim": 2}
 STUDENT = {"hidden": [16], "steps": 20, "initial_labels": 10}
 BUDGETS = (0, 10, 30)
-STRATEGIES = ("random", "uncertainty", "margin", "entropy", "qbc", "density")
-PUSHES = ("boundary", "counterexample", "invariance", "offmanifold")
+STRATEGIES = tuple(registry.strategies.names())   # every built-in (collected before any plugin loads)
 
 
 def play(protocol, *, task=None, student=None, budgets=BUDGETS, seed=0):

@@ -122,6 +122,7 @@ def test_search_finds_what_the_exact_answer_finds(norm, radius, dim):
         assert (1 - found.mean()) - ex.robust_acc <= 0.01, (labels, 1 - found.mean(), ex.robust_acc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm,radius", [("l2", 0.8), ("linf", 0.2)])
 @pytest.mark.parametrize("classes,dim", [(3, 5), (3, 20), (4, 5)])
 def test_search_finds_what_the_exact_answer_finds_with_several_classes(norm, radius, classes, dim):
@@ -188,6 +189,7 @@ def test_judge_uses_the_exact_answer_for_affine_students_and_says_so():
     (lambda: HiddenFeature(3, dim=3, manifold_dim=2, gamma=0.1), 0.5, "linf"),
     (lambda: Spheres(0, dim=2, outer_radius=1.6, gamma=0.05), 0.4, "l2"),
 ])
+@pytest.mark.slow
 def test_search_on_mlps_matches_a_dense_grid(make, radius, norm):
     task = make()
     x = points(task, 120)
@@ -226,6 +228,7 @@ def test_search_on_mlps_matches_a_ten_times_stronger_search():
     ("spheres d10", lambda: Spheres(0, dim=10, outer_radius=1.6, gamma=0.05), 0.15, "l2", 80),
     ("digits", lambda: Digits(0), 0.3, "l2", 50),
 ])
+@pytest.mark.slow
 def test_search_on_mlps_finds_what_a_penalty_search_finds(name, make, radius, norm, labels):
     task = make()
     x = points(task, 150 if name == "digits" else 100)

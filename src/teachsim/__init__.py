@@ -32,14 +32,14 @@ __all__ = [
 
 
 def run(config: Any, **options: Any):
-    """Run an experiment (see :func:`teachsim.platform.results.run`)."""
+    """Run an experiment (see :func:`teachsim.results.driver.run`)."""
     from .results.driver import run as _run
 
     return _run(config, **options)
 
 
 def open_run(run_dir: Any):
-    """Open a run directory (see :class:`teachsim.platform.results.Run`)."""
+    """Open a run directory (see :class:`teachsim.results.reader.Run`)."""
     from .results.reader import open_run as _open
 
     return _open(run_dir)
@@ -60,21 +60,21 @@ def check_strategy(strategy: Any, **options: Any) -> list[str]:
 
 
 def check_protocol(protocol: Any, **options: Any):
-    """Run the conformance checks on a protocol (see :func:`teachsim.protocols.conformance.check_protocol`)."""
+    """Run the conformance checks on a protocol (see :func:`teachsim.checks.protocol.check_protocol`)."""
     from .checks.protocol import check_protocol as _check
 
     return _check(protocol, **options)
 
 
 def check_task(task: str, **options: Any):
-    """Run the conformance checks on a task (see :func:`teachsim.tasks.conformance.check_task`)."""
+    """Run the conformance checks on a task (see :func:`teachsim.checks.task.check_task`)."""
     from .checks.task import check_task as _check
 
     return _check(task, **options)
 
 
 def protocol_env(protocol: Any, **options: Any):
-    """A protocol as a PettingZoo AEC environment (see :func:`teachsim.platform.aec.protocol_env`)."""
+    """A protocol as a PettingZoo AEC environment (see :func:`teachsim.pettingzoo.protocol_env`)."""
     from .pettingzoo import protocol_env as _env
 
     return _env(protocol, **options)

@@ -164,9 +164,9 @@ def _cmd_run(args: argparse.Namespace, config) -> int:
         print(f"teachsim: interrupted; finished episodes are kept in {out}; to finish the run: "
               f"teachsim {plugins}{what} --out {shlex.quote(str(out))} --resume", file=sys.stderr)
         return 130
-    eps = r.episodes
-    failed = eps[eps["status"] != "finished"]
-    print(f"run directory: {r.dir}  ({len(eps) - len(failed)} finished, {len(failed)} failed)")
+    episodes = r.episodes
+    failed = episodes[episodes["status"] != "finished"]
+    print(f"run directory: {r.dir}  ({len(episodes) - len(failed)} finished, {len(failed)} failed)")
     for row in failed.itertuples():
         print(f"  episode {row.episode_id} ({row.protocol}, seed {row.seed}) failed: "
               f"{row.error.splitlines()[0] if row.error else ''}", file=sys.stderr)
@@ -200,9 +200,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from .results.reader import open_run
 
     r = open_run(args.run_dir)
-    eps = r.episodes
-    print(f"{r.config.get('name')}: {int((eps['status'] == 'finished').sum())} finished, "
-          f"{int((eps['status'] != 'finished').sum())} failed episodes  ({r.dir})")
+    episodes = r.episodes
+    print(f"{r.config.get('name')}: {int((episodes['status'] == 'finished').sum())} finished, "
+          f"{int((episodes['status'] != 'finished').sum())} failed episodes  ({r.dir})")
     if args.judge not in r.judges and args.judge != "default":
         from .errors import ConfigError
 
@@ -275,7 +275,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     for flag, g in flags.groupby("flag"):
         print(f"\nwarning: sanity flag {flag} is set in {g['episode_id'].nunique()} episode(s) "
               f"(max {g['value'].max():.3g}); attack-based numbers may be unreliable there")
-    failed = eps[eps["status"] != "finished"]
+    failed = episodes[episodes["status"] != "finished"]
     for row in failed.itertuples():
         print(f"\nfailed: episode {row.episode_id} ({row.protocol}, seed {row.seed}): "
               f"{row.error.splitlines()[0] if row.error else ''}")
@@ -411,9 +411,9 @@ def _cmd_interactions(args: argparse.Namespace) -> int:
     from .results.reader import open_run
 
     r = open_run(args.run_dir)
-    eps = r.episodes
+    episodes = r.episodes
     if args.episode is None:
-        done = eps[eps["status"] == "finished"]
+        done = episodes[episodes["status"] == "finished"]
         if done.empty:
             from .errors import RunError
             raise RunError(f"no finished episode in {r.dir}")

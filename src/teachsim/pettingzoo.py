@@ -21,7 +21,7 @@ agents are rewarded with the change in the student's agreement with the teacher 
 fixed set of teacher-certain broad test points (a cheap stand-in for the judge).
 
 Example:
-    >>> from teachsim.platform.aec import protocol_env
+    >>> from teachsim.pettingzoo import protocol_env
     >>> env = protocol_env({"name": "active-teacher", "push": "boundary"}, budgets=(0, 20), candidates=8)
     >>> env.reset(seed=0)
     >>> env.agent_selection

@@ -6,7 +6,7 @@ charges every message by the rules, (4) terminates, (5) is deterministic under a
 and (6) leaves a transcript that replays to the same student.
 
 Example:
-    >>> from teachsim.protocols.conformance import check_protocol
+    >>> from teachsim.checks.protocol import check_protocol
     >>> report = check_protocol("passive", budgets=(0, 10))
     >>> report.ok
     True

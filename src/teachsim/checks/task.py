@@ -1,7 +1,7 @@
 """Conformance checks for tasks: the same checks for ours and for a user's plugin.
 
 Example:
-    >>> from teachsim.tasks.conformance import check_task
+    >>> from teachsim.checks.task import check_task
     >>> check_task("hidden-feature", params={"dim": 6}).ok
     True
 """

@@ -221,8 +221,8 @@ class Run:
                 or not name.isprintable():
             raise ConfigError.expected("--name", "1-100 printable characters without leading or trailing spaces",
                                        name)
-        eps = self.episodes
-        done = eps[eps["status"] == "finished"]
+        episodes = self.episodes
+        done = episodes[episodes["status"] == "finished"]
         store = Store(self.dir)
         try:
             for i, row in enumerate(done.itertuples(), 1):
@@ -290,11 +290,11 @@ class Run:
 
     # -- one episode -------------------------------------------------------------------
     def _row(self, episode: int | str) -> pd.Series:
-        eps = self.episodes
-        match = eps[(eps["episode_id"] == episode) | (eps["key"] == str(episode))]
+        episodes = self.episodes
+        match = episodes[(episodes["episode_id"] == episode) | (episodes["key"] == str(episode))]
         if match.empty:
             raise RunError(f"no episode {episode!r} in {self.dir} (episode ids: "
-                           f"{', '.join(map(str, eps['episode_id']))})")
+                           f"{', '.join(map(str, episodes['episode_id']))})")
         return match.iloc[0]
 
     def spec(self, episode: int | str) -> EpisodeSpec:

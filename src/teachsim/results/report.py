@@ -371,7 +371,7 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
     """Write ``report.html`` and ``plots/*.png`` into the run directory; return the html path.
 
     Args:
-        run: a :class:`teachsim.platform.results.Run`.
+        run: a :class:`teachsim.results.reader.Run`.
         target: the budget-to-target level (default: ``[report] target`` of the config, else 0.9).
         judge: the judge whose scores to show (``"default"``, or a ``teachsim judge`` name).
     """

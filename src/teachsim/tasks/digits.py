@@ -118,7 +118,8 @@ class Digits(Task):
     def weights(self) -> tuple[torch.Tensor, ...]:
         """The teacher network (W1, b1, W2, b2), trained on first use (seconds) and kept."""
         if self._weights is None:
-            self._weights = _teacher_weights(*self._teacher_args)
+            with torch.enable_grad():   # first use may come inside an attack's no_grad block
+                self._weights = _teacher_weights(*self._teacher_args)
         return self._weights
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
