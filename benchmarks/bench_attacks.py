@@ -37,8 +37,8 @@ from teachsim.attacks.pgd import pgd
 from teachsim.attacks.teacher import teacher_attack
 from teachsim.messages import ABSTAIN
 from teachsim.platform import judge as J
-from teachsim.platform.config import resolve_student
-from teachsim.platform.episode import build_student
+from teachsim.config import resolve_student
+from teachsim.platform.build import build_student
 from teachsim.schema import resolve
 from teachsim.tasks.hidden_feature import HiddenFeature
 

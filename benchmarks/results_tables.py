@@ -35,7 +35,7 @@ def tables(run, metrics: list[str], target: float, report_metric: str) -> str:
     """The markdown text."""
     s = run.summary()
     aucs = run.auc()
-    from teachsim.platform.report import protocol_order, variant_order
+    from teachsim.results.report import protocol_order, variant_order
 
     order = protocol_order(run.config, run.episodes)          # the config's order, as in the report
     variants = variant_order(run.config, run.episodes)

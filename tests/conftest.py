@@ -24,3 +24,24 @@ def tiny_config():
 def tiny_base():
     """The tiny config for session- or module-scoped fixtures (do not modify)."""
     return copy.deepcopy(TINY)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models: one thread is fastest and keeps timings sane on a shared machine.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def restore_registry():
+    """Registrations a test makes (plugins it loads included) are undone after it."""
+    from teachsim import registry
+
+    with registry.scoped():
+        yield

@@ -11,23 +11,15 @@ pytest.importorskip("pettingzoo")
 import teachsim
 from teachsim import messages as m
 from teachsim.agents.teacher import Teacher
-from teachsim.platform import episode as ep
+from teachsim.platform import build as ep
+from teachsim.platform import loop
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest
 
 K = 8
 WORLD = {"task": {"name": "hidden-feature", "dim": 6, "manifold_dim": 2},
          "student": {"hidden": [16], "steps": 20, "initial_labels": 10},
          "budgets": (0, 10, 30), "candidates": K, "eval_points": 64}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models: one thread is fastest and keeps timings sane on a shared machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make(protocol, **kw):
@@ -233,7 +225,7 @@ def test_all_defer_play_equals_converse(protocol):
     spec = env.spec
     task = ep.build_task(spec.task, seed)
     student = ep.build_student(spec.student, task, seed)
-    conv = ep.converse(ep.build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets, seed=seed,
+    conv = loop.converse(ep.build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets, seed=seed,
                        initial_labels=spec.student["initial_labels"])
     assert transcript(env.loop.channel.log) == transcript(conv.channel.log)
     assert student.learn_log == env.student.learn_log

@@ -8,11 +8,12 @@ import copy
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import teachsim
 from teachsim.cli import main
-from teachsim.platform import config as config_mod
+from teachsim import config as config_mod
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest
 
 SETS = [["fgsm"], ["pgd", "fgsm"]]
 NAMES = ["fgsm/l2/2", "pgd+fgsm/l2/2"]
@@ -28,14 +29,6 @@ CFG = {
     "sweep": {"student.method": METHODS},
     "protocols": [{"name": "passive"}],
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ from teachsim.messages import ABSTAIN
 from teachsim.tasks.hidden_feature import HiddenFeature
 
 NORMS = ("linf", "l2")
-ATTACKS = {"fgsm": fgsm, "pgd": pgd}
+ATTACKS = {"fgsm": fgsm, "pgd": pgd, "apgd-ce": apgd_ce, "beta": beta}   # every l_p attack: the same checks
+ITERATIVE = ("pgd", "apgd-ce", "beta")                                  # the ones with a generator and steps
 
 
 def gen(seed: int) -> torch.Generator:
@@ -139,32 +140,43 @@ def test_eps_zero_returns_x(small_mlp, name, norm):
     assert torch.equal(xa, x)
 
 
+@pytest.mark.parametrize("name", ITERATIVE)
 @pytest.mark.parametrize("norm", NORMS)
-def test_pgd_deterministic_for_a_seed(small_mlp, norm):
+def test_deterministic_for_a_seed(small_mlp, name, norm):
     x = torch.randn(200, 8, generator=gen(10))
     y = predict(small_mlp, x)
-    a = pgd(small_mlp, x, y, eps=0.3, norm=norm, generator=gen(11), steps=10)
-    b = pgd(small_mlp, x, y, eps=0.3, norm=norm, generator=gen(11), steps=10)
-    c = pgd(small_mlp, x, y, eps=0.3, norm=norm, generator=gen(12), steps=10)
+    a = ATTACKS[name](small_mlp, x, y, eps=0.3, norm=norm, generator=gen(11), steps=10)
+    b = ATTACKS[name](small_mlp, x, y, eps=0.3, norm=norm, generator=gen(11), steps=10)
+    c = ATTACKS[name](small_mlp, x, y, eps=0.3, norm=norm, generator=gen(12), steps=10)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)  # the generator really drives the random start
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_fgsm_is_deterministic(small_mlp, norm):
+    x = torch.randn(200, 8, generator=gen(10))
+    y = predict(small_mlp, x)
     assert torch.equal(fgsm(small_mlp, x, y, eps=0.3, norm=norm), fgsm(small_mlp, x, y, eps=0.3, norm=norm))
 
 
-def test_pgd_does_not_touch_inputs(small_mlp):
+@pytest.mark.parametrize("name", ITERATIVE)
+def test_attacks_do_not_touch_inputs(small_mlp, name):
     x = torch.randn(50, 8, generator=gen(13))
     x0 = x.clone()
     y = predict(small_mlp, x)
-    pgd(small_mlp, x, y, eps=0.5, norm="l2", generator=gen(14), steps=5)
+    y0 = y.clone()
+    ATTACKS[name](small_mlp, x, y, eps=0.5, norm="l2", generator=gen(14), steps=5)
     assert torch.equal(x, x0) and not x.requires_grad
+    assert torch.equal(y, y0)
 
 
 # --------------------------------------------------------------------------- linear closed form
 
 
+@pytest.mark.parametrize("name", ITERATIVE)
 @pytest.mark.parametrize("norm,eps", [("l2", 0.2), ("l2", 0.5), ("l2", 1.0),
                                       ("linf", 0.1), ("linf", 0.2), ("linf", 0.5)])
-def test_pgd_matches_linear_closed_form(norm, eps):
+def test_matches_linear_closed_form(name, norm, eps):
     g = gen(20)
     d = 10
     lin = nn.Linear(d, 2)
@@ -178,7 +190,7 @@ def test_pgd_matches_linear_closed_form(norm, eps):
     b = lin.bias[0] - lin.bias[1]
     dual = w.norm() if norm == "l2" else w.abs().sum()  # the dual norm of the attack's norm
     dist = (x @ w + b).abs() / dual
-    xa = pgd(lin, x, y, eps=eps, norm=norm, generator=gen(21))
+    xa = ATTACKS[name](lin, x, y, eps=eps, norm=norm, generator=gen(21))
     assert within(xa - x, eps, norm)
     adv = predict(lin, xa) != y
     inside = dist < eps * (1 - 0.02)
@@ -394,98 +406,6 @@ def test_teacher_attack_at_least_as_strong_as_off_manifold_pgd(trained, radius):
 
 
 # --------------------------------------------------------------------------- apgd-ce and beta
-# The checks pgd has, where they apply, for the two stronger l_p attacks (apgd-ce and beta).
-
-STRONGER = {"apgd-ce": apgd_ce, "beta": beta}
-
-
-@pytest.mark.parametrize("name", STRONGER)
-@pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("eps", [0.05, 0.5, 3.0])
-def test_stronger_output_within_eps(small_mlp, name, norm, eps):
-    x = torch.randn(300, 8, generator=gen(1))
-    y = predict(small_mlp, x)
-    xa = STRONGER[name](small_mlp, x, y, eps=eps, norm=norm, generator=gen(2))
-    assert xa.shape == x.shape and xa.dtype == x.dtype
-    assert within(xa - x, eps, norm)
-    assert (norm_of(xa - x, norm) > 0.5 * eps).float().mean() > 0.5
-
-
-@pytest.mark.parametrize("name", STRONGER)
-@pytest.mark.parametrize("norm,eps", [("linf", 1.0), ("l2", 3.0)])
-def test_stronger_box_respected_and_no_implicit_unit_clamp(small_mlp, name, norm, eps):
-    lo, hi = _box(8)
-    x = torch.from_numpy(lo + (hi - lo) * np.random.default_rng(3).uniform(size=(400, 8)).astype(np.float32))
-    y = predict(small_mlp, x)
-    free = STRONGER[name](small_mlp, x, y, eps=eps, norm=norm, generator=gen(4))
-    lo_t, hi_t = torch.from_numpy(lo), torch.from_numpy(hi)
-    assert ((free < lo_t) | (free > hi_t)).any()
-    for box in ((lo, hi), (torch.from_numpy(lo), torch.from_numpy(hi)), (lo.tolist(), hi.tolist())):
-        xa = STRONGER[name](small_mlp, x, y, eps=eps, norm=norm, box=box, generator=gen(4))
-        assert within(xa - x, eps, norm)
-        assert bool(((xa >= lo_t) & (xa <= hi_t)).all())
-        assert (xa < 0).any()
-        assert (xa[:, 1::2] > 1).any()
-        assert (xa[:, 0::2] < -1).any()
-
-
-@pytest.mark.parametrize("name", STRONGER)
-@pytest.mark.parametrize("norm", NORMS)
-def test_stronger_eps_zero_returns_x(small_mlp, name, norm):
-    x = torch.randn(100, 8, generator=gen(7))
-    y = torch.randint(0, 3, (100,), generator=gen(8))  # some points already wrong
-    xa = STRONGER[name](small_mlp, x, y, eps=0.0, norm=norm, generator=gen(9))
-    assert torch.equal(xa, x)
-
-
-@pytest.mark.parametrize("name", STRONGER)
-@pytest.mark.parametrize("norm", NORMS)
-def test_stronger_deterministic_for_a_seed(small_mlp, name, norm):
-    x = torch.randn(200, 8, generator=gen(10))
-    y = predict(small_mlp, x)
-    a = STRONGER[name](small_mlp, x, y, eps=0.3, norm=norm, generator=gen(11), steps=10)
-    b = STRONGER[name](small_mlp, x, y, eps=0.3, norm=norm, generator=gen(11), steps=10)
-    c = STRONGER[name](small_mlp, x, y, eps=0.3, norm=norm, generator=gen(12), steps=10)
-    assert torch.equal(a, b)
-    assert not torch.equal(a, c)  # the generator really drives the random start
-
-
-@pytest.mark.parametrize("name", STRONGER)
-def test_stronger_do_not_touch_inputs(small_mlp, name):
-    x = torch.randn(50, 8, generator=gen(13))
-    x0 = x.clone()
-    y = predict(small_mlp, x)
-    y0 = y.clone()
-    STRONGER[name](small_mlp, x, y, eps=0.5, norm="l2", generator=gen(14), steps=5)
-    assert torch.equal(x, x0) and not x.requires_grad
-    assert torch.equal(y, y0)
-
-
-@pytest.mark.parametrize("name", STRONGER)
-@pytest.mark.parametrize("norm,eps", [("l2", 0.2), ("l2", 0.5), ("l2", 1.0),
-                                      ("linf", 0.1), ("linf", 0.2), ("linf", 0.5)])
-def test_stronger_match_linear_closed_form(name, norm, eps):
-    g = gen(20)
-    d = 10
-    lin = nn.Linear(d, 2)
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(2, d, generator=g))
-        lin.bias.copy_(torch.randn(2, generator=g))
-    frozen(lin)
-    x = torch.randn(400, d, generator=g)
-    y = predict(lin, x)
-    w = lin.weight[0] - lin.weight[1]
-    b = lin.bias[0] - lin.bias[1]
-    dual = w.norm() if norm == "l2" else w.abs().sum()
-    dist = (x @ w + b).abs() / dual
-    xa = STRONGER[name](lin, x, y, eps=eps, norm=norm, generator=gen(21))
-    assert within(xa - x, eps, norm)
-    adv = predict(lin, xa) != y
-    inside = dist < eps * (1 - 0.02)
-    outside = dist > eps * (1 + 0.02)
-    assert inside.sum() > 20 and outside.sum() > 20
-    assert bool(adv[inside].all()), f"missed {int((inside & ~adv).sum())} of {int(inside.sum())} points within eps"
-    assert not bool(adv[outside].any())
 
 
 @pytest.fixture(scope="module")

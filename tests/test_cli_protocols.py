@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from teachsim.platform.config import to_toml
+from teachsim import registry
+from teachsim.config import to_toml
 
 PREFIX = "teachsim: error: "
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "examples" / "my_protocol.py"
 EXAMPLE = ROOT / "examples" / "noisy_teacher.toml"
 CHECKS = ("runs", "legal", "budget", "terminates", "deterministic", "replays")
-STRATEGIES = ("random", "uncertainty", "margin", "entropy", "qbc", "density")
+STRATEGIES = tuple(registry.strategies.names())
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

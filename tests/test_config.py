@@ -11,7 +11,7 @@ import pytest
 
 import teachsim
 from teachsim.cli import main
-from teachsim.platform import config as config_mod
+from teachsim import config as config_mod
 from tiny import TINY_TOML as TINY
 
 PREFIX = "teachsim: error: "
@@ -282,3 +282,46 @@ def test_report_table_is_optional_and_checked():
     exp = config_mod.load(tomllib.loads(TINY + "\n[report]\ntarget = 0.5\n"))
     assert exp.config["report"] == {"target": 0.5, "metric": "strong_robust_acc"}
     assert {s.key for s in exp.episodes} == {s.key for s in config_mod.load(tomllib.loads(TINY)).episodes}
+
+
+# -- behaviour versions in names ------------------------------------------------------------------
+
+def _noisy(version):
+    from teachsim.protocols.passive import Passive
+
+    return type("Versioned", (Passive,), {"VERSION": version})
+
+
+@pytest.mark.filterwarnings("ignore:protocol 'versioned' is registered again")
+def test_a_versioned_name_is_stored_with_its_version_and_checked(tiny_config, restore_registry):
+    from teachsim import registry
+
+    registry.protocols.register("versioned", _noisy(1))
+    tiny_config["protocols"] = [{"name": "versioned"}]
+    one = config_mod.resolve_experiment(tiny_config)
+    assert one.config["protocols"][0]["name"] == "versioned"     # version 1: the bare name, keys as before
+    registry.protocols.register("versioned", _noisy(2))
+    two = config_mod.resolve_experiment(tiny_config)
+    assert two.config["protocols"][0]["name"] == "versioned@2"
+    assert {s.key for s in one.episodes}.isdisjoint(s.key for s in two.episodes)
+    tiny_config["protocols"] = [{"name": "versioned@2"}]
+    assert config_mod.resolve_experiment(tiny_config).config["protocols"][0]["name"] == "versioned@2"
+    tiny_config["protocols"] = [{"name": "versioned@1"}]
+    with pytest.raises(teachsim.ConfigError, match="installed here is version 2, the config asks for version 1"):
+        config_mod.resolve_experiment(tiny_config)
+    tiny_config["protocols"] = [{"name": "versioned@x"}]
+    with pytest.raises(teachsim.ConfigError, match="NAME@VERSION"):
+        config_mod.resolve_experiment(tiny_config)
+
+
+@pytest.mark.filterwarnings("ignore:protocol 'versioned' is registered again")
+def test_a_run_is_not_resumed_by_another_version(tmp_path, tiny_config, restore_registry):
+    from teachsim import registry
+
+    registry.protocols.register("versioned", _noisy(1))
+    tiny_config["protocols"] = [{"name": "versioned"}]
+    tiny_config["seeds"] = [0]
+    teachsim.run(tiny_config, out=tmp_path / "run", executor="serial", progress=False)
+    registry.protocols.register("versioned", _noisy(2))
+    with pytest.raises(teachsim.RunError, match="another version"):
+        teachsim.run(tiny_config, out=tmp_path / "run", executor="serial", progress=False, resume=True)

@@ -14,8 +14,10 @@ import teachsim
 from teachsim import messages as m
 from teachsim.agents.student import Student
 from teachsim.agents.teacher import Teacher
-from teachsim.platform.config import load
-from teachsim.platform.episode import build_protocol, build_student, build_task, converse, run_episode
+from teachsim.config import load
+from teachsim.platform.build import build_protocol, build_student, build_task
+from teachsim.platform.loop import converse
+from teachsim.platform.episode import run_episode
 from teachsim.protocols.base import Protocol
 from teachsim.tasks.base import Task
 

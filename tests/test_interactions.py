@@ -14,7 +14,7 @@ import torch
 
 import teachsim
 from teachsim.cli import main
-from teachsim.platform.interactions import (
+from teachsim.analysis.interactions import (
     exact_interactions,
     interaction_profile,
     interactions_from_values,
@@ -25,13 +25,7 @@ from teachsim.platform.interactions import (
     utility_coef,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest
 
 
 def _mlp(d: int, classes: int = 3, seed: int = 0) -> torch.nn.Module:

@@ -215,3 +215,56 @@ def test_weak_robustness_below_lp_for_a_shifted_boundary(task, test_set):
     student = Shifted(task, [-1.0, 1.0])  # linear 2-class teacher logits are (u.z, -u.z): boundary at u.z = 1
     out = J.judge(student, task, test_set, config(norm="l2", eps=1.0), 0)
     assert out["weak_robust_acc"] < out["lp_robust_acc"] - 0.1
+
+
+# -- judge keys an attack cannot take -----------------------------------------------------------
+
+def test_builtin_attack_options_table_matches_the_signatures():
+    import inspect
+
+    from teachsim import registry
+    from teachsim.platform.judge_params import ATTACK_OPTIONS, BUILTIN_ATTACK_OPTIONS
+
+    lp = [n for n in registry.attacks.names() if n != "teacher"]
+    assert sorted(BUILTIN_ATTACK_OPTIONS) == lp
+    for name in lp:
+        takes = inspect.signature(registry.attacks.get(name).factory).parameters
+        assert BUILTIN_ATTACK_OPTIONS[name] == tuple(k for k in ATTACK_OPTIONS if k in takes), name
+
+
+@pytest.mark.parametrize("judge, field", [
+    ({"attacks": ["pgd", "beta"], "loss": "margin"}, "judge.loss"),       # beta has no loss: once dropped silently
+    ({"attack_sets": [["pgd"], ["beta"]], "loss": "margin"}, "judge.loss"),   # in any attack set too
+])
+def test_a_judge_key_an_attack_cannot_take_is_refused(judge, field):
+    from teachsim.config import resolve_judge
+    from teachsim.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        resolve_judge(judge)
+    assert err.value.field == field and "does not take" in str(err.value)
+
+
+def test_judge_keys_every_attack_takes_or_defaults_are_accepted():
+    from teachsim.config import resolve_judge
+
+    assert resolve_judge({"attacks": ["pgd", "apgd-ce"], "loss": "margin", "steps": 10})["loss"] == "margin"
+    assert resolve_judge({"attacks": ["pgd", "beta"], "loss": "ce"})["attacks"] == ["pgd", "beta"]  # the default
+    # FGSM is one step by definition: steps and restarts for the others ignore nothing
+    assert resolve_judge({"attacks": ["pgd"], "attack_sets": [["fgsm"]], "steps": 5})["steps"] == 5
+
+
+def test_the_judge_hands_an_attack_exactly_the_keys_it_takes(monkeypatch):
+    from teachsim import registry
+
+    seen = {}
+
+    def spy(model, x, y, *, eps, norm, box, generator, steps):
+        seen.update(steps=steps)
+        return x
+
+    with registry.scoped():
+        registry.attacks.register("spy", spy)
+        J.call_attack("spy", nn.Linear(2, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long),
+                      {"eps": 1.0, "norm": "l2", "steps": 7, "restarts": 3, "loss": "margin"}, None, None)
+    assert seen == {"steps": 7}

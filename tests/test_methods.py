@@ -21,20 +21,13 @@ from teachsim.attacks.pgd import pgd
 from teachsim.cli import main
 from teachsim.errors import ConfigError
 from teachsim.messages import ABSTAIN
-from teachsim.platform.config import resolve_experiment, resolve_student
+from teachsim.config import resolve_experiment, resolve_student
 from teachsim.tasks.hidden_feature import HiddenFeature
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest
 
 NAMES = ("erm", "pgd-at", "trades", "beta-at", "lrat", "gairat", "mail")
 ADVERSARIAL = NAMES[1:]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models: one thread is fastest and keeps timings sane on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -214,7 +207,7 @@ def test_unknown_method_key_is_a_config_error():
 
 
 def test_student_receives_method_params():
-    from teachsim.platform.episode import build_student
+    from teachsim.platform.build import build_student
 
     task = HiddenFeature(0, dim=4, manifold_dim=2)
     student = build_student(resolve_student({"method": "mail", "eps": 0.25, "hidden": [4]}), task, 0)

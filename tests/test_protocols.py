@@ -16,28 +16,21 @@ import teachsim
 from teachsim import messages as m
 from teachsim import registry
 from teachsim.agents.teacher import Teacher
-from teachsim.platform import episode as ep
-from teachsim.platform.config import load, resolve_experiment, resolve_student
+from teachsim.platform import build as ep
+from teachsim.platform import loop
+from teachsim.platform.episode import run_episode
+from teachsim.config import load, resolve_experiment, resolve_student
+from teachsim.protocols.active_teacher import PUSHES
 from teachsim.protocols.base import Protocol
-from teachsim.protocols.membership import boundary_points
+from teachsim.protocols.membership import model_boundary_points
 from teachsim.schema import Int
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest
 
 TASK = {"name": "hidden-feature", "dim": 8, "manifold_dim": 2}
 STUDENT = {"hidden": [16], "steps": 20, "initial_labels": 10}
 BUDGETS = (0, 10, 30)
-STRATEGIES = ("random", "uncertainty", "margin", "entropy", "qbc", "density")
-PUSHES = ("boundary", "counterexample", "invariance", "offmanifold")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models: one thread is fastest and keeps timings sane on a shared machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+STRATEGIES = tuple(registry.strategies.names())   # every built-in (collected before any plugin loads)
 
 
 def play(protocol, *, task=None, student=None, budgets=BUDGETS, seed=0):
@@ -49,7 +42,7 @@ def play(protocol, *, task=None, student=None, budgets=BUDGETS, seed=0):
     task_obj = ep.build_task(spec.task, seed)
     student_obj = ep.build_student(spec.student, task_obj, seed)
     proto = ep.build_protocol(spec.protocol_cfg)
-    conv = ep.converse(proto, Teacher(task_obj), student_obj, spec.budgets, seed=seed,
+    conv = loop.converse(proto, Teacher(task_obj), student_obj, spec.budgets, seed=seed,
                        initial_labels=spec.student["initial_labels"])
     return conv, student_obj, task_obj, proto
 
@@ -57,16 +50,6 @@ def play(protocol, *, task=None, student=None, budgets=BUDGETS, seed=0):
 def messages(conv, kind=None, phase="protocol"):
     return [d for d in conv.channel.log if (kind is None or d.message.kind == kind)
             and (phase is None or d.phase == phase)]
-
-
-@pytest.fixture
-def restore_registry():
-    """Registrations made by a test are undone after it."""
-    saved = {r.kind: dict(r._entries) for r in registry.REGISTRIES.values()}
-    yield
-    for r in registry.REGISTRIES.values():
-        r._entries.clear()
-        r._entries.update(saved[r.kind])
 
 
 # -- every built-in conforms ---------------------------------------------------------------------
@@ -518,7 +501,7 @@ def test_membership_adversarial_queries_lie_within_eps_of_labelled_points(norm, 
     assert queries == 3
 
 
-def test_boundary_points_land_on_a_two_class_linear_boundary():
+def test_model_boundary_points_land_on_a_two_class_linear_boundary():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     lin = torch.nn.Linear(5, 2)
@@ -530,28 +513,28 @@ def test_boundary_points_land_on_a_two_class_linear_boundary():
     b = lin.bias[0] - lin.bias[1]
     with torch.no_grad():
         projection = x - ((x @ w + b) / (w @ w))[:, None] * w
-    z = boundary_points(lin, x, overshoot=0.0)
+    z = model_boundary_points(lin, x, overshoot=0.0)
     torch.testing.assert_close(z, projection, atol=1e-4, rtol=0)
-    z = boundary_points(lin, x)   # the default overshoot still ends on the boundary
+    z = model_boundary_points(lin, x)   # the default overshoot still ends on the boundary
     with torch.no_grad():
         gap = lin(z)
     assert (gap[:, 0] - gap[:, 1]).abs().max() < 1e-3
     torch.testing.assert_close(z, projection, atol=1e-3, rtol=0)
 
 
-def test_boundary_points_land_on_a_multiclass_linear_boundary_within_the_box():
+def test_model_boundary_points_land_on_a_multiclass_linear_boundary_within_the_box():
     g = torch.Generator().manual_seed(1)
     lin = torch.nn.Linear(4, 3)
     with torch.no_grad():
         lin.weight.copy_(torch.randn(3, 4, generator=g))
         lin.bias.zero_()
     x = torch.randn(30, 4, generator=g)
-    z = boundary_points(lin, x, steps=50)
+    z = model_boundary_points(lin, x, steps=50)
     with torch.no_grad():
         top = lin(z).topk(2, dim=1).values
     assert (top[:, 0] - top[:, 1]).max() < 1e-3
     lo, hi = -torch.ones(4) * 5, torch.ones(4) * 5
-    zb = boundary_points(lin, x, steps=50, box=(lo, hi))
+    zb = model_boundary_points(lin, x, steps=50, box=(lo, hi))
     assert (zb >= lo).all() and (zb <= hi).all()
 
 
@@ -582,7 +565,7 @@ def _tiny_spec(tiny_config, proto):
                          ids=lambda p: "-".join(map(str, p.values())))
 def test_run_episode_transcripts_are_deterministic(tiny_config, proto):
     spec = _tiny_spec(tiny_config, proto)
-    a, b = ep.run_episode(spec), ep.run_episode(spec)
+    a, b = run_episode(spec), run_episode(spec)
     assert a.status == b.status == "finished", a.error
     assert len(a.messages) > 2
     assert a.messages == b.messages

@@ -32,7 +32,7 @@ import tomli_w
 import teachsim
 from teachsim.cli import main
 from teachsim.errors import ConfigError
-from teachsim.platform import config as config_mod
+from teachsim import config as config_mod
 from teachsim.platform.episode import run_episode
 from tiny import TINY
 
@@ -248,7 +248,8 @@ def test_bad_options_on_the_command_line_are_exit_2_one_line(tmp_path, capsys, a
 
 
 def test_default_executor_is_ray_unless_the_variable_says_otherwise(monkeypatch):
-    from teachsim.platform.runners import SerialExecutor, default_executor, make_executor
+    from teachsim.runners.serial import SerialExecutor
+    from teachsim.runners import default_executor, make_executor
 
     monkeypatch.delenv("TEACHSIM_EXECUTOR", raising=False)
     assert default_executor() == "ray"
@@ -261,7 +262,7 @@ def test_default_executor_is_ray_unless_the_variable_says_otherwise(monkeypatch)
 
 
 def test_import_teachsim_does_not_import_ray():
-    code = "import sys, teachsim, teachsim.platform.results, teachsim.cli; print('ray' in sys.modules)"
+    code = "import sys, teachsim, teachsim.results.driver, teachsim.cli; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -280,7 +281,7 @@ def test_episode_on_an_absent_gpu_runs_on_the_cpu_with_identical_results():
 
 def test_queue_learns_each_group_then_hands_out_the_longest_first():
     from teachsim.platform.episode import EpisodeResult
-    from teachsim.platform.ray_runner import _Item, _Queue
+    from teachsim.runners.ray_executor import _Item, _Queue
 
     cfg = _config(seeds=[0, 1, 2], protocols=[{"name": "passive"}, {"name": "passive", "batch": 5}])
     specs = config_mod.resolve_experiment(cfg).episodes
@@ -316,7 +317,7 @@ def test_ray_run_equals_the_serial_run(local_ray, serial_run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_fractional_gpus_pack_two_workers_per_gpu_and_fall_back_to_cpu(local_ray):
-    from teachsim.platform.ray_runner import RayExecutor
+    from teachsim.runners.ray_executor import RayExecutor
 
     specs = config_mod.resolve_experiment(_config(seeds=[0, 1, 2, 3])).episodes
     assert len(specs) == 8

@@ -23,15 +23,10 @@ def test_readme_shows_the_example_files(name):
 
 
 def test_examples_conform():
-    saved = {r.kind: dict(r._entries) for r in registry.REGISTRIES.values()}
-    try:
+    with registry.scoped():
         registry.load_plugin(str(ROOT / "examples" / "my_protocol.py"))
         registry.load_plugin(str(ROOT / "examples" / "my_task.py"))
         assert teachsim.check_task("halfspace", params={"dim": 6}).ok
         report = teachsim.check_protocol("noisy-teacher", params={"flip": 0.3},
                                          task={"name": "halfspace", "dim": 6})
         assert report.ok, report.failures
-    finally:
-        for r in registry.REGISTRIES.values():
-            r._entries.clear()
-            r._entries.update(saved[r.kind])

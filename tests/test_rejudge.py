@@ -74,8 +74,8 @@ def test_judge_command(tiny_run, capsys):
 def test_flags_are_recorded_per_checkpoint(tiny_run):
     flags = tiny_run.flags
     default = flags[flags["judge"] == "default"]
-    assert set(default["flag"]) == {"zero_grad_share", "stochastic", "too_few_classes", "strong_exact"}
-    assert len(default) == 4 * len(tiny_run.scores[["episode_id", "budget"]].drop_duplicates())
+    assert set(default["flag"]) == {"zero_grad_share", "stochastic", "strong_exact"}
+    assert len(default) == 3 * len(tiny_run.scores[["episode_id", "budget"]].drop_duplicates())
     assert (default[default["flag"] == "stochastic"]["value"] == 0).all()
     assert (default[default["flag"] == "strong_exact"]["value"] == 0).all()   # an MLP: the search
 
@@ -100,7 +100,7 @@ def test_sanity_flags_detect_masking_and_randomness():
     assert sanity_flags(flat, task, test, cfg)["zero_grad_share"] == 1.0
     healthy = torch.nn.Linear(6, 2)
     flags = sanity_flags(healthy, task, test, cfg)
-    assert flags == {"zero_grad_share": 0.0, "stochastic": 0.0, "too_few_classes": 0.0}
+    assert flags == {"zero_grad_share": 0.0, "stochastic": 0.0}
     assert sanity_flags(Noisy(healthy), task, test, cfg)["stochastic"] == 1.0
 
 

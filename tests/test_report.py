@@ -18,7 +18,7 @@ import pytest
 import teachsim
 from teachsim import registry
 from teachsim.platform.judge import ALWAYS as METRICS
-from teachsim.platform.report import fmt
+from teachsim.results.report import fmt
 from tiny import TINY
 
 BOOM_PLUGIN = '''
@@ -51,18 +51,13 @@ def swept(tmp_path_factory):
     """The tiny experiment swept over task.dim = [4, 6], with a third protocol that always fails."""
     base = tmp_path_factory.mktemp("report")
     (base / "boom_report.py").write_text(BOOM_PLUGIN)
-    saved = {r.kind: dict(r._entries) for r in registry.REGISTRIES.values()}
-    try:
+    with registry.scoped():
         registry.load_plugin(str(base / "boom_report.py"))
         cfg = copy.deepcopy(TINY)
         cfg["description"] = "Does a smaller <batch> help?"
         cfg["sweep"] = {"task.dim": [4, 6]}
         cfg["protocols"].append({"name": "boom-report"})
         run = teachsim.run(cfg, out=base / "run", executor="serial", progress=False)
-    finally:
-        for r in registry.REGISTRIES.values():
-            r._entries.clear()
-            r._entries.update(saved[r.kind])
     assert not (run.dir / "report.html").exists()          # teachsim.run() does not build it
     started = time.perf_counter()
     path = run.report()

@@ -14,18 +14,9 @@ from teachsim import registry
 from teachsim.agents import strategies as st
 from teachsim.agents.student import Committee
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest
+
 BUILTIN = ("random", "uncertainty", "margin", "entropy", "qbc", "density")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models: one thread is fastest and keeps timings sane on a shared machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Fixed:
@@ -55,16 +46,6 @@ def _rng(seed=0):
 
 def _ent(*ps):
     return -sum(p * math.log(p) for p in ps if p > 0)
-
-
-@pytest.fixture
-def restore_registry():
-    """Registrations made by a test are undone after it."""
-    saved = {r.kind: dict(r._entries) for r in registry.REGISTRIES.values()}
-    yield
-    for r in registry.REGISTRIES.values():
-        r._entries.clear()
-        r._entries.update(saved[r.kind])
 
 
 # -- our picks equal modAL's -----------------------------------------------------------------
@@ -316,8 +297,8 @@ def test_user_strategy_runs_in_active_student_and_conforms(restore_registry):
 def test_repeating_strategy_never_pays_twice_for_a_point(restore_registry):
     # A strategy that returns the same index n times: the student asks about it once.
     teachsim.register_strategy("always-first", lambda model, X_pool, n, *, rng: np.zeros(n, dtype=np.int64))
-    from teachsim.protocols.conformance import _run
-    from teachsim.platform.config import resolve_experiment
+    from teachsim.checks.protocol import _run
+    from teachsim.config import resolve_experiment
 
     exp = resolve_experiment({"budgets": [0, 20], "seeds": [0], "task": {"dim": 6},
                               "student": {"hidden": [8], "steps": 5, "initial_labels": 5},

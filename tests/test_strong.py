@@ -5,8 +5,9 @@ against answers of other kinds: the exact distance computation for affine studen
 affine teachers (itself checked against a dense grid), a dense grid for any student in 2
 and 3 dimensions, a complete MILP check for ReLU MLPs in linf, and a much stronger run of
 the search on MLPs elsewhere, and a penalty-method search (another formulation and
-optimiser) on MLPs in many dimensions, curved teachers and the digits box. The students are trained for real on small samples, with
-budgets from none (mid-curve, where the old search was 0.25 too optimistic) to many.
+optimiser) on MLPs in many dimensions, curved teachers and the digits box. The students
+are trained for real on small samples, with budgets from none (mid-curve, where the old
+search was 0.25 too optimistic) to many.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from teachsim.attacks.apgd import apgd_ce
 from teachsim.attacks.pgd import fgsm, pgd
 from teachsim.attacks.teacher import teacher_attack
 from teachsim.platform import judge as J
-from teachsim.platform.config import resolve_student
-from teachsim.platform.episode import build_student
+from teachsim.config import resolve_student
+from teachsim.platform.build import build_student
 from teachsim.schema import resolve
 from teachsim.tasks.digits import Digits
 from teachsim.tasks.hidden_feature import HiddenFeature
@@ -121,6 +122,7 @@ def test_search_finds_what_the_exact_answer_finds(norm, radius, dim):
         assert (1 - found.mean()) - ex.robust_acc <= 0.01, (labels, 1 - found.mean(), ex.robust_acc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm,radius", [("l2", 0.8), ("linf", 0.2)])
 @pytest.mark.parametrize("classes,dim", [(3, 5), (3, 20), (4, 5)])
 def test_search_finds_what_the_exact_answer_finds_with_several_classes(norm, radius, classes, dim):
@@ -187,6 +189,7 @@ def test_judge_uses_the_exact_answer_for_affine_students_and_says_so():
     (lambda: HiddenFeature(3, dim=3, manifold_dim=2, gamma=0.1), 0.5, "linf"),
     (lambda: Spheres(0, dim=2, outer_radius=1.6, gamma=0.05), 0.4, "l2"),
 ])
+@pytest.mark.slow
 def test_search_on_mlps_matches_a_dense_grid(make, radius, norm):
     task = make()
     x = points(task, 120)
@@ -225,6 +228,7 @@ def test_search_on_mlps_matches_a_ten_times_stronger_search():
     ("spheres d10", lambda: Spheres(0, dim=10, outer_radius=1.6, gamma=0.05), 0.15, "l2", 80),
     ("digits", lambda: Digits(0), 0.3, "l2", 50),
 ])
+@pytest.mark.slow
 def test_search_on_mlps_finds_what_a_penalty_search_finds(name, make, radius, norm, labels):
     task = make()
     x = points(task, 150 if name == "digits" else 100)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from teachsim.cli import SUITES_DIR, suite_names
-from teachsim.platform import config as config_mod
+from teachsim import config as config_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 

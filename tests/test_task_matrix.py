@@ -14,6 +14,8 @@ import teachsim
 from teachsim import registry
 from teachsim.platform.judge import ALWAYS as METRICS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest
+
 TASKS = {
     "hidden-feature": {"name": "hidden-feature", "dim": 8, "manifold_dim": 2},
     "spheres": {"name": "spheres", "dim": 8},
@@ -33,15 +35,6 @@ PROTOCOLS = [
     ("active-teacher", {"push": "offmanifold"}),
 ]
 ATTACKS = ("pgd", "apgd-ce", "fgsm", "beta")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models: one thread is fastest and keeps timings sane on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _builtin(reg) -> set[str]:

@@ -19,19 +19,12 @@ from teachsim.errors import ConfigError
 from teachsim.messages import ABSTAIN
 from teachsim.tasks import digits as digits_mod
 from teachsim.tasks.base import Distribution, Task
-from teachsim.tasks.conformance import check_task
+from teachsim.checks.task import check_task
 from teachsim.tasks.digits import Digits, high_frequency_basis
 from teachsim.tasks.hidden_feature import HiddenFeature
 from teachsim.tasks.spheres import Spheres
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models: one thread is fastest and keeps timings sane on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: one thread is fastest
 
 
 @pytest.mark.parametrize("classes", [2, 3, 4, 5, 8, 10])
@@ -50,16 +43,6 @@ CHECKS = {"builds", "samples", "labels", "certain", "gradient", "deterministic",
 # small sizes where the default is large; every registered built-in must appear here or run
 # with its defaults
 SMALL = {"hidden-feature": {"dim": 8}, "spheres": {"dim": 10}}
-
-
-@pytest.fixture
-def restore_registry():
-    """Registrations made by a test are undone after it."""
-    saved = {r.kind: dict(r._entries) for r in registry.REGISTRIES.values()}
-    yield
-    for r in registry.REGISTRIES.values():
-        r._entries.clear()
-        r._entries.update(saved[r.kind])
 
 
 # -- every built-in task conforms ----------------------------------------------------------------
@@ -415,7 +398,7 @@ def test_digits_teacher_is_deterministic_per_seed(digits, all_images):
     assert torch.equal(digits.logits(x), again.logits(x))
     # not only the cache: training from scratch gives the same weights bit for bit
     fresh = digits_mod._teacher_weights.__wrapped__(0, 32, 300)
-    cached = (digits._W1, digits._b1, digits._W2, digits._b2)
+    cached = digits.weights
     assert all(torch.equal(a, b) for a, b in zip(fresh, cached))
 
 

@@ -16,8 +16,8 @@ from typing import Any
 from . import registry
 from .errors import BudgetError, ConfigError, PluginError, ProtocolError, RunError, TeachsimError
 from .messages import ABSTAIN, Message
+from .version import __version__ as __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     # running and reading experiments
@@ -32,15 +32,15 @@ __all__ = [
 
 
 def run(config: Any, **options: Any):
-    """Run an experiment (see :func:`teachsim.platform.results.run`)."""
-    from .platform.results import run as _run
+    """Run an experiment (see :func:`teachsim.results.driver.run`)."""
+    from .results.driver import run as _run
 
     return _run(config, **options)
 
 
 def open_run(run_dir: Any):
-    """Open a run directory (see :class:`teachsim.platform.results.Run`)."""
-    from .platform.results import open_run as _open
+    """Open a run directory (see :class:`teachsim.results.reader.Run`)."""
+    from .results.reader import open_run as _open
 
     return _open(run_dir)
 
@@ -54,36 +54,38 @@ def make_strategy(name: str, **params: Any):
 
 def check_strategy(strategy: Any, **options: Any) -> list[str]:
     """Conformance problems of a query strategy (empty list: it conforms)."""
-    from .agents.strategies import check_strategy as _check
+    from .checks.strategy import check_strategy as _check
 
     return _check(strategy, **options)
 
 
 def check_protocol(protocol: Any, **options: Any):
-    """Run the conformance checks on a protocol (see :func:`teachsim.protocols.conformance.check_protocol`)."""
-    from .protocols.conformance import check_protocol as _check
+    """Run the conformance checks on a protocol (see :func:`teachsim.checks.protocol.check_protocol`)."""
+    from .checks.protocol import check_protocol as _check
 
     return _check(protocol, **options)
 
 
 def check_task(task: str, **options: Any):
-    """Run the conformance checks on a task (see :func:`teachsim.tasks.conformance.check_task`)."""
-    from .tasks.conformance import check_task as _check
+    """Run the conformance checks on a task (see :func:`teachsim.checks.task.check_task`)."""
+    from .checks.task import check_task as _check
 
     return _check(task, **options)
 
 
 def protocol_env(protocol: Any, **options: Any):
-    """A protocol as a PettingZoo AEC environment (see :func:`teachsim.platform.aec.protocol_env`)."""
-    from .platform.aec import protocol_env as _env
+    """A protocol as a PettingZoo AEC environment (see :func:`teachsim.pettingzoo.protocol_env`)."""
+    from .pettingzoo import protocol_env as _env
 
     return _env(protocol, **options)
 
 
-def register_task(name: str, factory: Any, *, params: Any = None) -> None:
+def register_task(name: str, factory: Any, *, params: Any = None, check: Any = None) -> None:
     """Register a task factory ``factory(seed, **params) -> Task`` (a ``Task`` subclass with
-    ``PARAMS`` is one); check it with :func:`check_task`."""
-    registry.tasks.register(name, factory, params=params)
+    ``PARAMS`` is one); check it with :func:`check_task`. ``check(**params) -> (dim,
+    classes)``, optional, checks parameters together (raising ``ConfigError``) without
+    building the task; without it, checking a config builds the task once."""
+    registry.tasks.register(name, factory, params=params, check=check)
 
 
 def register_protocol(name: str, factory: Any, *, params: Any = None) -> None:

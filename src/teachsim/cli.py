@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace, config) -> int:
-    from .platform.results import run
+    from .results.driver import run
 
     try:
         r = run(config, out=args.out, executor=args.executor, address=args.address, workers=args.workers,
@@ -152,7 +152,7 @@ def _cmd_run(args: argparse.Namespace, config) -> int:
     except KeyboardInterrupt:
         out = args.out
         if out is None:
-            from .platform import config as config_mod
+            from . import config as config_mod
 
             out = str(Path("runs") / config_mod.load(config).name)
         import shlex
@@ -164,9 +164,9 @@ def _cmd_run(args: argparse.Namespace, config) -> int:
         print(f"teachsim: interrupted; finished episodes are kept in {out}; to finish the run: "
               f"teachsim {plugins}{what} --out {shlex.quote(str(out))} --resume", file=sys.stderr)
         return 130
-    eps = r.episodes
-    failed = eps[eps["status"] != "finished"]
-    print(f"run directory: {r.dir}  ({len(eps) - len(failed)} finished, {len(failed)} failed)")
+    episodes = r.episodes
+    failed = episodes[episodes["status"] != "finished"]
+    print(f"run directory: {r.dir}  ({len(episodes) - len(failed)} finished, {len(failed)} failed)")
     for row in failed.itertuples():
         print(f"  episode {row.episode_id} ({row.protocol}, seed {row.seed}) failed: "
               f"{row.error.splitlines()[0] if row.error else ''}", file=sys.stderr)
@@ -182,7 +182,7 @@ def _cmd_run(args: argparse.Namespace, config) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from .errors import ConfigError
-    from .platform.results import open_run
+    from .results.reader import open_run
 
     if args.target is not None and not math.isfinite(args.target):
         raise ConfigError.expected("--target", "a finite number", args.target)
@@ -196,13 +196,13 @@ def _fmt(v: float) -> str:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .platform.judge import METRICS
-    from .platform.results import open_run
+    from .platform.judge_params import METRICS
+    from .results.reader import open_run
 
     r = open_run(args.run_dir)
-    eps = r.episodes
-    print(f"{r.config.get('name')}: {int((eps['status'] == 'finished').sum())} finished, "
-          f"{int((eps['status'] != 'finished').sum())} failed episodes  ({r.dir})")
+    episodes = r.episodes
+    print(f"{r.config.get('name')}: {int((episodes['status'] == 'finished').sum())} finished, "
+          f"{int((episodes['status'] != 'finished').sum())} failed episodes  ({r.dir})")
     if args.judge not in r.judges and args.judge != "default":
         from .errors import ConfigError
 
@@ -261,7 +261,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 v = row["budget_to"].iloc[0] if not row.empty else math.nan
                 cells.append(f"{('never' if v == math.inf else f'{v:g}'):>20}")
             print(f"{p:<{width}}  " + "  ".join(cells))
-    from .platform.judge import INFO_FLAGS, VERSION
+    from .platform.judge_params import INFO_FLAGS, VERSION
 
     old = [v for v in r.judge_versions.get(args.judge, []) if v != VERSION]
     if old:
@@ -275,7 +275,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     for flag, g in flags.groupby("flag"):
         print(f"\nwarning: sanity flag {flag} is set in {g['episode_id'].nunique()} episode(s) "
               f"(max {g['value'].max():.3g}); attack-based numbers may be unreliable there")
-    failed = eps[eps["status"] != "finished"]
+    failed = episodes[episodes["status"] != "finished"]
     for row in failed.itertuples():
         print(f"\nfailed: episode {row.episode_id} ({row.protocol}, seed {row.seed}): "
               f"{row.error.splitlines()[0] if row.error else ''}")
@@ -284,7 +284,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _show_matrix(r, metric: str) -> int:
     from .errors import ConfigError
-    from .platform.judge import METRICS
+    from .platform.judge_params import METRICS
     from .schema import suggest
 
     if metric not in METRICS:
@@ -306,14 +306,14 @@ def _show_matrix(r, metric: str) -> int:
 
 
 def _cmd_judge(args: argparse.Namespace) -> int:
-    from .platform.results import open_run
+    from .results.reader import open_run
 
     overrides = {k: getattr(args, k) for k in ("attacks", "norm", "eps", "strong_radius", "steps", "restarts")
                  if getattr(args, k) is not None}
     r = open_run(args.run_dir)
     if not overrides and args.name is None:
         # no new judge asked for: bring the run's own judge up to this teachsim's version
-        from .platform.judge import VERSION
+        from .platform.judge_params import VERSION
 
         n = r.upgrade_judge(progress=not args.quiet)
         print(f"{n} episode(s) re-scored; every score of {r.dir}'s own judge is judge version {VERSION}"
@@ -326,7 +326,7 @@ def _cmd_judge(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .platform.judge import METRICS
+    from .platform.judge_params import METRICS
 
     kinds = [args.what] if args.what else ["tasks", "protocols", "strategies", "methods", "models",
                                             "attacks", "suites", "metrics"]
@@ -366,8 +366,7 @@ def _parse_params(pairs: list[str]) -> dict:
 
 
 def _cmd_check_protocol(args: argparse.Namespace) -> int:
-    from .protocols.conformance import check_protocol
-
+    from .checks.protocol import check_protocol
     from .errors import ConfigError
 
     try:
@@ -380,8 +379,8 @@ def _cmd_check_protocol(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_task(args: argparse.Namespace) -> int:
+    from .checks.task import check_task
     from .errors import ConfigError
-    from .tasks.conformance import check_task
 
     try:
         report = check_task(args.task, params=_parse_params(args.param), seed=args.seed)
@@ -393,7 +392,7 @@ def _cmd_check_task(args: argparse.Namespace) -> int:
 
 
 def _cmd_transcript(args: argparse.Namespace) -> int:
-    from .platform.results import open_run
+    from .results.reader import open_run
 
     r = open_run(args.run_dir)
     ep = int(args.episode) if args.episode.isdigit() else args.episode
@@ -408,13 +407,13 @@ def _cmd_transcript(args: argparse.Namespace) -> int:
 def _cmd_interactions(args: argparse.Namespace) -> int:
     import torch
 
-    from .platform.interactions import RATIOS, default_grid, interaction_profile, plot_profile
-    from .platform.results import open_run
+    from .analysis.interactions import RATIOS, default_grid, interaction_profile, plot_profile
+    from .results.reader import open_run
 
     r = open_run(args.run_dir)
-    eps = r.episodes
+    episodes = r.episodes
     if args.episode is None:
-        done = eps[eps["status"] == "finished"]
+        done = episodes[episodes["status"] == "finished"]
         if done.empty:
             from .errors import RunError
             raise RunError(f"no finished episode in {r.dir}")

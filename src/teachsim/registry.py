@@ -8,10 +8,11 @@ the config loader checks user tables against.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import ConfigError, PluginError
 from .schema import Param, suggest
@@ -21,30 +22,52 @@ class TeachsimWarning(UserWarning):
     """Warnings teachsim emits (never printed directly)."""
 
 
+def _load(ref: str, name: str) -> Any:
+    module, _, attr = ref.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(f"cannot load {name!r} from {module}:{attr}: {exc}") from exc
+
+
 @dataclass
 class Entry:
-    """A registered name: its factory (or a lazy ``"module:attr"``) and its parameters."""
+    """A registered name: its factory (or a lazy ``"module:attr"``), its parameters and,
+    optionally, a check of them that builds nothing.
+
+    ``declared`` (the parameter table) and ``check`` may be lazy ``"module:attr"`` strings
+    too: the built-ins point them at torch-free modules (``tasks/rules.py``,
+    ``agents/rules.py``), so that checking a config imports no implementation.
+    """
 
     name: str
     target: Callable[..., Any] | str
-    _params: dict[str, Param] | None = field(default=None, repr=False)
+    declared: dict[str, Param] | str | None = field(default=None, repr=False)   # given at registration
+    check: Callable[..., Any] | str | None = field(default=None, repr=False)
+    version: int = 1   # behaviour version: bump it when results would change (names carry it: "passive@2")
+    _params: dict[str, Param] | None = field(default=None, init=False, repr=False)
 
     @property
     def factory(self) -> Callable[..., Any]:
         """The callable, importing it on first use."""
         if isinstance(self.target, str):
-            module, _, attr = self.target.partition(":")
-            try:
-                self.target = getattr(importlib.import_module(module), attr)
-            except (ImportError, AttributeError) as exc:
-                raise PluginError(f"cannot load {self.name!r} from {module}:{attr}: {exc}") from exc
+            self.target = _load(self.target, self.name)
         return self.target
+
+    @property
+    def checker(self) -> Callable[..., Any] | None:
+        """The check given at registration (``check(**params)`` raises ConfigError or
+        returns what it found, for a task ``(dim, classes)``), or ``None``."""
+        if isinstance(self.check, str):
+            self.check = _load(self.check, self.name)
+        return self.check
 
     @property
     def params(self) -> dict[str, Param]:
         """Declared parameters: the ones given at registration, else ``factory.PARAMS``."""
         if self._params is None:
-            self._params = dict(getattr(self.factory, "PARAMS", {}))
+            declared = _load(self.declared, self.name) if isinstance(self.declared, str) else self.declared
+            self._params = dict(declared if declared is not None else getattr(self.factory, "PARAMS", {}))
         return self._params
 
     @property
@@ -73,25 +96,55 @@ class Registry:
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, target: Callable[..., Any] | str, *,
-                 params: dict[str, Param] | None = None) -> None:
-        """Add ``name``; a later registration of the same name replaces it with a warning."""
-        if not isinstance(name, str) or not name:
-            raise PluginError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+                 params: dict[str, Param] | str | None = None,
+                 check: Callable[..., Any] | str | None = None, version: int | None = None) -> None:
+        """Add ``name``; a later registration of the same name replaces it with a warning.
+        ``params`` overrides ``target.PARAMS``; ``check`` (tasks) checks parameters
+        together without building anything (else checking a config builds the task once).
+        ``version`` (default ``target.VERSION``, else 1) is the behaviour version: a name
+        whose version is not 1 is stored as ``"name@version"`` in configs and episode keys,
+        so results of one version are never resumed or extended by another."""
+        if not isinstance(name, str) or not name or "@" in name:
+            raise PluginError(f"a {self.kind} name must be a non-empty string without '@', got {name!r}")
+        if version is None:
+            version = 1 if isinstance(target, str) else getattr(target, "VERSION", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise PluginError(f"{self.kind} {name!r}: expected a version that is an integer >= 1, got {version!r}")
         if not (callable(target) or (isinstance(target, str) and ":" in target)):
             raise PluginError(f"{self.kind} {name!r}: expected a callable or 'module:attr', got {target!r}")
         if name in self._entries:
             warnings.warn(f"{self.kind} {name!r} is registered again; the new one wins",
                           TeachsimWarning, stacklevel=2)
-        self._entries[name] = Entry(name, target, params)
+        self._entries[name] = Entry(name, target, params, check, version)
 
     def get(self, name: str, field_name: str | None = None) -> Entry:
-        """The entry for ``name``; an unknown name is a ConfigError naming ``field_name``."""
+        """The entry for ``name`` (or ``"name@version"``, which must be the registered
+        version); an unknown name is a ConfigError naming ``field_name``."""
+        base, version = name, None
+        if isinstance(name, str) and "@" in name:
+            base, _, tail = name.rpartition("@")
+            if not tail.isdigit():
+                raise ConfigError(field_name or self.kind, f"expected NAME or NAME@VERSION (an integer), "
+                                  f"got {name!r}")
+            version = int(tail)
         try:
-            return self._entries[name]
+            entry = self._entries[base]
         except (KeyError, TypeError):
             raise ConfigError(field_name or self.kind,
-                              f"unknown {self.kind} {name!r}{suggest(str(name), self.names())}; "
+                              f"unknown {self.kind} {name!r}{suggest(str(base), self.names())}; "
                               f"known: {', '.join(self.names())}") from None
+        if version is not None and version != entry.version:
+            raise ConfigError(field_name or self.kind,
+                              f"{self.kind} {base!r} installed here is version {entry.version}, the config "
+                              f"asks for version {version}: results of the two are not comparable (install "
+                              f"the version the run used, or start a new run directory)")
+        return entry
+
+    def canonical(self, name: str, field_name: str | None = None) -> str:
+        """How ``name`` is stored in a resolved config and its episode keys: the bare name
+        at version 1 (so keys stay what they always were), else ``"name@version"``."""
+        entry = self.get(name, field_name)
+        return entry.name if entry.version == 1 else f"{entry.name}@{entry.version}"
 
     def make(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call the factory of ``name``."""
@@ -102,7 +155,26 @@ class Registry:
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and "@" in name:
+            try:
+                self.get(name)
+            except ConfigError:
+                return False
+            return True
         return name in self._entries
+
+    def entries(self) -> dict[str, Entry]:
+        """A copy of name -> entry (changing it changes nothing here)."""
+        return dict(self._entries)
+
+    def add(self, entry: Entry) -> None:
+        """Put ``entry`` under its name, replacing any, without a warning: for restoring
+        a snapshot or installing what another process registered."""
+        self._entries[entry.name] = entry
+
+    def restore(self, entries: dict[str, Entry]) -> None:
+        """Make the registry hold exactly ``entries`` (a snapshot from :meth:`entries`)."""
+        self._entries = dict(entries)
 
 
 tasks = Registry("task")
@@ -112,22 +184,20 @@ methods = Registry("method")
 models = Registry("model")
 attacks = Registry("attack")
 
-tasks.register("hidden-feature", "teachsim.tasks.hidden_feature:HiddenFeature")
-tasks.register("spheres", "teachsim.tasks.spheres:Spheres")
-tasks.register("digits", "teachsim.tasks.digits:Digits")
+for _name, _cls, _table in (("hidden-feature", "hidden_feature:HiddenFeature", "HIDDEN_FEATURE"),
+                             ("spheres", "spheres:Spheres", "SPHERES"), ("digits", "digits:Digits", "DIGITS")):
+    tasks.register(_name, f"teachsim.tasks.{_cls}", params=f"teachsim.tasks.rules:{_table}",
+                   check=f"teachsim.tasks.rules:{_table.lower()}")
 protocols.register("passive", "teachsim.protocols.passive:Passive")
 protocols.register("active-student", "teachsim.protocols.active_student:ActiveStudent")
 protocols.register("membership", "teachsim.protocols.membership:Membership")
 protocols.register("active-teacher", "teachsim.protocols.active_teacher:ActiveTeacher")
 for _name in ("random", "uncertainty", "margin", "entropy", "qbc", "density"):
     strategies.register(_name, f"teachsim.agents.strategies:{_name}")
-methods.register("erm", "teachsim.agents.methods:erm")
-methods.register("pgd-at", "teachsim.agents.methods:pgd_at")
-methods.register("trades", "teachsim.agents.methods:trades")
-methods.register("beta-at", "teachsim.agents.methods:beta_at")
-methods.register("lrat", "teachsim.agents.methods:lrat")
-methods.register("gairat", "teachsim.agents.methods:gairat")
-methods.register("mail", "teachsim.agents.methods:mail")
+methods.register("erm", "teachsim.agents.methods:erm", params={})
+for _name, _attr in (("pgd-at", "pgd_at"), ("trades", "trades"), ("beta-at", "beta_at"), ("lrat", "lrat"),
+                     ("gairat", "gairat"), ("mail", "mail")):
+    methods.register(_name, f"teachsim.agents.methods:{_attr}", params=f"teachsim.agents.rules:{_attr.upper()}")
 models.register("mlp", "teachsim.agents.models:mlp")
 models.register("linear", "teachsim.agents.models:linear")
 models.register("cnn", "teachsim.agents.models:cnn")
@@ -138,6 +208,36 @@ attacks.register("beta", "teachsim.attacks.beta:beta")
 attacks.register("teacher", "teachsim.attacks.teacher:teacher_attack")
 
 REGISTRIES = {r.kind: r for r in (tasks, protocols, strategies, methods, models, attacks)}
+
+
+@contextlib.contextmanager
+def scoped() -> Iterator[None]:
+    """Registrations made inside the block (plugins loaded, ``register`` calls) are undone
+    when it ends; what it replaced comes back.
+
+    Example:
+        >>> with scoped():
+        ...     protocols.register("tmp", lambda: None)
+        ...     "tmp" in protocols
+        True
+        >>> "tmp" in protocols
+        False
+    """
+    saved = {kind: reg.entries() for kind, reg in REGISTRIES.items()}
+    try:
+        yield
+    finally:
+        for kind, reg in REGISTRIES.items():
+            reg.restore(saved[kind])
+
+
+def Registered(kind: str, default: str, doc: str = "") -> Param:
+    """The name of a registered ``kind`` (``"strategy"``, ``"attack"``...), plugins included."""
+    def ok(v: Any) -> bool:
+        return isinstance(v, str) and v in REGISTRIES[kind]
+
+    plural = "strategies" if kind == "strategy" else kind + "s"
+    return Param(default, f"a registered {kind} (see: teachsim list {plural})", ok, doc)
 
 PLUGINS: list[str] = []
 """Plugins loaded in this process, in order (file paths made absolute): what a Ray worker

@@ -77,17 +77,6 @@ def Choice(default: str, options: tuple[str, ...] | list[str], doc: str = "") ->
                  lambda v: isinstance(v, str) and v in opts, doc)
 
 
-def Registered(kind: str, default: str, doc: str = "") -> Param:
-    """The name of a registered ``kind`` (``"strategy"``, ``"attack"``...), plugins included."""
-    def ok(v: Any) -> bool:
-        from . import registry
-
-        return isinstance(v, str) and v in registry.REGISTRIES[kind]
-
-    plural = "strategies" if kind == "strategy" else kind + "s"
-    return Param(default, f"a registered {kind} (see: teachsim list {plural})", ok, doc)
-
-
 def Table(doc: str = "") -> Param:
     """A table (dict) of settings, checked by whoever uses it; default empty."""
     return Param({}, "a table of settings", lambda v: isinstance(v, dict), doc, dict)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..schema import Choice, Float, Int, Param
+from . import rules
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,7 @@ def erm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainCont
 # ``attack_steps`` steps of size ``2.5 * eps / attack_steps`` and return their *final*
 # iterate, as the papers' code does (not the judge's best-iterate PGD).
 
-ATTACK_PARAMS: dict[str, Param] = {
-    "eps": Float(1.0, lo=0.0, doc="radius of the training attack's ball"),
-    "norm": Choice("l2", ("l2", "linf"), doc="norm of the training attack's ball"),
-    "attack_steps": Int(10, lo=1, doc="iterations of the training attack (step 2.5 * eps / attack_steps)"),
-}
+ATTACK_PARAMS = rules.ATTACK_PARAMS   # eps, norm, attack_steps (agents/rules.py: torch-free)
 
 
 def _settings(method: Callable[..., Any], ctx: TrainContext) -> dict[str, Any]:
@@ -276,15 +272,9 @@ def mail(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainCon
     return (w * F.cross_entropy(logits, y, reduction="none")).mean()
 
 
-pgd_at.PARAMS = dict(ATTACK_PARAMS)  # type: ignore[attr-defined]
-trades.PARAMS = {**ATTACK_PARAMS,  # type: ignore[attr-defined]
-                 "trades_beta": Float(6.0, lo=0.0, doc="weight of the KL term")}
-beta_at.PARAMS = dict(ATTACK_PARAMS)  # type: ignore[attr-defined]
-lrat.PARAMS = dict(ATTACK_PARAMS)  # type: ignore[attr-defined]
-gairat.PARAMS = {**ATTACK_PARAMS,  # type: ignore[attr-defined]
-                 "gairat_lambda": Float(-1.0, doc="lambda of the tanh weight (the paper's fixed schedule)"),
-                 "gairat_burn_in": Float(0.5, lo=0.0, hi=1.0, doc="share of each learn call's steps trained "
-                                         "unweighted first (the paper: epoch 60 of 120)")}
-mail.PARAMS = {**ATTACK_PARAMS,  # type: ignore[attr-defined]
-               "mail_slope": Float(1.0, doc="slope of the sigmoid weight"),
-               "mail_bias": Float(-1.5, doc="bias added to the probabilistic margin")}
+pgd_at.PARAMS = rules.PGD_AT  # type: ignore[attr-defined]
+trades.PARAMS = rules.TRADES  # type: ignore[attr-defined]
+beta_at.PARAMS = rules.BETA_AT  # type: ignore[attr-defined]
+lrat.PARAMS = rules.LRAT  # type: ignore[attr-defined]
+gairat.PARAMS = rules.GAIRAT  # type: ignore[attr-defined]
+mail.PARAMS = rules.MAIL  # type: ignore[attr-defined]

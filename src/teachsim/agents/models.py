@@ -53,12 +53,9 @@ def cnn(dim: int, classes: int, *, hidden: list[int], init_std: float,
     """A small CNN for square single-channel images given as flat vectors of ``dim = side^2``:
     conv 3x3 (16) -> ReLU -> conv 3x3 stride 2 (32) -> ReLU -> ``hidden`` dense layers -> classes.
     ``init_std`` > 0 sets the first layer's init, as for the mlp."""
-    from ..errors import ConfigError
+    from .rules import check_square_images
 
-    side = math.isqrt(dim)
-    if side * side != dim or side < 4:
-        raise ConfigError("student.model", f"expected a task whose inputs are square images (dim = side^2, "
-                          f"side >= 4) for model 'cnn', got dim = {dim}")
+    side = check_square_images(dim)
     convs = [nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 32, 3, stride=2, padding=1)]
     for i, conv in enumerate(convs):
         _init(conv, generator, init_std if i == 0 else 0.0)

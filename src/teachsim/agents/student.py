@@ -7,7 +7,6 @@ teacher's mechanism: everything it knows about labels arrived in a message.
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -94,10 +93,11 @@ class Student:
         """True when something arrived since the last :meth:`learn`."""
         return self._stale
 
-    def learn(self, steps: int | None = None) -> None:
+    def learn(self, steps: int | None = None, *, force: bool = False) -> None:
         """Train ``steps`` (default: the student's schedule) mini-batch steps on everything
-        received, warm-starting from the current weights. No-op if nothing new arrived."""
-        if not self._stale:
+        received, warm-starting from the current weights. No-op if nothing new arrived,
+        unless ``force`` (replaying a transcript trains where the original did)."""
+        if not (self._stale or force):
             return
         self._stale = False
         steps = self.steps if steps is None else int(steps)

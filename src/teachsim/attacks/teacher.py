@@ -163,11 +163,15 @@ def _search(model, task, x, c, *, radius, norm, box, start, steps, target, class
     for t in range(steps + 1):
         xg = xa.detach().requires_grad_(True)
         with torch.enable_grad():
-            s_logits = model(xg)
             m = task.margin_to(xg, c)
-            loss = loss_per_point(s_logits, c, "ce")   # > 0 exactly where the student does not say c
-            (g_loss,) = torch.autograd.grad(loss.sum(), xg, retain_graph=True)
             (g_m,) = torch.autograd.grad(m.sum(), xg)
+            if certainty:   # the student's gradient is not used: its forward pass suffices
+                with torch.no_grad():
+                    s_logits = model(xg)
+            else:
+                s_logits = model(xg)
+                loss = loss_per_point(s_logits, c, "ce")   # > 0 exactly where the student does not say c
+                (g_loss,) = torch.autograd.grad(loss.sum(), xg)
         with torch.no_grad():
             hit = (m >= task.gamma) & (s_logits.argmax(dim=1) != c) & ~found
             best[hit] = xg.detach()[hit]
@@ -186,6 +190,12 @@ def _search(model, task, x, c, *, radius, norm, box, start, steps, target, class
             # found 7 of the 10 counterexamples a dense grid found and the classic missed)
             eta = 2.0 / (t + 2.0) if classic else 0.3 * (1 - t / steps) + 0.02
             xa = _into_ball(x, now + eta * (v - now), radius, norm, box)
+            # Every point still open sits at a fixed point (v = xa to float precision; the
+            # step sizes only shrink, so it never moves again): the remaining steps would
+            # repeat this one exactly. Stopping is lossless and saves most of a restart
+            # on points the search cannot break.
+            if torch.equal(xa[~found], now[~found]):
+                break
     return found, best
 
 

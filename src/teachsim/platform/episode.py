@@ -1,8 +1,8 @@
-"""The one episode loop, and ``run_episode(spec) -> EpisodeResult``.
+"""``run_episode(spec) -> EpisodeResult``: build, converse, judge.
 
-Episodes are pure functions of a picklable :class:`EpisodeSpec`: same spec, same
-transcript and scores. The runner that calls them (serial or Ray) only moves specs in
-and results out; the driver alone writes results.
+Episodes are pure functions of a picklable :class:`~teachsim.platform.spec.EpisodeSpec`:
+same spec, same transcript and scores. The runner that calls them (serial or Ray) only
+moves specs in and results out; the driver alone writes results.
 """
 
 from __future__ import annotations
@@ -12,156 +12,14 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from .. import messages as m
-from .. import registry, seeding
-from ..errors import ProtocolError
-from ..protocols.base import Protocol, TurnContext
-from ..protocols.channel import Channel, Delivery
-from .config import EpisodeSpec
-
-MAX_TURNS = 100_000
-
-
-@dataclass
-class Conversation:
-    """What one run of the loop leaves: the channel (transcript), snapshots and stats."""
-
-    channel: Channel
-    snapshots: dict[float, dict[str, Any]] = field(default_factory=dict)
-    checkpoints: list[tuple[float, float, bool]] = field(default_factory=list)  # (budget, cum_cost, reached)
-    turns: int = 0
-
-
-def build_task(task_cfg: Mapping[str, Any], seed: int):
-    """The task of an episode (its mechanism is seeded by the episode seed)."""
-    params = {k: v for k, v in task_cfg.items() if k != "name"}
-    return registry.tasks.get(task_cfg["name"]).factory(seed, **params)
-
-
-def build_model(student_cfg: Mapping[str, Any], task, seed: int):
-    """The student's torch model, initialised from the episode seed."""
-    factory = registry.models.get(student_cfg["model"]).factory
-    return factory(task.dim, task.classes, hidden=list(student_cfg["hidden"]),
-                   init_std=student_cfg["init_std"], generator=seeding.torch_generator(seed, "student", "init"))
-
-
-def build_student(student_cfg: Mapping[str, Any], task, seed: int):
-    """A fresh student: model, method and the data distribution, never the mechanism."""
-    from ..agents.student import Student
-
-    entry = registry.methods.get(student_cfg["method"])
-    method_params = {k: v for k, v in student_cfg.items() if k in entry.params}
-    return Student(build_model(student_cfg, task, seed), entry.factory, task.data, task.classes, seed=seed,
-                   steps=student_cfg["steps"], lr=student_cfg["lr"], batch_size=student_cfg["batch_size"],
-                   weight_decay=student_cfg["weight_decay"], method_params=method_params,
-                   invariance_scale=student_cfg["invariance_scale"],
-                   invariance_penalty=student_cfg["invariance_penalty"], optimizer=student_cfg["optimizer"])
-
-
-def build_protocol(protocol_cfg: Mapping[str, Any]) -> Protocol:
-    params = {k: v for k, v in protocol_cfg.items() if k != "name"}
-    return registry.protocols.get(protocol_cfg["name"]).factory(**params)
-
-
-class Loop:
-    """The one episode loop, a turn at a time (:func:`converse` runs it to the end; the
-    PettingZoo adapter steps it with outside moves).
-
-    Sides alternate, starting with ``protocol.first``. On its turn a side sees only its
-    own agent, its inbox and a :class:`TurnContext`; what it returns goes through the
-    channel, which charges, checks, delivers and records it, and snapshots the student
-    (after it learns what it was sent) whenever a checkpoint is reached. The protocol may
-    set ``probe_limit`` and ``explain_cost`` (as parameters); the channel enforces them.
-    """
-
-    def __init__(self, protocol: Protocol, teacher, student, budgets, *, seed: int, initial_labels: int = 0,
-                 explain_cost: float | None = None, probe_limit: int | None = None):
-        if explain_cost is None:
-            explain_cost = float(getattr(protocol, "explain_cost", 1.0))
-        if probe_limit is None:
-            probe_limit = getattr(protocol, "probe_limit", None)
-        self.protocol, self.teacher, self.student = protocol, teacher, student
-        self.probe_limit = probe_limit
-        self.channel = Channel(budgets, observers={m.STUDENT: student.observe, m.TEACHER: teacher.observe},
-                               on_checkpoint=self._on_checkpoint, legal=protocol.legal, dim=student.data.dim,
-                               classes=student.classes, explain_cost=explain_cost, probe_limit=probe_limit)
-        self.conv = Conversation(self.channel)
-        if initial_labels > 0:
-            x = student.data.sample(initial_labels, seeding.rng(seed, "initial"))
-            self.channel.send(m.answer(x, teacher.label(x)), phase="initial")
-            self.channel.take(m.STUDENT)
-        self.rngs = {role: seeding.rng(seed, "protocol", role) for role in (m.STUDENT, m.TEACHER)}
-        self.agents = {m.STUDENT: student, m.TEACHER: teacher}
-        self.moves = {m.STUDENT: protocol.student_turn, m.TEACHER: protocol.teacher_turn}
-        self.role, self.idle, self.turn = protocol.first, 0, 0
-
-    def _learn(self) -> None:
-        # Checkpoint trainings follow the protocol's round schedule (its ``steps``) too,
-        # so the last round trains like every other one.
-        train = getattr(self.protocol, "train", None)
-        if callable(train):
-            train(self.student)
-        else:
-            self.student.learn()
-
-    def _on_checkpoint(self, budget: float) -> None:
-        self._learn()
-        self.conv.snapshots[budget] = self.student.snapshot()
-        self.conv.checkpoints.append((budget, self.channel.spent, True))
-
-    @property
-    def over(self) -> bool:
-        """A ``done`` was delivered, the budget is spent, or neither side had anything to say."""
-        return self.channel.finished or self.idle >= 2
-
-    def context(self) -> TurnContext:
-        """What the side on move may know besides its inbox."""
-        ch = self.channel
-        room = None if self.probe_limit is None else self.probe_limit - ch.probed
-        return TurnContext(self.rngs[self.role], self.turn, ch.spent, ch.room, ch.to_checkpoint, room)
-
-    def step(self, move=None) -> int:
-        """Play the turn of the side on move (its protocol move, or ``move``, a function with
-        the same signature); returns how many messages were delivered."""
-        if self.turn >= MAX_TURNS:
-            raise ProtocolError(f"the protocol did not end within {MAX_TURNS} turns")
-        role = self.role
-        inbox = self.channel.take(role)
-        sent = (move or self.moves[role])(self.agents[role], inbox, self.context()) or []
-        delivered = 0
-        for msg in sent:
-            if isinstance(msg, m.Message) and msg.sender != role:
-                raise ProtocolError(f"on the {role}'s turn the protocol sent a message from the {msg.sender}")
-            delivered += len(self.channel.send(msg))
-            if self.channel.finished:
-                break
-        self.idle = 0 if delivered else self.idle + 1
-        self.turn += 1
-        self.role = m.TEACHER if role == m.STUDENT else m.STUDENT
-        return delivered
-
-    def close(self) -> Conversation:
-        """End the episode; a checkpoint never reached gets the final student."""
-        self.conv.turns = self.turn
-        for budget in self.channel.close():
-            self._learn()
-            self.conv.snapshots[budget] = self.student.snapshot()
-            self.conv.checkpoints.append((budget, self.channel.spent, False))
-        return self.conv
-
-
-def converse(protocol: Protocol, teacher, student, budgets, *, seed: int, initial_labels: int = 0,
-             explain_cost: float | None = None, probe_limit: int | None = None) -> Conversation:
-    """Run the one episode loop (:class:`Loop`) until ``done``, the final budget, or two idle turns."""
-    loop = Loop(protocol, teacher, student, budgets, seed=seed, initial_labels=initial_labels,
-                explain_cost=explain_cost, probe_limit=probe_limit)
-    while not loop.over:
-        loop.step()
-    return loop.close()
+from ..protocols.channel import Delivery
+from .build import build_model, build_protocol, build_student, build_task
+from .loop import converse
+from .spec import EpisodeSpec
 
 
 @dataclass
@@ -202,7 +60,7 @@ def transcript_rows(log: list[Delivery]) -> tuple[list[dict[str, Any]], dict[str
     return rows, arrays
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -231,7 +89,7 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu") -> EpisodeResult:
     from ..agents.teacher import Teacher
     from .judge import VERSION, judge_episode
 
-    result = EpisodeResult(spec, "failed", started_at=_now(), host=socket.gethostname())
+    result = EpisodeResult(spec, "failed", started_at=now(), host=socket.gethostname())
     t0 = time.perf_counter()
     import torch
 
@@ -270,6 +128,6 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu") -> EpisodeResult:
         result.stats = stats
     finally:
         torch.set_num_threads(threads)
-    result.finished_at = _now()
+    result.finished_at = now()
     result.seconds = time.perf_counter() - t0
     return result

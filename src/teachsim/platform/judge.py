@@ -7,7 +7,6 @@ before anything else.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,60 +16,8 @@ import torch
 
 from .. import registry, seeding
 from ..messages import ABSTAIN
-from ..schema import Bool, Choice, Float, Int, Param, StrList
-
-METRICS = ("clean_acc", "broad_acc", "lp_robust_acc", "weak_robust_acc", "weak_coverage", "strong_robust_acc",
-           "strong_robust_lb")
-ALWAYS = METRICS[:6]
-"""The metrics every checkpoint has (``strong_robust_lb`` only where a verifier applies)."""
-VERSION = 4
-"""The judge's behaviour version, recorded with every score. 1: the untargeted strong search
-(before 0.2; it overstated ``strong_robust_acc`` mid-curve); 2: the targeted search, exact
-answers for affine students, ``strong_robust_lb``; 3: the search adds an untargeted first
-phase and a linearise-and-project polish (exact on affine students with any class count;
-closes the gaps version 2 left on curved teachers and with 3 or more classes); 4: the
-Frank-Wolfe step solves over the ball *and the box* in l2 and one restart climbs the
-teacher's certainty (version 3 missed 0.11 of the digits points that a penalty-method
-search of another kind found; 0 now). A run scored by another version is not
-extended or resumed until ``teachsim judge RUN_DIR`` re-scores it."""
-INFO_FLAGS = ("strong_exact",)
-"""Flags that describe how a score was made rather than warn about it."""
-LP_METRICS = ("lp_robust_acc", "weak_robust_acc", "weak_coverage")   # the metrics an attack set changes
-
-PARAMS = {
-    "norm": Choice("l2", ("l2", "linf"), doc="norm of the l_p attacks and of the strong search"),
-    "eps": Float(2.0, lo=0.0, doc="radius of the l_p attacks"),
-    "attacks": StrList(["pgd"], doc="l_p attack set; a point is l_p-robust only if every attack fails"),
-    "attack_sets": Param([], "a list of non-empty lists of attack names",
-                         lambda v: isinstance(v, list) and all(
-                             isinstance(s, list) and s and all(isinstance(a, str) for a in s) for s in v),
-                         doc="more l_p attack sets scored in the same pass (judge name per set: "
-                             "'a+b/NORM/EPS'), for a train-method x test-attack matrix",
-                         convert=lambda v: [list(s) for s in v]),
-    "strong_radius": Float(4.0, lo=0.0, doc="radius of the teacher-relative search"),
-    "test_points": Int(1000, lo=1, doc="teacher-certain test points (data and broad distribution each)"),
-    "steps": Int(50, lo=1, doc="iterations of each l_p attack"),
-    "restarts": Int(2, lo=1, doc="random restarts of each l_p attack"),
-    "loss": Choice("ce", ("ce", "margin"), doc="loss the l_p attacks ascend"),
-    # 200, not 50: on hidden-feature d=50 a 50-step search left 44% of a counterexample-
-    # trained student's test points unbroken that a 200-step search broke (0.44 -> 0.00).
-    "strong_steps": Int(200, lo=1, doc="iterations of the teacher-relative search (fewer: optimistic scores)"),
-    "strong_restarts": Int(3, lo=1, doc="restarts of the teacher-relative search per target class "
-                           "(the first starts at x)"),
-    "strong_exact": Bool(True, doc="score strong_robust_acc exactly where that is possible (an affine "
-                         "student under an affine teacher) instead of by the search"),
-    "certify": Bool(False, doc="certified lower bound strong_robust_lb by MILP for ReLU MLP students under "
-                    "an affine teacher in linf (slow; affine students get it exactly anyway)"),
-    "certify_time": Float(2.0, lo=0.01, doc="seconds per MILP before a point counts as not certified"),
-}
-OPTIONAL = {"strong_exact": True, "certify": False, "certify_time": 2.0}
-"""Judge keys added after runs were stored: left out of the resolved judge at these
-defaults, so the episode keys of older run directories stay what they were."""
-
-
-def setting(cfg: Mapping[str, Any], key: str) -> Any:
-    """A judge setting, with :data:`OPTIONAL`'s default where the resolved table left it out."""
-    return cfg.get(key, OPTIONAL.get(key))
+from .judge_params import (  # noqa: F401 - the judge's own table, read here too
+    ALWAYS, ATTACK_OPTIONS, INFO_FLAGS, LP_METRICS, METRICS, OPTIONAL, PARAMS, VERSION, attack_options, setting)
 
 
 @dataclass(frozen=True)
@@ -113,10 +60,12 @@ def attack_set_name(attacks, norm: str, eps: float) -> str:
     return f"{'+'.join(attacks)}/{norm}/{eps:g}"
 
 
-def _call_attack(name: str, model, x, y, cfg, generator, box):
+def call_attack(name: str, model, x, y, cfg, generator, box):
+    """Run the l_p attack ``name`` as the judge does: ``eps``, ``norm`` and the box, plus
+    the keys of :data:`ATTACK_OPTIONS` it takes (a config setting one an attack of its
+    set cannot take is refused when it is checked: nothing is dropped silently)."""
     fn = registry.attacks.get(name, "judge.attacks").factory
-    accepted = inspect.signature(fn).parameters
-    extra = {k: cfg[k] for k in ("steps", "restarts", "loss") if k in accepted}
+    extra = {k: cfg[k] for k in attack_options(name)}
     return fn(model, x, y, eps=cfg["eps"], norm=cfg["norm"], box=box, generator=generator, **extra)
 
 
@@ -140,8 +89,6 @@ def sanity_flags(model: torch.nn.Module, task, test: TestSet, cfg: Mapping[str, 
       zero (gradient masking: gradient attacks cannot move there).
     - ``stochastic``: 1 if two forward passes in eval mode disagree (randomised defences
       need EOT, which the judge does not do).
-    - ``too_few_classes``: number of attacks in the set that declare ``min_classes`` above
-      the task's class count.
     """
     dev = _device(model)
     x = torch.from_numpy(test.x).to(dev).requires_grad_(True)
@@ -153,10 +100,8 @@ def sanity_flags(model: torch.nn.Module, task, test: TestSet, cfg: Mapping[str, 
     (grad,) = torch.autograd.grad(loss, x)
     with torch.no_grad():
         again = model(x)
-    few = sum(getattr(registry.attacks.get(a).factory, "min_classes", 2) > task.classes for a in cfg["attacks"])
     return {"zero_grad_share": (grad.flatten(1).abs().sum(1) == 0).float().mean().item(),
-            "stochastic": float(not torch.equal(logits.detach(), again)),
-            "too_few_classes": float(few)}
+            "stochastic": float(not torch.equal(logits.detach(), again))}
 
 
 def judge_all(models: Mapping[float, torch.nn.Module], task, cfg: Mapping[str, Any],
@@ -191,11 +136,9 @@ def judge_episode(models: Mapping[float, torch.nn.Module], task, cfg: Mapping[st
         scores += [(budget, k, v) for k, v in out.items()]
         flagged = {**sanity_flags(model, task, test, cfg), "strong_exact": exact_flag}
         flags += [(budget, k, v) for k, v in flagged.items()]
-        for n, s, lp in zip(names, sets, by_set):
+        for n, lp in zip(names, by_set):
             judged[n]["scores"] += [(budget, k, lp.get(k, v)) for k, v in out.items()]
-            few = sum(getattr(registry.attacks.get(a).factory, "min_classes", 2) > task.classes for a in s)
-            judged[n]["flags"] += [(budget, k, float(few) if k == "too_few_classes" else v)
-                                   for k, v in flagged.items()]
+            judged[n]["flags"] += [(budget, k, v) for k, v in flagged.items()]
     return scores, flags, judged
 
 
@@ -210,7 +153,7 @@ def _lp_scores(model, task, x, y, correct, attacks, cfg, seed, cache) -> dict[st
     for name in attacks:
         if name not in cache:
             g = seeding.torch_generator(seed, "judge", "attack", name)
-            xa = _call_attack(name, model, x, y, cfg, g, task.box)
+            xa = call_attack(name, model, x, y, cfg, g, task.box)
             cache[name] = (xa, _predict(model, xa) != y)
         xa, flipped = cache[name]
         robust &= ~flipped

@@ -6,7 +6,8 @@ import numpy as np
 
 from .. import messages as m
 from ..errors import ProtocolError
-from ..schema import Int, Registered, Table
+from ..registry import Registered
+from ..schema import Int, Table
 from .base import ROUND_PARAMS, Protocol
 
 

@@ -8,7 +8,6 @@ labelled points (the teacher's own knowledge, never the student's), except
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .. import messages as m
 from ..schema import Choice, Float, Int
@@ -50,6 +49,8 @@ def boundary_points(teacher, n: int, rng: np.random.Generator, *, width: float =
                     newton_steps: int = 8, **_) -> tuple[np.ndarray, np.ndarray]:
     """Labelled points just outside the uncertain set: data draws moved along the teacher's
     margin gradient until their margin is ``gamma * (1 + width * u)``, u ~ U(0, 1)."""
+    import torch   # here, not at the top: checking a config builds protocols, without torch
+
     task = teacher.task
 
     def make(k: int) -> np.ndarray:

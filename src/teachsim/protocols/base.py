@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol as Structural, runtime_checkable
 
 import numpy as np
 
@@ -35,6 +35,47 @@ ROUND_PARAMS: Mapping[str, Param] = {
     "steps": Int(0, lo=0, doc="training steps after each round; 0 = the student's own schedule (student.steps)"),
 }
 """The round schedule the built-in protocols share: how much arrives between two trainings."""
+
+
+@runtime_checkable
+class StudentSide(Structural):
+    """What a protocol's student turn may use of the student (``teachsim.agents.Student``
+    is the implementation; ``tests/test_layout.py`` checks that the built-in protocols
+    use nothing else)."""
+
+    data: Any        # its Distribution: ``sample(n, rng)``, ``dim``, ``box``
+    steps: int       # its own training schedule (steps per learn)
+    model: Any       # the torch module (for gradient-based queries)
+    device: Any      # where the model lives
+
+    def learn(self, steps: int | None = None, *, force: bool = False) -> None: ...
+    def predict(self, points: np.ndarray) -> np.ndarray: ...
+    def predict_proba(self, points: np.ndarray) -> np.ndarray: ...
+    def training_set(self) -> tuple[np.ndarray, np.ndarray]: ...
+    def committee(self, size: int, round_: int, steps: int | None = None) -> Any: ...
+
+
+@runtime_checkable
+class TeacherSide(Structural):
+    """What a protocol's teacher turn may use of the teacher (``teachsim.agents.Teacher``)."""
+
+    task: Any        # the task: its rule (``label``, ``margin_to``, ``invariances``), data, classes
+
+    def label(self, points: np.ndarray) -> np.ndarray: ...
+    def answer(self, query: Message) -> Message: ...
+
+
+@dataclass(frozen=True)
+class ChannelRules:
+    """Rules a protocol sets for its channel (the channel enforces them).
+
+    Attributes:
+        explain_cost: cost per direction (or feature) an ``explain`` states.
+        probe_limit: points the teacher may probe in all (``None``: no limit).
+    """
+
+    explain_cost: float = 1.0
+    probe_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,14 +132,20 @@ class Protocol:
             return params[name]
         raise AttributeError(name)
 
-    def train(self, student: Any) -> None:
+    def channel_rules(self) -> ChannelRules:
+        """The rules this protocol's channel enforces; by default from the parameters
+        ``explain_cost`` and ``probe_limit`` where the protocol declares them."""
+        return ChannelRules(explain_cost=float(self.params.get("explain_cost", 1.0)),
+                            probe_limit=self.params.get("probe_limit"))
+
+    def train(self, student: StudentSide) -> None:
         """Let the student learn what arrived, on this protocol's round schedule (``steps``)."""
         student.learn(self.params.get("steps") or None)
 
-    def student_turn(self, student: Any, inbox: list[Message], ctx: TurnContext) -> list[Message]:
+    def student_turn(self, student: StudentSide, inbox: list[Message], ctx: TurnContext) -> list[Message]:
         """The student's move: return the messages it sends."""
         return []
 
-    def teacher_turn(self, teacher: Any, inbox: list[Message], ctx: TurnContext) -> list[Message]:
+    def teacher_turn(self, teacher: TeacherSide, inbox: list[Message], ctx: TurnContext) -> list[Message]:
         """The teacher's move: return the messages it sends."""
         return []

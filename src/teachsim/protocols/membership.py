@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .. import messages as m
 from ..schema import Choice, Float, Int
 from .base import ROUND_PARAMS, Protocol
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Membership(Protocol):
@@ -40,13 +43,15 @@ class Membership(Protocol):
         else:   # nothing labelled yet: start from data draws and the student's own guesses
             X = student.data.sample(n, ctx.rng)
             y = student.predict(X)
+        import torch   # here, not at the top: checking a config builds protocols, without torch
+
         # the student's own model may live on a GPU: its attack runs there
         x, y = torch.from_numpy(X).to(student.device), torch.from_numpy(y).to(student.device)
         g = torch.Generator().manual_seed(int(ctx.rng.integers(2**62)))
         if self.query == "adversarial":
             points = _adversarial(student.model, x, y, self, student.data.box, g)
         else:
-            points = boundary_points(student.model, x, steps=self.attack_steps, box=student.data.box)
+            points = model_boundary_points(student.model, x, steps=self.attack_steps, box=student.data.box)
         return [m.query(points.cpu().numpy())]
 
     def teacher_turn(self, teacher, inbox, ctx):
@@ -60,18 +65,21 @@ def _adversarial(model, x, y, p: Membership, box, g: torch.Generator) -> torch.T
     return pgd(model, x, y, eps=p.eps, norm=p.norm, box=box, generator=g, steps=p.attack_steps, restarts=1)
 
 
-def boundary_points(model, x: torch.Tensor, *, steps: int = 20, overshoot: float = 0.02,
+def model_boundary_points(model, x: torch.Tensor, *, steps: int = 20, overshoot: float = 0.02,
                     box=None) -> torch.Tensor:
     """Move each point onto the model's decision boundary (DeepFool-style Newton steps on
     the gap between its two largest logits), stopping just past it.
 
     Example:
+        >>> import torch
         >>> lin = torch.nn.Linear(2, 2)
         >>> with torch.no_grad():
         ...     _ = lin.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])); _ = lin.bias.zero_()
-        >>> boundary_points(lin, torch.tensor([[3.0, 1.0]]), overshoot=0.0).round(decimals=4).tolist()
+        >>> model_boundary_points(lin, torch.tensor([[3.0, 1.0]]), overshoot=0.0).round(decimals=4).tolist()
         [[0.0, 1.0]]
     """
+    import torch
+
     from ..attacks.common import as_box, clip
 
     b = as_box(box, x)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .. import seeding
-from ..schema import Float, Int
+from . import rules
 from .base import Distribution, Task
 
 SIDE = 8
@@ -95,14 +95,7 @@ def _teacher_weights(seed: int, hidden: int, steps: int) -> tuple[torch.Tensor, 
 class Digits(Task):
     """Real 8x8 digits; the teacher sees a pooled 4x4 image and abstains when unsure."""
 
-    PARAMS = {
-        "confidence": Float(0.8, lo=0.5, hi=0.999,
-                            doc="teacher abstains where its top class probability is below this"),
-        "broad_std": Float(0.3, lo=0.0, doc="std of the high-frequency noise of the broad distribution"),
-        "test_share": Float(0.3, lo=0.05, hi=0.9, doc="share of the images held out for the judge"),
-        "teacher_hidden": Int(32, lo=1, doc="width of the teacher network"),
-        "teacher_steps": Int(300, lo=1, doc="training steps of the teacher network"),
-    }
+    PARAMS = rules.DIGITS
 
     name = "digits"
 
@@ -118,10 +111,19 @@ class Digits(Task):
         self.test = _Images(x[order[:n_test]])
         self.broad = _Images(x[order[n_test:]], noise=broad_std)
         self.box = self.data.box
-        self._W1, self._b1, self._W2, self._b2 = _teacher_weights(seed, teacher_hidden, teacher_steps)
+        self._teacher_args = (seed, teacher_hidden, teacher_steps)
+        self._weights: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def weights(self) -> tuple[torch.Tensor, ...]:
+        """The teacher network (W1, b1, W2, b2), trained on first use (seconds) and kept."""
+        if self._weights is None:
+            with torch.enable_grad():   # first use may come inside an attack's no_grad block
+                self._weights = _teacher_weights(*self._teacher_args)
+        return self._weights
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        W1, b1, W2, b2 = self.on_device(x, self._W1, self._b1, self._W2, self._b2)
+        W1, b1, W2, b2 = self.on_device(x, *self.weights)
         return torch.tanh(_pool(x) @ W1.T + b1) @ W2.T + b2
 
     def margin(self, x: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:

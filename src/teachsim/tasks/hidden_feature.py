@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from .. import seeding
-from ..errors import ConfigError
-from ..schema import Choice, Float, Int
+from . import rules
 from .base import Distribution, Task
 
 
@@ -32,26 +31,14 @@ class _Manifold(Distribution):
 class HiddenFeature(Task):
     """Data on a k-dim subspace of R^d; a teacher that sees only that subspace."""
 
-    PARAMS = {
-        "dim": Int(50, lo=1, doc="ambient dimension d"),
-        "manifold_dim": Int(2, lo=1, doc="data dimension k (coordinates 0..k-1)"),
-        "classes": Int(2, lo=2, doc="number of classes"),
-        "gamma": Float(0.1, lo=0.0, doc="teacher abstains where its boundary distance is below this"),
-        "off_std": Float(0.0, lo=0.0, doc="std of the off-manifold coordinates in the data"),
-        "broad_std": Float(2.0, lo=0.0, doc="std of the off-manifold coordinates in the broad test distribution"),
-        "teacher": Choice("linear", ("linear", "net"), doc="linear rule or a fixed small random network of z"),
-    }
+    PARAMS = rules.HIDDEN_FEATURE
 
     name = "hidden-feature"
 
     def __init__(self, seed: int, *, dim: int = 50, manifold_dim: int = 2, classes: int = 2,
                  gamma: float = 0.1, off_std: float = 0.0, broad_std: float = 2.0,
                  teacher: str = "linear"):
-        if manifold_dim > dim:
-            raise ConfigError("task.manifold_dim", f"expected at most task.dim = {dim}, got {manifold_dim}")
-        if teacher == "linear" and classes > 2 and manifold_dim < 2:
-            raise ConfigError("task.classes", "expected 2 when manifold_dim = 1 with a linear teacher "
-                              f"(more classes need a plane to split), got {classes}")
+        rules.hidden_feature(dim=dim, manifold_dim=manifold_dim, classes=classes, teacher=teacher)
         self.dim, self.k, self.classes, self.gamma = dim, manifold_dim, classes, gamma
         self.data = _Manifold(dim, manifold_dim, off_std)
         self.broad = _Manifold(dim, manifold_dim, broad_std)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..schema import Float, Int
+from . import rules
 from .base import Distribution, Task
 
 
@@ -33,23 +32,12 @@ class _Shells(Distribution):
 class Spheres(Task):
     """Two concentric spheres; the teacher labels by the norm."""
 
-    PARAMS = {
-        "dim": Int(50, lo=2, doc="ambient dimension d"),
-        "outer_radius": Float(1.3, lo=0.0, doc="radius of the outer sphere (the inner one has radius 1)"),
-        "gamma": Float(0.05, lo=0.0, doc="teacher abstains within this distance of the middle sphere"),
-    }
+    PARAMS = rules.SPHERES
 
     name = "spheres"
 
     def __init__(self, seed: int, *, dim: int = 50, outer_radius: float = 1.3, gamma: float = 0.05):
-        if outer_radius <= 1.0:
-            raise ConfigError.expected("task.outer_radius", "a number > 1 (the inner sphere has radius 1)",
-                                       outer_radius)
-        # with a little room: (1.3 - 1) / 2 is 0.15000000000000002 in floats, and a gamma of
-        # exactly half the gap abstains on the data (float32 norms land on either side)
-        if gamma >= (outer_radius - 1) / 2 * (1 - 1e-6):
-            raise ConfigError("task.gamma", f"expected less than half the gap, {(outer_radius - 1) / 2:g} "
-                              f"(else the teacher abstains on the data), got {gamma}")
+        rules.spheres(dim=dim, outer_radius=outer_radius, gamma=gamma)
         self.dim, self.classes, self.gamma = dim, 2, gamma
         self.outer = outer_radius
         self.middle = (1.0 + outer_radius) / 2

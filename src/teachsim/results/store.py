@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .episode import EpisodeResult
+from ..platform.episode import EpisodeResult
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS episodes (
@@ -175,3 +175,12 @@ def load_students(path: Path) -> dict[float, dict[str, Any]]:
         budget, _, name = k.partition("/")
         out.setdefault(float(budget), {})[name] = v
     return out
+
+
+def version_column(con: sqlite3.Connection, prefix: str = "") -> str | None:
+    """The SQL for a score row's judge version: its ``version`` column, or ``1`` in a run
+    directory from before the column; None when there is no scores table yet."""
+    columns = {row[1] for row in con.execute("PRAGMA table_info(scores)")}
+    if not columns:
+        return None
+    return f"{prefix}version" if "version" in columns else "1"

@@ -1,55 +1,27 @@
-"""``teachsim.run`` and ``teachsim.open_run``: the Python face of a run directory."""
+"""``teachsim.open_run`` and :class:`Run`: the Python face of a run directory (read it,
+tabulate it, re-judge it)."""
 
 from __future__ import annotations
 
 import json
 import math
 import sqlite3
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .. import config as config_mod
 from ..errors import ConfigError, RunError
-from . import config as config_mod
-from .config import EpisodeSpec, Experiment
-from .runners import EXECUTORS  # noqa: F401 - re-exported: the executors run() accepts
+from ..platform.spec import EpisodeSpec
+from .store import version_column
 from .summary import auc, budget_to, curve_table, summarize
-
-
-def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str]]:
-    """(key, status, protocol, variant) of the episodes an existing run directory holds (read-only)."""
-    path = run_dir / "results.sqlite"
-    if not path.is_file():
-        return []
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        return list(con.execute("SELECT key, status, protocol, variant FROM episodes"))
-    except sqlite3.OperationalError:   # created but never written
-        return []
-    finally:
-        con.close()
-
-
-def _recorded(run_dir: Path) -> dict[str, str]:
-    """key -> status of the episodes an existing run directory holds (read-only)."""
-    return {key: status for key, status, _, _ in _recorded_rows(run_dir)}
-
-
-def _version_column(con: sqlite3.Connection, prefix: str = "") -> str | None:
-    """The SQL for a score row's judge version: its ``version`` column, or ``1`` in a run
-    directory from before the column; None when there is no scores table yet."""
-    columns = {row[1] for row in con.execute("PRAGMA table_info(scores)")}
-    if not columns:
-        return None
-    return f"{prefix}version" if "version" in columns else "1"
 
 
 def _saved_models(spec: EpisodeSpec, path: Path, task) -> dict[float, Any]:
     """The episode's saved students (``students/KEY.pt``), one model per checkpoint."""
-    from .episode import build_model
+    from ..platform.build import build_model
     from .store import load_students
 
     models = {}
@@ -57,133 +29,6 @@ def _saved_models(spec: EpisodeSpec, path: Path, task) -> dict[float, Any]:
         models[budget] = build_model(spec.student, task, spec.seed)
         models[budget].load_state_dict(weights)
     return models
-
-
-def _stale_judge(run_dir: Path) -> set[int]:
-    """The judge versions other than this teachsim's that scored finished episodes of an
-    existing run directory under its own judge (read-only; empty: up to date or new)."""
-    from .judge import VERSION
-
-    path = run_dir / "results.sqlite"
-    if not path.is_file():
-        return set()
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        version = _version_column(con, "s.")
-        if version is None:
-            return set()
-        rows = con.execute(f"SELECT DISTINCT {version} FROM scores s JOIN episodes e USING (episode_id)"
-                           " WHERE s.judge = 'default' AND e.status = 'finished'").fetchall()
-    except sqlite3.OperationalError:
-        return set()
-    finally:
-        con.close()
-    return {int(v) for (v,) in rows} - {VERSION}
-
-
-def _check_same_or_extended(run_dir: Path, exp: Experiment, note) -> None:
-    """A run directory holding another config is refused, unless the new experiment only
-    adds to it (more protocols, seeds or sweep values, a new description or [report]):
-    then every recorded episode, same key under the same label, is kept and only the new
-    ones run. Keys hash each episode's resolved settings and seed, so a kept result is
-    exactly what the new config would compute."""
-    wanted = {(s.key, s.protocol, s.variant) for s in exp.episodes}
-    rows = _recorded_rows(run_dir)
-    stray = [(p, v) for key, _, p, v in rows if (key, p, v) not in wanted]
-    if stray:
-        label, variant = stray[0]
-        where = f"{label!r}" + (f" in {variant}" if variant else "")
-        raise RunError(f"{run_dir} holds a different experiment (its config.toml differs: the recorded "
-                       f"episodes of {where} are not in the new config, or ran with other settings); "
-                       "choose another --out or remove that directory")
-    if note is not None and rows:
-        note(f"extending the experiment in {run_dir}: its {len(rows)} recorded episodes are kept, "
-             f"{len(wanted) - len(rows)} are new")
-
-
-def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path | None = None,
-        executor: str | None = None, address: str | None = None, workers: int | None = None,
-        cpus_per_episode: float | None = None, gpus_per_episode: float | None = None,
-        resume: bool = False, retries: int = 0, progress: bool = True, plugins: tuple[str, ...] = ()) -> Run:
-    """Run an experiment and return its :class:`Run`.
-
-    Args:
-        config: a TOML path, a config dict, or a resolved :class:`Experiment`.
-        out: run directory (default ``runs/<name>``).
-        executor: ``"ray"`` (default; ``$TEACHSIM_EXECUTOR`` overrides the default) or
-            ``"serial"`` (one episode at a time in this process, no Ray).
-        address: Ray cluster to run on (``HOST:PORT``, ``ray://HOST:PORT``, ``auto``);
-            default ``$RAY_ADDRESS``, else an embedded local Ray started for this run.
-        workers: most episodes at once (Ray; default: as many as the cluster fits).
-        cpus_per_episode: CPUs Ray reserves per episode (default 1).
-        gpus_per_episode: GPUs Ray reserves per episode; a fraction packs several
-            episodes on one GPU (default 0). Without a GPU episodes run on the CPU.
-        resume: keep finished episodes of an existing run directory and run the rest.
-            Re-running into an existing directory of the same experiment does the same,
-            and so does a config that only adds to it (more protocols, seeds or sweep
-            values): the recorded episodes are kept, the new ones run.
-        retries: extra attempts for an episode that fails (one whose Ray worker dies is
-            also resubmitted, up to 3 times, whatever this is).
-        progress: print progress to stderr.
-        plugins: plugin files or modules to load first (Ray workers load them too).
-
-    Raises:
-        ConfigError: bad config or option, or an unreachable cluster (nothing has run).
-        RunError: ``out`` holds a different experiment (one whose recorded episodes the
-            new config would not reproduce under the same labels).
-        KeyboardInterrupt: the run was interrupted; every finished episode is kept.
-    """
-    import sys
-
-    from .. import registry
-    from .runners import Progress, make_executor
-    from .store import Store
-
-    for plugin in plugins:
-        registry.load_plugin(plugin)
-    note = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else None
-    runner = make_executor(executor, address=address, workers=workers, cpus_per_episode=cpus_per_episode,
-                           gpus_per_episode=gpus_per_episode, note=note)
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ConfigError.expected("--retries", "an integer >= 0", retries)
-    exp = config if isinstance(config, Experiment) else config_mod.load(config)
-    run_dir = Path(out) if out is not None else Path("runs") / exp.name
-    text = config_mod.to_toml(exp.config)
-    cfg_path = run_dir / "config.toml"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"--out: expected a directory, got {str(run_dir)!r} (an existing file)")
-    if cfg_path.exists() and cfg_path.read_text() != text:
-        _check_same_or_extended(run_dir, exp, note)
-    stale = _stale_judge(run_dir)
-    if stale:
-        from .judge import VERSION
-
-        raise RunError(f"{run_dir} was scored by judge version {', '.join(map(str, sorted(stale)))} and this "
-                       f"teachsim's judge is version {VERSION}: its scores would mix two judges. Re-score the "
-                       f"saved students first (no retraining): teachsim judge {run_dir}")
-
-    with runner:
-        recorded = _recorded(run_dir)
-        pending = sum(recorded.get(s.key) != "finished" for s in exp.episodes)
-        if pending:
-            runner.start(pending)   # connect first: a bad cluster leaves nothing behind
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg_path.write_text(text)
-        store = Store(run_dir)
-        try:
-            status = store.status_by_key()
-            todo = [s for s in exp.episodes if status.get(s.key) != "finished"]
-            bar = Progress(len(todo), skipped=len(exp.episodes) - len(todo), enabled=progress)
-            if todo and runner.name != "serial":
-                bar.note(runner.description)
-            for result, attempts in runner.run(todo, retries=retries):
-                store.write(result, attempts)
-                bar.update(result)
-        finally:
-            store.close()
-    result_run = Run(run_dir)
-    result_run.write_summary()
-    return result_run
 
 
 def open_run(run_dir: str | Path) -> Run:
@@ -241,7 +86,7 @@ class Run:
         this teachsim's; older ones overstate ``strong_robust_acc``, see the README)."""
         con = sqlite3.connect(f"file:{self.dir / 'results.sqlite'}?mode=ro", uri=True)
         try:
-            version = _version_column(con) or "1"
+            version = version_column(con) or "1"
             rows = con.execute(f"SELECT judge, {version} FROM scores GROUP BY judge, {version}").fetchall()
         finally:
             con.close()
@@ -258,7 +103,8 @@ class Run:
 
     @property
     def flags(self) -> pd.DataFrame:
-        """Sanity flags per (episode, judge, budget): zero_grad_share, stochastic, too_few_classes."""
+        """Sanity flags per (episode, judge, budget): zero_grad_share, stochastic, strong_exact
+        (older run directories also hold too_few_classes, which was always 0)."""
         return self._query("SELECT * FROM flags ORDER BY episode_id, judge, budget, flag")
 
     @property
@@ -292,7 +138,7 @@ class Run:
         method. Where other keys are swept too, rows are the full variant labels (joined
         with the protocol's label when there are several protocols).
         """
-        from .judge import attack_set_name
+        from ..platform.judge import attack_set_name
 
         judge_cfg = config_mod.resolve_judge(self.config.get("judge", {}))
         names = ["default"] + [attack_set_name(s, judge_cfg["norm"], judge_cfg["eps"])
@@ -362,8 +208,8 @@ class Run:
         """
         import sys
 
-        from .episode import build_task
-        from .judge import VERSION, attack_set_name, judge_all
+        from ..platform.build import build_task
+        from ..platform.judge import VERSION, attack_set_name, judge_all
         from .store import Store
 
         base = config_mod.resolve_judge({**self.config["judge"], **overrides})   # errors before any work
@@ -375,8 +221,8 @@ class Run:
                 or not name.isprintable():
             raise ConfigError.expected("--name", "1-100 printable characters without leading or trailing spaces",
                                        name)
-        eps = self.episodes
-        done = eps[eps["status"] == "finished"]
+        episodes = self.episodes
+        done = episodes[episodes["status"] == "finished"]
         store = Store(self.dir)
         try:
             for i, row in enumerate(done.itertuples(), 1):
@@ -406,13 +252,13 @@ class Run:
         """
         import sys
 
-        from .episode import build_task
-        from .judge import VERSION, judge_episode
+        from ..platform.build import build_task
+        from ..platform.judge import VERSION, judge_episode
         from .store import Store
 
         con = sqlite3.connect(f"file:{self.dir / 'results.sqlite'}?mode=ro", uri=True)
         try:
-            version = _version_column(con, "s.") or "1"
+            version = version_column(con, "s.") or "1"
             stale = [int(e) for (e,) in con.execute(
                 f"SELECT DISTINCT s.episode_id FROM scores s JOIN episodes e USING (episode_id) WHERE "
                 f"e.status = 'finished' AND s.judge = 'default' AND {version} != ? ORDER BY s.episode_id",
@@ -444,11 +290,11 @@ class Run:
 
     # -- one episode -------------------------------------------------------------------
     def _row(self, episode: int | str) -> pd.Series:
-        eps = self.episodes
-        match = eps[(eps["episode_id"] == episode) | (eps["key"] == str(episode))]
+        episodes = self.episodes
+        match = episodes[(episodes["episode_id"] == episode) | (episodes["key"] == str(episode))]
         if match.empty:
             raise RunError(f"no episode {episode!r} in {self.dir} (episode ids: "
-                           f"{', '.join(map(str, eps['episode_id']))})")
+                           f"{', '.join(map(str, episodes['episode_id']))})")
         return match.iloc[0]
 
     def spec(self, episode: int | str) -> EpisodeSpec:
@@ -457,14 +303,14 @@ class Run:
 
     def task(self, episode: int | str):
         """The episode's task (teacher mechanism included)."""
-        from .episode import build_task
+        from ..platform.build import build_task
 
         spec = self.spec(episode)
         return build_task(spec.task, spec.seed)
 
     def student(self, episode: int | str, budget: float):
         """The saved student at checkpoint ``budget``: a torch module in eval mode (inputs -> logits)."""
-        from .episode import build_model
+        from ..platform.build import build_model
         from .store import load_students
 
         row = self._row(episode)
@@ -482,7 +328,7 @@ class Run:
 
     def test_set(self, episode: int | str) -> tuple[np.ndarray, np.ndarray]:
         """The judge's test inputs and teacher labels for an episode (regenerated from its seed)."""
-        from .judge import make_test_set
+        from ..platform.judge import make_test_set
 
         spec = self.spec(episode)
         test = make_test_set(self.task(episode), spec.judge, spec.seed)

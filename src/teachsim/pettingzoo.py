@@ -21,7 +21,7 @@ agents are rewarded with the change in the student's agreement with the teacher 
 fixed set of teacher-certain broad test points (a cheap stand-in for the judge).
 
 Example:
-    >>> from teachsim.platform.aec import protocol_env
+    >>> from teachsim.pettingzoo import protocol_env
     >>> env = protocol_env({"name": "active-teacher", "push": "boundary"}, budgets=(0, 20), candidates=8)
     >>> env.reset(seed=0)
     >>> env.agent_selection
@@ -34,8 +34,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .. import messages as m
-from .. import seeding
+from . import messages as m
+from . import seeding
 
 SMALL_TASK = {"name": "hidden-feature", "dim": 10, "manifold_dim": 2}
 SMALL_STUDENT = {"hidden": [32], "steps": 30, "initial_labels": 20}
@@ -89,18 +89,19 @@ def _env_class():
                 self._reset(seed)
 
         def _reset(self, seed: int | None) -> None:
-            from ..agents.teacher import Teacher
-            from ..protocols.active_teacher import certain, probe_candidates
-            from . import episode as ep
+            from .agents.teacher import Teacher
+            from .platform.build import build_protocol, build_student, build_task
+            from .platform.loop import Loop
+            from .protocols.active_teacher import certain, probe_candidates
 
             if seed is not None:
                 self.seed_ = int(seed)
             s, spec = self.seed_, self.spec
-            self.task = ep.build_task(spec.task, s)
-            self.student = ep.build_student(spec.student, self.task, s)
+            self.task = build_task(spec.task, s)
+            self.student = build_student(spec.student, self.task, s)
             self.teacher = Teacher(self.task)
-            self.loop = ep.Loop(ep.build_protocol(spec.protocol_cfg), self.teacher, self.student, spec.budgets,
-                                seed=s, initial_labels=spec.student["initial_labels"])
+            self.loop = Loop(build_protocol(spec.protocol_cfg), self.teacher, self.student, spec.budgets,
+                             seed=s, initial_labels=spec.student["initial_labels"])
             self.pool = self.task.data.sample(self.k, seeding.rng(s, "aec", "student"))
             self.offers = probe_candidates(self.teacher, self.k, seeding.rng(s, "aec", "teacher"))
             self.used = {m.STUDENT: np.zeros(self.k, bool), m.TEACHER: self.teacher.label(self.offers) == m.ABSTAIN}
@@ -152,7 +153,7 @@ def _env_class():
                 point = self.pool[i: i + 1]
 
                 def move(student, inbox, ctx):
-                    self.loop._learn()   # the protocol's round schedule, as on its own moves
+                    self.loop.learn()   # the protocol's round schedule, as on its own moves
                     return [m.query(point)]
             else:
                 point = self.offers[i: i + 1]

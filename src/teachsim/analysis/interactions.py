@@ -304,12 +304,12 @@ def data_mean(task, seed: int = 0, n: int = 4096) -> np.ndarray:
 
 def attack_points(model, task, x: np.ndarray, y: np.ndarray, judge: Mapping[str, Any], seed: int = 0) -> np.ndarray:
     """The judge's ``pgd`` (its eps, norm, steps, restarts, loss) from x against y."""
-    from .judge import _call_attack
+    from ..platform.judge import call_attack
 
     for p in model.parameters():
         p.requires_grad_(False)
     g = seeding.torch_generator(seed, "interactions", "attack")
-    xa = _call_attack("pgd", model, torch.from_numpy(np.asarray(x, np.float32)),
+    xa = call_attack("pgd", model, torch.from_numpy(np.asarray(x, np.float32)),
                       torch.from_numpy(np.asarray(y)).long(), judge, g, task.box)
     return xa.detach().cpu().numpy()
 

@@ -1,7 +1,7 @@
 """Conformance checks for tasks: the same checks for ours and for a user's plugin.
 
 Example:
-    >>> from teachsim.tasks.conformance import check_task
+    >>> from teachsim.checks.task import check_task
     >>> check_task("hidden-feature", params={"dim": 6}).ok
     True
 """
@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from ..messages import ABSTAIN
-from ..protocols.conformance import Report
+from .protocol import Report
 
 
 def _build(name: str, params: Mapping[str, Any], seed: int):
     from .. import registry
-    from ..platform.config import _plugin_table
+    from ..config import _plugin_table
 
     # Parameters are checked by the config loader's own rules, as in a config file; the
     # task is then built here, not by the loader (which turns any exception of the

@@ -35,8 +35,8 @@ import ray
 import ray.exceptions
 
 from ..errors import ConfigError, RunError
-from .config import EpisodeSpec
-from .episode import EpisodeResult, _now
+from ..platform.episode import EpisodeResult, now
+from ..platform.spec import EpisodeSpec
 
 LOST_RETRIES = 3
 """Resubmissions of an episode whose worker died, before it is recorded as failed."""
@@ -66,11 +66,11 @@ class _Worker:
                 self.problems.append(f"plugin {plugin}: {exc}")
         for kind, name, blob in registrations:
             try:
-                target, params = cloudpickle.loads(blob)
+                target, params, check, version = cloudpickle.loads(blob)
             except Exception as exc:  # noqa: BLE001
                 self.problems.append(f"{kind} {name!r} registered by the driver: {type(exc).__name__}: {exc}")
             else:
-                registry.REGISTRIES[kind]._entries[name] = registry.Entry(name, target, params)
+                registry.REGISTRIES[kind].add(registry.Entry(name, target, params, check, version))
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         self.device = "cpu"
         if self.gpu_ids:
@@ -86,7 +86,7 @@ class _Worker:
                 "problems": self.problems}
 
     def run(self, spec: EpisodeSpec) -> EpisodeResult:
-        from .episode import run_episode
+        from ..platform.episode import run_episode
 
         result = run_episode(spec, device=self.device)
         result.stats.update(gpu_ids=self.gpu_ids, worker_pid=os.getpid())
@@ -219,13 +219,13 @@ def _user_registrations() -> list[tuple[str, str, bytes]]:
 
     out = []
     for kind, reg in registry.REGISTRIES.items():
-        for name, entry in reg._entries.items():
+        for name, entry in reg.entries().items():
             target = entry.target
             module = getattr(target, "__module__", "") or ""
             if isinstance(target, str) or module.split(".")[0] == "teachsim" or module.startswith("teachsim_plugin_"):
                 continue
             try:
-                blob = cloudpickle.dumps((target, entry._params))
+                blob = cloudpickle.dumps((target, entry.declared, entry.check, entry.version))
             except Exception:  # noqa: BLE001, S112 - cannot be shipped: an episode that needs it fails saying so
                 continue
             out.append((kind, name, blob))
@@ -413,7 +413,7 @@ class RayExecutor:
                             idle.append(actor)
                         continue
                     actor, item = running.pop(ref)
-                    started = _now()
+                    started = now()
                     try:
                         result = ray.get(ref)
                     except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
@@ -426,12 +426,12 @@ class RayExecutor:
                             queue.again(item)
                         else:
                             finished.append((EpisodeResult(
-                                item.spec, "failed", started_at=started, finished_at=_now(),
+                                item.spec, "failed", started_at=started, finished_at=now(),
                                 error=f"the Ray worker died {item.losses} times running this episode; "
                                       f"last: {type(exc).__name__}: {_first_line(exc)}"), item.attempts))
                         continue
                     except ray.exceptions.RayTaskError as exc:   # e.g. a result that cannot be sent back
-                        result = EpisodeResult(item.spec, "failed", started_at=started, finished_at=_now(),
+                        result = EpisodeResult(item.spec, "failed", started_at=started, finished_at=now(),
                                                error=f"{type(exc).__name__}: {exc}"[:4000])
                     idle.append(actor)
                     item.failures += result.status != "finished"

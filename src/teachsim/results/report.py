@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .judge import METRICS
+from ..platform.judge_params import METRICS
 
 DEFAULT_TARGET = 0.9
 DEFAULT_METRIC = "strong_robust_acc"
@@ -371,11 +371,11 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
     """Write ``report.html`` and ``plots/*.png`` into the run directory; return the html path.
 
     Args:
-        run: a :class:`teachsim.platform.results.Run`.
+        run: a :class:`teachsim.results.reader.Run`.
         target: the budget-to-target level (default: ``[report] target`` of the config, else 0.9).
         judge: the judge whose scores to show (``"default"``, or a ``teachsim judge`` name).
     """
-    from .. import __version__
+    from ..version import __version__
     from ..errors import ConfigError
 
     config = run.config
@@ -487,7 +487,7 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
     out.append("<h2>Judge sanity flags</h2>\n")
     flags = run.flags
     if not flags.empty:
-        from .judge import INFO_FLAGS
+        from ..platform.judge_params import INFO_FLAGS
 
         flags = flags[(flags["judge"] == judge) & (flags["value"] > 0) & ~flags["flag"].isin(INFO_FLAGS)]
     if flags.empty:

@@ -6,7 +6,7 @@ charges every message by the rules, (4) terminates, (5) is deterministic under a
 and (6) leaves a transcript that replays to the same student.
 
 Example:
-    >>> from teachsim.protocols.conformance import check_protocol
+    >>> from teachsim.checks.protocol import check_protocol
     >>> report = check_protocol("passive", budgets=(0, 10))
     >>> report.ok
     True
@@ -54,15 +54,15 @@ class Report:
 
 def _run(spec, max_turns: int):
     from ..agents.teacher import Teacher
-    from ..platform import episode as ep
-
+    from ..platform.build import build_protocol, build_student, build_task
+    from ..platform.loop import Loop
     from ..seeding import single_thread
 
     with single_thread():
-        task = ep.build_task(spec.task, spec.seed)
-        student = ep.build_student(spec.student, task, spec.seed)
-        loop = ep.Loop(ep.build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets,
-                       seed=spec.seed, initial_labels=spec.student["initial_labels"])
+        task = build_task(spec.task, spec.seed)
+        student = build_student(spec.student, task, spec.seed)
+        loop = Loop(build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets,
+                    seed=spec.seed, initial_labels=spec.student["initial_labels"])
         while not loop.over and loop.turn < max_turns:
             loop.step()
         finished = loop.over
@@ -77,12 +77,10 @@ def replay(log, learn_log: Sequence[tuple[int, int]], student) -> None:
         if d.message.receiver != m.STUDENT:
             continue
         while pending and pending[0][0] == student.observed:
-            student._stale = True   # force: the original trained here
-            student.learn(pending.pop(0)[1])
+            student.learn(pending.pop(0)[1], force=True)   # the original trained here
         student.observe(d.message)
     while pending:
-        student._stale = True
-        student.learn(pending.pop(0)[1])
+        student.learn(pending.pop(0)[1], force=True)
 
 
 def _same_weights(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -116,7 +114,7 @@ def check_protocol(protocol: str, *, params: Mapping[str, Any] | None = None, ta
     Raises:
         ConfigError: unknown protocol or bad parameters (nothing ran).
     """
-    from ..platform.config import resolve_experiment
+    from ..config import resolve_experiment
 
     exp = resolve_experiment({"name": "check", "seeds": [seed], "budgets": list(budgets),
                               "task": dict(task or SMALL_TASK), "student": dict(student or SMALL_STUDENT),
@@ -161,8 +159,7 @@ def check_protocol(protocol: str, *, params: Mapping[str, Any] | None = None, ta
     res["deterministic"] = (same, "same seed, same transcript and student" if same
                             else "two runs with the same seed differ")
 
-    from ..platform.episode import build_student
-
+    from ..platform.build import build_student
     from ..seeding import single_thread
 
     fresh = build_student(spec.student, task_obj, spec.seed)

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .. import registry
-from ..errors import ConfigError, TeachsimError
-from ..schema import Choice, Float, Int, IntList, Param, Str, resolve, suggest, unknown_key
-from . import judge as judge_mod
+from . import registry
+from .errors import ConfigError, TeachsimError
+from .platform import judge_params as judge_mod
+from .platform.spec import EpisodeSpec
+from .schema import Choice, Float, Int, IntList, Param, Str, resolve, suggest, unknown_key
 
 TOP = ("name", "description", "seeds", "budgets", "task", "student", "judge", "protocols", "sweep", "report")
 
@@ -48,33 +49,6 @@ STUDENT_PARAMS: dict[str, Param] = {
 SWEEPABLE = ("task", "student", "judge")
 
 
-@dataclass(frozen=True)
-class EpisodeSpec:
-    """Everything one episode needs, as plain picklable data (no live objects)."""
-
-    key: str
-    experiment: str
-    protocol: str                 # legend label, unique within the experiment
-    variant: str                  # sweep values, "" without a sweep
-    seed: int
-    budgets: tuple[float, ...]
-    task: Mapping[str, Any]
-    student: Mapping[str, Any]
-    protocol_cfg: Mapping[str, Any]
-    judge: Mapping[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-able form, stored with the episode."""
-        return {"key": self.key, "experiment": self.experiment, "protocol": self.protocol,
-                "variant": self.variant, "seed": self.seed, "budgets": list(self.budgets),
-                "task": dict(self.task), "student": dict(self.student),
-                "protocol_cfg": dict(self.protocol_cfg), "judge": dict(self.judge)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "EpisodeSpec":
-        """Inverse of :meth:`as_dict`."""
-        return cls(d["key"], d["experiment"], d["protocol"], d["variant"], int(d["seed"]),
-                   tuple(d["budgets"]), d["task"], d["student"], d["protocol_cfg"], d["judge"])
 
 
 @dataclass(frozen=True)
@@ -131,7 +105,7 @@ def _plugin_table(raw: Mapping[str, Any], where: str, reg: registry.Registry, de
     entry = reg.get(name, f"{where}.name")
     schema = {**(base or {}), **entry.params}
     body = {k: v for k, v in raw.items() if k != "name"}
-    return {"name": name, **resolve(schema, body, where, ignore=extra)}
+    return {"name": reg.canonical(name), **resolve(schema, body, where, ignore=extra)}
 
 
 def resolve_student(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,7 +115,8 @@ def resolve_student(raw: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError.expected("student.method", "a string", method)
     entry = registry.methods.get(method, "student.method")
     out = resolve({**STUDENT_PARAMS, **entry.params}, raw, "student")
-    registry.models.get(out["model"], "student.model")
+    out["method"] = registry.methods.canonical(method, "student.method")
+    out["model"] = registry.models.canonical(out["model"], "student.model")
     return out
 
 
@@ -160,6 +135,16 @@ def resolve_judge(raw: Mapping[str, Any]) -> dict[str, Any]:
                                   f"{suggest(name, known)} ({', '.join(known)}), got {name!r}")
         if attacks in out["attack_sets"][:i]:
             raise ConfigError(f"judge.attack_sets[{i}]", f"expected distinct attack sets, got {attacks!r} twice")
+    defaults = {k: judge_mod.PARAMS[k].default for k in judge_mod.ATTACK_OPTIONS}
+    for key in judge_mod.ATTACK_OPTIONS:
+        if key not in raw or out[key] == defaults[key]:
+            continue   # the default changes nothing for an attack that does not take it
+        for name in dict.fromkeys(out["attacks"] + [a for s in out["attack_sets"] for a in s]):
+            takes = judge_mod.attack_options(name)
+            if key not in takes and key not in judge_mod.FIXED_BY_DEFINITION.get(name, ()):
+                raise ConfigError(f"judge.{key}", f"attack {name!r} does not take {key!r} (it takes: "
+                                  f"{', '.join(takes) or 'none of steps, restarts, loss'}), so {key} = "
+                                  f"{out[key]!r} would be ignored for it; remove judge.{key} or {name!r}")
     if not out["attack_sets"]:
         # absent rather than []: episode keys and config.toml stay as they were before the key
         del out["attack_sets"]
@@ -291,21 +276,34 @@ def _key(payload: Mapping[str, Any]) -> str:
 
 
 def _validate_task(task: Mapping[str, Any], student: Mapping[str, Any] | None = None) -> None:
-    # Cross-field rules (manifold_dim <= dim, a cnn needs square images, ...) live in the
-    # constructors: build the task, and the student's model for it, once.
+    # Cross-field rules (manifold_dim <= dim, a cnn needs square images, ...) without
+    # building anything where the task was registered with a ``check``: checking a config
+    # never trains a teacher or imports torch. A task without one is built once.
     params = {k: v for k, v in task.items() if k != "name"}
+    entry = registry.tasks.get(task["name"])
     try:
-        built = registry.tasks.get(task["name"]).factory(0, **params)
+        shape = entry.checker(**params) if entry.checker is not None else None
+        built = None if shape is not None else entry.factory(0, **params)
     except TeachsimError:
         raise
     except Exception as exc:
         raise ConfigError("task", f"the task rejected its parameters: {type(exc).__name__}: {exc}") from None
-    if student is not None:
-        import torch
+    if student is None:
+        return
+    dim, classes = shape if shape is not None else (built.dim, built.classes)
+    if student["model"] == "cnn":   # the one built-in model with a rule of its own, checked without torch
+        from .agents.rules import check_square_images
 
-        factory = registry.models.get(student["model"], "student.model").factory
-        factory(built.dim, built.classes, hidden=list(student["hidden"]), init_std=student["init_std"],
-                generator=torch.Generator().manual_seed(0))
+        check_square_images(dim)
+        return
+    entry = registry.models.get(student["model"], "student.model")
+    module = entry.target.partition(":")[0] if isinstance(entry.target, str) else entry.target.__module__
+    if module == "teachsim.agents.models":   # the other built-ins (mlp, linear) take any shape
+        return
+    import torch   # a plugin model: only building it can tell
+
+    entry.factory(dim, classes, hidden=list(student["hidden"]), init_std=student["init_std"],
+                  generator=torch.Generator().manual_seed(0))
 
 
 def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:

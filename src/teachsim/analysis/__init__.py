@@ -1,0 +1,1 @@
+"""Analyses of stored runs (interactions between protocols, ...)."""

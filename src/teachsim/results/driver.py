@@ -1,0 +1,165 @@
+"""``teachsim.run``: run an experiment into a run directory, extending or resuming what it
+holds, refusing what belongs to another experiment or judge version."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import config as config_mod
+from ..config import Experiment
+from ..errors import ConfigError, RunError
+from ..runners import EXECUTORS  # noqa: F401 - the executors run() accepts
+from .reader import Run
+from .store import version_column
+
+
+def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str]]:
+    """(key, status, protocol, variant) of the episodes an existing run directory holds (read-only)."""
+    path = run_dir / "results.sqlite"
+    if not path.is_file():
+        return []
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return list(con.execute("SELECT key, status, protocol, variant FROM episodes"))
+    except sqlite3.OperationalError:   # created but never written
+        return []
+    finally:
+        con.close()
+
+
+def _recorded(run_dir: Path) -> dict[str, str]:
+    """key -> status of the episodes an existing run directory holds (read-only)."""
+    return {key: status for key, status, _, _ in _recorded_rows(run_dir)}
+
+
+def _stale_judge(run_dir: Path) -> set[int]:
+    """The judge versions other than this teachsim's that scored finished episodes of an
+    existing run directory under its own judge (read-only; empty: up to date or new)."""
+    from ..platform.judge_params import VERSION
+
+    path = run_dir / "results.sqlite"
+    if not path.is_file():
+        return set()
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        version = version_column(con, "s.")
+        if version is None:
+            return set()
+        rows = con.execute(f"SELECT DISTINCT {version} FROM scores s JOIN episodes e USING (episode_id)"
+                           " WHERE s.judge = 'default' AND e.status = 'finished'").fetchall()
+    except sqlite3.OperationalError:
+        return set()
+    finally:
+        con.close()
+    return {int(v) for (v,) in rows} - {VERSION}
+
+
+def _check_same_or_extended(run_dir: Path, exp: Experiment, note) -> None:
+    """A run directory holding another config is refused, unless the new experiment only
+    adds to it (more protocols, seeds or sweep values, a new description or [report]):
+    then every recorded episode, same key under the same label, is kept and only the new
+    ones run. Keys hash each episode's resolved settings and seed, so a kept result is
+    exactly what the new config would compute."""
+    wanted = {(s.key, s.protocol, s.variant) for s in exp.episodes}
+    rows = _recorded_rows(run_dir)
+    stray = [(p, v) for key, _, p, v in rows if (key, p, v) not in wanted]
+    if stray:
+        label, variant = stray[0]
+        where = f"{label!r}" + (f" in {variant}" if variant else "")
+        raise RunError(f"{run_dir} holds a different experiment (its config.toml differs: the recorded "
+                       f"episodes of {where} are not in the new config, or ran with other settings or "
+                       "another version of a protocol, task, method or model); "
+                       "choose another --out or remove that directory")
+    if note is not None and rows:
+        note(f"extending the experiment in {run_dir}: its {len(rows)} recorded episodes are kept, "
+             f"{len(wanted) - len(rows)} are new")
+
+
+def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path | None = None,
+        executor: str | None = None, address: str | None = None, workers: int | None = None,
+        cpus_per_episode: float | None = None, gpus_per_episode: float | None = None,
+        resume: bool = False, retries: int = 0, progress: bool = True, plugins: tuple[str, ...] = ()) -> Run:
+    """Run an experiment and return its :class:`Run`.
+
+    Args:
+        config: a TOML path, a config dict, or a resolved :class:`Experiment`.
+        out: run directory (default ``runs/<name>``).
+        executor: ``"ray"`` (default; ``$TEACHSIM_EXECUTOR`` overrides the default) or
+            ``"serial"`` (one episode at a time in this process, no Ray).
+        address: Ray cluster to run on (``HOST:PORT``, ``ray://HOST:PORT``, ``auto``);
+            default ``$RAY_ADDRESS``, else an embedded local Ray started for this run.
+        workers: most episodes at once (Ray; default: as many as the cluster fits).
+        cpus_per_episode: CPUs Ray reserves per episode (default 1).
+        gpus_per_episode: GPUs Ray reserves per episode; a fraction packs several
+            episodes on one GPU (default 0). Without a GPU episodes run on the CPU.
+        resume: say that ``out`` may hold this experiment already (``--resume``). It
+            changes nothing: re-running into a directory of the same experiment always
+            keeps its finished episodes and runs the rest, and so does a config that only
+            adds to it (more protocols, seeds or sweep values). A directory of another
+            experiment, or of another judge or component version, is refused either way.
+        retries: extra attempts for an episode that fails (one whose Ray worker dies is
+            also resubmitted, up to 3 times, whatever this is).
+        progress: print progress to stderr.
+        plugins: plugin files or modules to load first (Ray workers load them too).
+
+    Raises:
+        ConfigError: bad config or option, or an unreachable cluster (nothing has run).
+        RunError: ``out`` holds a different experiment (one whose recorded episodes the
+            new config would not reproduce under the same labels).
+        KeyboardInterrupt: the run was interrupted; every finished episode is kept.
+    """
+    import sys
+
+    from .. import registry
+    from ..runners import make_executor
+    from ..runners.progress import Progress
+    from .store import Store
+
+    for plugin in plugins:
+        registry.load_plugin(plugin)
+    note = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else None
+    runner = make_executor(executor, address=address, workers=workers, cpus_per_episode=cpus_per_episode,
+                           gpus_per_episode=gpus_per_episode, note=note)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError.expected("--retries", "an integer >= 0", retries)
+    exp = config if isinstance(config, Experiment) else config_mod.load(config)
+    run_dir = Path(out) if out is not None else Path("runs") / exp.name
+    text = config_mod.to_toml(exp.config)
+    cfg_path = run_dir / "config.toml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--out: expected a directory, got {str(run_dir)!r} (an existing file)")
+    if cfg_path.exists() and cfg_path.read_text() != text:
+        _check_same_or_extended(run_dir, exp, note)
+    stale = _stale_judge(run_dir)
+    if stale:
+        from ..platform.judge_params import VERSION
+
+        raise RunError(f"{run_dir} was scored by judge version {', '.join(map(str, sorted(stale)))} and this "
+                       f"teachsim's judge is version {VERSION}: its scores would mix two judges. Re-score the "
+                       f"saved students first (no retraining): teachsim judge {run_dir}")
+
+    with runner:
+        recorded = _recorded(run_dir)
+        pending = sum(recorded.get(s.key) != "finished" for s in exp.episodes)
+        if pending:
+            runner.start(pending)   # connect first: a bad cluster leaves nothing behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path.write_text(text)
+        store = Store(run_dir)
+        try:
+            status = store.status_by_key()
+            todo = [s for s in exp.episodes if status.get(s.key) != "finished"]
+            bar = Progress(len(todo), skipped=len(exp.episodes) - len(todo), enabled=progress)
+            if todo and runner.name != "serial":
+                bar.note(runner.description)
+            for result, attempts in runner.run(todo, retries=retries):
+                store.write(result, attempts)
+                bar.update(result)
+        finally:
+            store.close()
+    result_run = Run(run_dir)
+    result_run.write_summary()
+    return result_run

@@ -1,0 +1,44 @@
+"""The serial executor: episodes one after another in this process (no Ray)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Self
+
+from ..platform.episode import EpisodeResult, run_episode
+from ..platform.spec import EpisodeSpec
+
+
+def run_serial(specs: Iterable[EpisodeSpec], *, retries: int = 0) -> Iterator[tuple[EpisodeResult, int]]:
+    """Run episodes one after another in this process; yields ``(result, attempts)``."""
+    for spec in specs:
+        attempts = 0
+        while True:
+            attempts += 1
+            result = run_episode(spec)
+            if result.status == "finished" or attempts > retries:
+                break
+        yield result, attempts
+
+
+class SerialExecutor:
+    """Episodes one after another in this process (no Ray)."""
+
+    name = "serial"
+    description = "serial: one episode at a time in this process"
+    workers = 1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, episodes: int) -> None:
+        """Nothing to start."""
+
+    def run(self, specs: Iterable[EpisodeSpec], *, retries: int = 0) -> Iterator[tuple[EpisodeResult, int]]:
+        return run_serial(specs, retries=retries)
+
+    def close(self) -> None:
+        """Nothing to stop."""
