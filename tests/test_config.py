@@ -228,7 +228,7 @@ def test_sweep_expands_variants_protocols_and_seeds():
     assert len(set(keys)) == len(keys)
     assert {e.variant for e in exp.episodes} == {"task.dim=5", "task.dim=8"}
     assert {(e.variant, e.task["dim"]) for e in exp.episodes} == {("task.dim=5", 5), ("task.dim=8", 8)}
-    assert {e.protocol for e in exp.episodes} == {"passive", "passive(batch=5)"}
+    assert {e.label for e in exp.episodes} == {"passive", "passive(batch=5)"}
     assert sorted({e.seed for e in exp.episodes}) == [0, 1]
     assert exp.config["sweep"] == {"task.dim": [5, 8]}
     # the same config gives the same keys; a different one different keys
@@ -247,7 +247,7 @@ def test_keys_change_with_any_setting():
     # a protocol option changes that protocol's keys only
     b = config_mod.load(tomllib.loads(_edit("batch = 5", "batch = 6")))
     assert {e.key for e in a.episodes} & {e.key for e in b.episodes} == {
-        e.key for e in a.episodes if e.protocol == "passive"}
+        e.key for e in a.episodes if e.label == "passive"}
 
 
 def test_config_file_name_defaults_the_experiment_name(tmp_path):
@@ -260,7 +260,7 @@ def test_a_protocol_can_override_the_student():
     """``student = {...}`` in a [[protocols]] entry: "passive data, adversarially trained"."""
     text = _edit("batch = 5", 'batch = 5\nstudent = { method = "pgd-at", eps = 0.5 }')
     exp = config_mod.load(tomllib.loads(text))
-    by_label = {s.protocol: s for s in exp.episodes}
+    by_label = {s.label: s for s in exp.episodes}
     plain, trained = by_label["passive"], by_label["passive(batch=5, student.method=pgd-at, student.eps=0.5)"]
     assert plain.student["method"] == "erm" and "eps" not in plain.student
     assert trained.student["method"] == "pgd-at" and trained.student["eps"] == 0.5
@@ -272,7 +272,7 @@ def test_a_protocol_can_override_the_student():
     assert {s.key for s in again.episodes} != {s.key for s in exp.episodes}
     # it applies in every sweep variant, on top of the swept value
     swept = config_mod.load(tomllib.loads(text + '\n[sweep]\n"student.steps" = [10, 20]\n'))
-    got = {(s.variant, s.protocol.split("(")[0], s.student["method"], s.student["steps"]) for s in swept.episodes}
+    got = {(s.variant, s.label.split("(")[0], s.student["method"], s.student["steps"]) for s in swept.episodes}
     assert ("student.steps=10", "passive", "pgd-at", 10) in got and ("student.steps=20", "passive", "erm", 20) in got
 
 

@@ -287,14 +287,14 @@ def test_queue_learns_each_group_then_hands_out_the_longest_first():
     specs = config_mod.resolve_experiment(cfg).episodes
     q = _Queue(_Item(s) for s in specs)
     first = [q.pop(), q.pop()]                        # one of each group first, in spec order
-    assert [i.spec.protocol for i in first] == ["passive", "passive(batch=5)"]
+    assert [i.spec.label for i in first] == ["passive", "passive(batch=5)"]
     for item, seconds in zip(first, (1.0, 5.0)):
         q.learn(item, EpisodeResult(item.spec, "finished", seconds=seconds))
     order = [q.pop() for _ in range(2)]
-    assert [i.spec.protocol for i in order] == ["passive(batch=5)"] * 2   # the costly group next
+    assert [i.spec.label for i in order] == ["passive(batch=5)"] * 2   # the costly group next
     q.again(first[0])                                 # an episode to run again goes first
     assert q.pop() is first[0]
-    assert len(q) == 2 and {q.pop().spec.protocol for _ in range(2)} == {"passive"}
+    assert len(q) == 2 and {q.pop().spec.label for _ in range(2)} == {"passive"}
     assert len(q) == 0
 
 

@@ -120,7 +120,7 @@ def check_protocol(protocol: str, *, params: Mapping[str, Any] | None = None, ta
                               "task": dict(task or SMALL_TASK), "student": dict(student or SMALL_STUDENT),
                               "protocols": [{"name": protocol, **dict(params or {})}]})
     spec = exp.episodes[0]
-    report = Report(spec.protocol)
+    report = Report(spec.label)
     res = report.results
     try:
         conv, trained, task_obj, finished = _run(spec, max_turns)

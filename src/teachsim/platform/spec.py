@@ -13,18 +13,19 @@ class EpisodeSpec:
 
     key: str
     experiment: str
-    protocol: str                 # legend label, unique within the experiment
+    label: str                    # the protocol entry's legend label, unique within the experiment
     variant: str                  # sweep values, "" without a sweep
     seed: int
     budgets: tuple[float, ...]
     task: Mapping[str, Any]
     student: Mapping[str, Any]
-    protocol_cfg: Mapping[str, Any]
+    protocol_cfg: Mapping[str, Any]   # the resolved [[protocols]] entry (name and parameters)
     judge: Mapping[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-able form, stored with the episode."""
-        return {"key": self.key, "experiment": self.experiment, "protocol": self.protocol,
+        """JSON-able form, stored with the episode (the label under ``"protocol"``, as
+        run directories have always stored it)."""
+        return {"key": self.key, "experiment": self.experiment, "protocol": self.label,
                 "variant": self.variant, "seed": self.seed, "budgets": list(self.budgets),
                 "task": dict(self.task), "student": dict(self.student),
                 "protocol_cfg": dict(self.protocol_cfg), "judge": dict(self.judge)}

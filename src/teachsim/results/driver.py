@@ -63,7 +63,7 @@ def _check_same_or_extended(run_dir: Path, exp: Experiment, note) -> None:
     then every recorded episode, same key under the same label, is kept and only the new
     ones run. Keys hash each episode's resolved settings and seed, so a kept result is
     exactly what the new config would compute."""
-    wanted = {(s.key, s.protocol, s.variant) for s in exp.episodes}
+    wanted = {(s.key, s.label, s.variant) for s in exp.episodes}
     rows = _recorded_rows(run_dir)
     stray = [(p, v) for key, _, p, v in rows if (key, p, v) not in wanted]
     if stray:

@@ -271,7 +271,7 @@ class Run:
                 spec = self.spec(eid)
                 path = self.dir / "students" / f"{spec.key}.pt"
                 if not path.is_file():
-                    raise RunError(f"episode {eid} ({spec.protocol}, seed {spec.seed}) has no saved students "
+                    raise RunError(f"episode {eid} ({spec.label}, seed {spec.seed}) has no saved students "
                                    f"({path} is missing); it cannot be re-scored")
                 task = build_task(spec.task, spec.seed)
                 models = _saved_models(spec, path, task)
@@ -281,7 +281,7 @@ class Run:
                     store.write_judgement(name, j["config"], eid, j["scores"], j["flags"], VERSION)
                 store.write_judgement("default", None, eid, scores, flags, VERSION)
                 if progress:
-                    print(f"[{i}/{len(stale)}] re-scored episode {eid} ({spec.protocol}, seed {spec.seed}) "
+                    print(f"[{i}/{len(stale)}] re-scored episode {eid} ({spec.label}, seed {spec.seed}) "
                           f"with judge version {VERSION}", file=sys.stderr, flush=True)
         finally:
             store.close()

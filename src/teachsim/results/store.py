@@ -104,7 +104,7 @@ class Store:
                 "INSERT INTO episodes (episode_id, key, protocol, task, variant, seed, status, error, started_at,"
                 " finished_at, host, seconds, attempts, initial_labels, spent, probed, refused, spec, device)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (old[0] if old else None, spec.key, spec.protocol, spec.task["name"], spec.variant, spec.seed,
+                (old[0] if old else None, spec.key, spec.label, spec.task["name"], spec.variant, spec.seed,
                  result.status, result.error, result.started_at, result.finished_at, result.host, result.seconds,
                  attempts, spec.student["initial_labels"], stats.get("spent"), stats.get("probed"),
                  stats.get("refused"), json.dumps(spec.as_dict(), sort_keys=True), _device_text(stats)))

@@ -39,7 +39,7 @@ class Progress:
         eta = elapsed / self.done * (self.total - self.done)
         tail = f"{self.failed} failed, " if self.failed else ""
         spec = result.spec
-        what = f"{spec.protocol} seed={spec.seed}" + (f" [{spec.variant}]" if spec.variant else "")
+        what = f"{spec.label} seed={spec.seed}" + (f" [{spec.variant}]" if spec.variant else "")
         if self.tty:
             width = 24
             fill = int(width * self.done / max(1, self.total))

@@ -129,7 +129,7 @@ class _Queue:
 
     @staticmethod
     def _group(item: _Item) -> tuple[str, str]:
-        return item.spec.protocol, item.spec.variant
+        return item.spec.label, item.spec.variant
 
     def pop(self) -> _Item:
         if self.retry:
