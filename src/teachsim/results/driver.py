@@ -131,7 +131,9 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
     cfg_path = run_dir / "config.toml"
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"--out: expected a directory, got {str(run_dir)!r} (an existing file)")
-    if cfg_path.exists() and cfg_path.read_text() != text:
+    if not cfg_path.exists() or cfg_path.read_text() != text:
+        # the recorded episodes decide, not config.toml (which a user may delete or edit);
+        # checked again under the lock when the store plans the experiment
         _check_same_or_extended(run_dir, exp, note)
     stale = _stale_judge(run_dir)
     if stale:
@@ -146,10 +148,12 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         pending = sum(recorded.get(s.key) != "finished" for s in exp.episodes)
         if pending:
             runner.start(pending)   # connect first: a bad cluster leaves nothing behind
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg_path.write_text(text)
-        store = Store(run_dir)
+        store = Store(run_dir)   # takes the run directory's lock: one writer at a time
+        if store.lock.took_over and note is not None:
+            note(f"{run_dir}: taking over the lock left by {store.lock.took_over}, which is gone")
         try:
+            store.plan(exp.episodes)
+            cfg_path.write_text(text)
             status = store.status_by_key()
             todo = [s for s in exp.episodes if status.get(s.key) != "finished"]
             bar = Progress(len(todo), skipped=len(exp.episodes) - len(todo), enabled=progress)

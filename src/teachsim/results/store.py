@@ -1,22 +1,89 @@
 """The results store: ``results.sqlite`` plus ``transcripts/`` and ``students/``.
 
-Only the driver writes. Files for an episode are written first (atomically, by rename),
-then its rows in one transaction; the row is what marks an episode finished, so a run
-killed at any moment resumes without losing or duplicating results.
+Only the driver writes, and one process at a time: a :class:`Store` holds the run
+directory's lock (``.teachsim.lock``, an advisory ``flock`` the kernel releases when its
+process dies, so a lock left by a killed run is simply taken over). Files for an episode
+are written first (atomically, by rename), then its rows in one transaction; the row is
+what marks an episode finished, so a run killed at any moment resumes without losing or
+duplicating results. The database also records which episodes the directory's experiment
+has (``planned``, by key, label and variant): an episode that is not one of them is
+refused at write time, whatever happened to ``config.toml``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import socket
 import sqlite3
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..errors import RunError
 from ..platform.episode import EpisodeResult
+
+LOCK = ".teachsim.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, someone else's
+        return True
+    return True
+
+
+class RunLock:
+    """The one-writer lock of a run directory (``with RunLock(dir): ...``).
+
+    Raises:
+        RunError: another live process holds it; the message names it.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self.fd: int | None = None
+        self.took_over: str = ""   # who held the lock last, if that process is gone
+
+    def acquire(self) -> "RunLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(f"{self.path.parent} is being written by {holder}; one run directory has one "
+                           "writer at a time: wait for it to finish, or choose another --out") from None
+        previous = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        if previous:
+            self.took_over = previous   # held by a process that is gone (the kernel released it)
+        me = (f"process {os.getpid()} on {socket.gethostname()} (since "
+              f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}: {' '.join(sys.argv[:3])})")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me.encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)   # an empty file: released cleanly, nothing to take over
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS episodes (
@@ -37,6 +104,7 @@ CREATE TABLE IF NOT EXISTS messages (
     episode_id INTEGER NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL, sender TEXT NOT NULL,
     receiver TEXT NOT NULL, size INTEGER NOT NULL, cost REAL NOT NULL, cum_cost REAL NOT NULL,
     phase TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (episode_id, idx));
+CREATE TABLE IF NOT EXISTS planned (key TEXT PRIMARY KEY, label TEXT NOT NULL, variant TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     episode_id INTEGER NOT NULL, budget REAL NOT NULL, cum_cost REAL NOT NULL, reached INTEGER NOT NULL,
     PRIMARY KEY (episode_id, budget));
@@ -67,6 +135,8 @@ class Store:
 
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.dir).acquire()   # before anything is written
         (self.dir / "transcripts").mkdir(parents=True, exist_ok=True)
         (self.dir / "students").mkdir(exist_ok=True)
         self.con = connect(self.dir / "results.sqlite")
@@ -81,6 +151,24 @@ class Store:
 
     def close(self) -> None:
         self.con.close()
+        self.lock.release()
+
+    def plan(self, episodes) -> None:
+        """Record the experiment's episodes (``EpisodeSpec``s): from now on only these may be
+        written. Every episode already recorded must be one of them, with the same label
+        and variant (an experiment may grow, never change)."""
+        wanted = {s.key: (s.label, s.variant) for s in episodes}
+        with self.con:
+            for key, label, variant in self.con.execute("SELECT key, protocol, variant FROM episodes"):
+                if wanted.get(key) != (label, variant):
+                    where = f"{label!r}" + (f" in {variant}" if variant else "")
+                    raise RunError(f"{self.dir} holds a different experiment (its recorded episodes of {where} "
+                                   "are not in this config, or ran with other settings or another version of "
+                                   "a protocol, task, method or model); choose another --out or remove that "
+                                   "directory")
+            self.con.execute("DELETE FROM planned")
+            self.con.executemany("INSERT INTO planned VALUES (?, ?, ?)",
+                                 [(k, lab, var) for k, (lab, var) in wanted.items()])
 
     def status_by_key(self) -> dict[str, str]:
         """key -> status of every recorded episode."""
@@ -89,6 +177,10 @@ class Store:
     def write(self, result: EpisodeResult, attempts: int = 1) -> int:
         """Record one episode (replacing an earlier failed record of the same key)."""
         spec = result.spec
+        planned = self.con.execute("SELECT label, variant FROM planned WHERE key = ?", (spec.key,)).fetchone()
+        if planned is None and self.con.execute("SELECT COUNT(*) FROM planned").fetchone()[0]:
+            raise RunError(f"{self.dir}: episode {spec.key} ({spec.label}, seed {spec.seed}) is not one of the "
+                           "episodes of the experiment this directory holds; nothing was written")
         if result.status == "finished":
             buf = io.BytesIO()
             np.savez_compressed(buf, **result.payloads)

@@ -1,0 +1,103 @@
+"""A run directory holds one experiment and has one writer: the store knows its episodes
+and refuses others whatever happened to config.toml, and a lock keeps two processes out."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import teachsim
+from teachsim.config import resolve_experiment
+from teachsim.platform.episode import EpisodeResult
+from teachsim.results.store import LOCK, RunLock, Store
+
+
+def _run(cfg, out, **kw):
+    return teachsim.run(cfg, out=out, executor="serial", progress=False, **kw)
+
+
+def _other(cfg):
+    other = copy.deepcopy(cfg)
+    other["student"] = {**other.get("student", {}), "steps": other.get("student", {}).get("steps", 200) + 1}
+    return other
+
+
+@pytest.fixture
+def one_seed(tiny_config):
+    tiny_config["seeds"] = [0]
+    return tiny_config
+
+
+@pytest.mark.parametrize("tamper", ["delete", "overwrite"])
+def test_another_experiment_is_refused_whatever_config_toml_says(tmp_path, one_seed, tamper):
+    out = tmp_path / "run"
+    first = _run(one_seed, out)
+    n = len(first.episodes)
+    other = _other(one_seed)
+    if tamper == "delete":
+        (out / "config.toml").unlink()
+    else:   # a config.toml that claims the directory holds the other experiment
+        from teachsim.config import to_toml
+
+        (out / "config.toml").write_text(to_toml(resolve_experiment(other).config))
+    with pytest.raises(teachsim.RunError, match="different experiment"):
+        _run(other, out)
+    assert len(teachsim.open_run(out).episodes) == n      # nothing of the other experiment got in
+    # the same experiment still resumes there (nothing to run) and restores config.toml
+    again = _run(one_seed, out)
+    assert len(again.episodes) == n and (out / "config.toml").exists()
+
+
+def test_the_store_refuses_an_episode_of_another_experiment(tmp_path, one_seed):
+    mine, theirs = resolve_experiment(one_seed), resolve_experiment(_other(one_seed))
+    store = Store(tmp_path / "run")
+    try:
+        store.plan(mine.episodes)
+        with pytest.raises(teachsim.RunError, match="not one of the episodes"):
+            store.write(EpisodeResult(theirs.episodes[0], "failed", error="x"))
+        assert store.status_by_key() == {}
+    finally:
+        store.close()
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from teachsim.results.store import RunLock
+Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
+lock = RunLock(Path(sys.argv[1])).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_one_writer_at_a_time_and_a_dead_writers_lock_is_taken_over(tmp_path, one_seed, capsys):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(teachsim.RunError, match=f"being written by process {holder.pid} ") as err:
+            _run(one_seed, out)
+        assert "one writer at a time" in str(err.value)
+        assert not (out / "results.sqlite").exists() and not (out / "config.toml").exists()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)   # killed: its lock file stays, the kernel drops the lock
+        holder.wait()
+    assert str(holder.pid) in (out / LOCK).read_text()
+    run = teachsim.run(one_seed, out=out, executor="serial", progress=True)
+    assert len(run.episodes) == len(resolve_experiment(one_seed).episodes)
+    assert f"taking over the lock left by process {holder.pid}" in capsys.readouterr().err
+    assert (out / LOCK).read_text() == ""   # released cleanly
+
+
+def test_the_lock_is_exclusive_within_a_process_too(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(teachsim.RunError, match=f"process {os.getpid()}"):
+            RunLock(tmp_path).acquire()
+    with RunLock(tmp_path):   # released: free again
+        pass
