@@ -51,6 +51,13 @@ def test_another_experiment_is_refused_whatever_config_toml_says(tmp_path, one_s
     # the same experiment still resumes there (nothing to run) and restores config.toml
     again = _run(one_seed, out)
     assert len(again.episodes) == n and (out / "config.toml").exists()
+    # the database holds the resolved config too, whatever happens to the file
+    import sqlite3
+
+    con = sqlite3.connect(out / "results.sqlite")
+    (stored,) = con.execute("SELECT value FROM meta WHERE name = 'config'").fetchone()
+    con.close()
+    assert stored == (out / "config.toml").read_text()
 
 
 def test_the_store_refuses_an_episode_of_another_experiment(tmp_path, one_seed):

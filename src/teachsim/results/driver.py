@@ -152,7 +152,7 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         if store.lock.took_over and note is not None:
             note(f"{run_dir}: taking over the lock left by {store.lock.took_over}, which is gone")
         try:
-            store.plan(exp.episodes)
+            store.plan(exp.episodes, config=text)
             cfg_path.write_text(text)
             status = store.status_by_key()
             todo = [s for s in exp.episodes if status.get(s.key) != "finished"]

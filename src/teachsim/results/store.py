@@ -105,6 +105,7 @@ CREATE TABLE IF NOT EXISTS messages (
     receiver TEXT NOT NULL, size INTEGER NOT NULL, cost REAL NOT NULL, cum_cost REAL NOT NULL,
     phase TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (episode_id, idx));
 CREATE TABLE IF NOT EXISTS planned (key TEXT PRIMARY KEY, label TEXT NOT NULL, variant TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     episode_id INTEGER NOT NULL, budget REAL NOT NULL, cum_cost REAL NOT NULL, reached INTEGER NOT NULL,
     PRIMARY KEY (episode_id, budget));
@@ -153,10 +154,11 @@ class Store:
         self.con.close()
         self.lock.release()
 
-    def plan(self, episodes) -> None:
-        """Record the experiment's episodes (``EpisodeSpec``s): from now on only these may be
-        written. Every episode already recorded must be one of them, with the same label
-        and variant (an experiment may grow, never change)."""
+    def plan(self, episodes, config: str | None = None) -> None:
+        """Record the experiment's episodes (``EpisodeSpec``s) and its resolved ``config``
+        (TOML text, table ``meta``): from now on only these episodes may be written. Every
+        episode already recorded must be one of them, with the same label and variant (an
+        experiment may grow, never change)."""
         wanted = {s.key: (s.label, s.variant) for s in episodes}
         with self.con:
             for key, label, variant in self.con.execute("SELECT key, protocol, variant FROM episodes"):
@@ -166,6 +168,8 @@ class Store:
                                    "are not in this config, or ran with other settings or another version of "
                                    "a protocol, task, method or model); choose another --out or remove that "
                                    "directory")
+            if config is not None:
+                self.con.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (config,))
             self.con.execute("DELETE FROM planned")
             self.con.executemany("INSERT INTO planned VALUES (?, ?, ?)",
                                  [(k, lab, var) for k, (lab, var) in wanted.items()])
