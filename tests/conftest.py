@@ -10,7 +10,7 @@ import pytest
 from tiny import TINY
 
 # Runs default to the Ray executor. The suite runs serially unless a test
-# asks for Ray (tests/test_ray.py does), so most tests start no Ray; subprocesses inherit it.
+# asks for Ray (tests/runners/test_ray.py does), so most tests start no Ray; subprocesses inherit it.
 os.environ.setdefault("TEACHSIM_EXECUTOR", "serial")
 
 

@@ -155,3 +155,15 @@ def test_the_agents_implement_the_sides():
     student = Student(torch.nn.Linear(4, 2), erm, task.data, task.classes, seed=0)
     assert isinstance(student, StudentSide) and isinstance(Teacher(task), TeacherSide)
     assert not isinstance(Teacher(task), StudentSide)   # the check can fail
+
+
+def test_the_tests_mirror_the_package():
+    """A test folder is named after the package folder it tests; tests of the whole
+    (command line, configs, README, science) sit at the top of tests/."""
+    tests = ROOT / "tests"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    packages = {p.name for p in (SRC / "teachsim").iterdir() if (p / "__init__.py").exists()}
+    assert folders, "tests/ has no sub-folders"
+    assert folders <= packages, f"test folders without a package: {sorted(folders - packages)}"
+    for folder in folders:
+        assert list((tests / folder).glob("test_*.py")), f"tests/{folder} holds no tests"

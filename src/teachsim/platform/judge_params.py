@@ -43,7 +43,7 @@ ATTACK_OPTIONS = ("steps", "restarts", "loss")
 BUILTIN_ATTACK_OPTIONS = {"fgsm": ("loss",), "pgd": ("steps", "restarts", "loss"),
                           "apgd-ce": ("steps", "restarts", "loss"), "beta": ("steps", "restarts")}
 """What the built-in attacks take of :data:`ATTACK_OPTIONS`, so that checking a config
-imports no attack (tests/test_judge.py checks it against their signatures)."""
+imports no attack (tests/platform/test_judge.py checks it against their signatures)."""
 
 FIXED_BY_DEFINITION = {"fgsm": ("steps", "restarts")}
 """Keys an attack's definition fixes (FGSM is one step from x): setting them for the

@@ -13,7 +13,7 @@ from ..config import Experiment
 from ..errors import ConfigError, RunError
 from ..runners import EXECUTORS  # noqa: F401 - the executors run() accepts
 from .reader import Run
-from .store import version_column
+from .store import different_experiment, version_column
 
 
 def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str]]:
@@ -58,24 +58,17 @@ def _stale_judge(run_dir: Path) -> set[int]:
 
 
 def _check_same_or_extended(run_dir: Path, exp: Experiment, note) -> None:
-    """A run directory holding another config is refused, unless the new experiment only
-    adds to it (more protocols, seeds or sweep values, a new description or [report]):
-    then every recorded episode, same key under the same label, is kept and only the new
-    ones run. Keys hash each episode's resolved settings and seed, so a kept result is
-    exactly what the new config would compute."""
-    wanted = {(s.key, s.label, s.variant) for s in exp.episodes}
+    """Refuse a run directory that holds another experiment, before anything starts (read
+    only); one that the new config only adds to is extended: its recorded episodes are
+    kept and only the new ones run. The store checks the same again under its lock."""
     rows = _recorded_rows(run_dir)
-    stray = [(p, v) for key, _, p, v in rows if (key, p, v) not in wanted]
-    if stray:
-        label, variant = stray[0]
-        where = f"{label!r}" + (f" in {variant}" if variant else "")
-        raise RunError(f"{run_dir} holds a different experiment (its config.toml differs: the recorded "
-                       f"episodes of {where} are not in the new config, or ran with other settings or "
-                       "another version of a protocol, task, method or model); "
-                       "choose another --out or remove that directory")
+    refused = different_experiment(run_dir, [(key, p, v) for key, _, p, v in rows],
+                                   {s.key: (s.label, s.variant) for s in exp.episodes})
+    if refused is not None:
+        raise refused
     if note is not None and rows:
         note(f"extending the experiment in {run_dir}: its {len(rows)} recorded episodes are kept, "
-             f"{len(wanted) - len(rows)} are new")
+             f"{len(exp.episodes) - len(rows)} are new")
 
 
 def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path | None = None,

@@ -131,6 +131,21 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def different_experiment(run_dir: Path, recorded, wanted: dict[str, tuple[str, str]]) -> RunError | None:
+    """The refusal for a run directory whose ``recorded`` episodes (key, label, variant rows)
+    are not all among the ``wanted`` ones (key -> (label, variant)), else None. An
+    experiment may grow (more protocols, seeds, sweep values), never change: episode keys
+    hash each episode's resolved settings and seed, so a kept result is exactly what the
+    new config would compute."""
+    for key, label, variant in recorded:
+        if wanted.get(key) != (label, variant):
+            where = f"{label!r}" + (f" in {variant}" if variant else "")
+            return RunError(f"{run_dir} holds a different experiment (its recorded episodes of {where} are not "
+                            "in this config, or ran with other settings or another version of a protocol, task, "
+                            "method or model); choose another --out or remove that directory")
+    return None
+
+
 class Store:
     """Writes episode results into a run directory."""
 
@@ -161,13 +176,10 @@ class Store:
         experiment may grow, never change)."""
         wanted = {s.key: (s.label, s.variant) for s in episodes}
         with self.con:
-            for key, label, variant in self.con.execute("SELECT key, protocol, variant FROM episodes"):
-                if wanted.get(key) != (label, variant):
-                    where = f"{label!r}" + (f" in {variant}" if variant else "")
-                    raise RunError(f"{self.dir} holds a different experiment (its recorded episodes of {where} "
-                                   "are not in this config, or ran with other settings or another version of "
-                                   "a protocol, task, method or model); choose another --out or remove that "
-                                   "directory")
+            refused = different_experiment(self.dir, self.con.execute("SELECT key, protocol, variant FROM episodes"),
+                                           wanted)
+            if refused is not None:
+                raise refused
             if config is not None:
                 self.con.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (config,))
             self.con.execute("DELETE FROM planned")

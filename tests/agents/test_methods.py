@@ -1,4 +1,4 @@
-"""The learning methods of issue 5: the adversarial-training family, their
+"""The learning methods: the adversarial-training family, their
 weight rules against hand-computed values, determinism, boxes, config, and two small
 science checks (pgd-at beats erm on l_p robustness; BETA is at least as strong as PGD-CE)."""
 

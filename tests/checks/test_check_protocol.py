@@ -14,7 +14,7 @@ from teachsim import registry
 from teachsim.config import to_toml
 
 PREFIX = "teachsim: error: "
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "examples" / "my_protocol.py"
 EXAMPLE = ROOT / "examples" / "noisy_teacher.toml"
 CHECKS = ("runs", "legal", "budget", "terminates", "deterministic", "replays")

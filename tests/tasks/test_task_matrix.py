@@ -1,4 +1,4 @@
-"""Every built-in protocol and every judge metric on every built-in task (issue 7), at small
+"""Every built-in protocol and every judge metric on every built-in task, at small
 sizes: protocol conformance per (task, protocol), one tiny judged run per task (digits with
 the cnn student too), and the judge's attacks keeping digits inside the pixel box."""
 

@@ -1,4 +1,4 @@
-"""Multi-order interactions (seed 004, research/papers.md section 4): the exact computation
+"""Multi-order interactions (Ren et al., arXiv 2103.07364): the exact computation
 against the identities of section 4.2 / Appendix B, the Monte-Carlo estimator against the
 exact values, additive models, determinism, grid players, and the CLI on a tiny run."""
 
@@ -62,7 +62,7 @@ def _shapley_interaction(v: torch.Tensor, n: int, i: int, j: int) -> float:
     return total
 
 
-# -- exact computation and the identities of papers.md 4.2 -----------------------------------
+# -- exact computation and the identities the decomposition rests on -----------------------------------
 
 @pytest.mark.parametrize("n", [6, 7, 8])
 def test_exact_identities(n):

@@ -1,4 +1,4 @@
-"""Any protocol as a PettingZoo AEC environment (issue 4): the PettingZoo API, outside moves
+"""Any protocol as a PettingZoo AEC environment: the PettingZoo API, outside moves
 going through the same channel, masks, determinism, and deferring = the protocol itself."""
 
 from __future__ import annotations
