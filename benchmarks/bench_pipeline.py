@@ -120,6 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="PATH", help="also write the numbers as JSON here")
     args = ap.parse_args(argv)
 
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")   # single-node Ray: loopback only
     import ray
     import torch
 

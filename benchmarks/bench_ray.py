@@ -117,6 +117,7 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_worker_niceness", "0")   # as teachsim's embedded Ray does
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")   # single-node Ray: loopback only
     import ray
     import torch
 

@@ -12,6 +12,10 @@ from tiny import TINY
 # Runs default to the Ray executor. The suite runs serially unless a test
 # asks for Ray (tests/runners/test_ray.py does), so most tests start no Ray; subprocesses inherit it.
 os.environ.setdefault("TEACHSIM_EXECUTOR", "serial")
+# Every Ray a test starts (its own ray.init, `ray start --head`, subprocesses) is single-node
+# and so listens on 127.0.0.1 only; read when ray is first imported. The embedded Ray of
+# teachsim sets this itself (tests/runners/test_ray.py checks it without this variable).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture

@@ -80,24 +80,27 @@ def protocol_env(protocol: Any, **options: Any):
     return _env(protocol, **options)
 
 
-def register_task(name: str, factory: Any, *, params: Any = None, check: Any = None) -> None:
+def register_task(name: str, factory: Any, *, params: Any = None, check: Any = None,
+                  version: int | None = None) -> None:
     """Register a task factory ``factory(seed, **params) -> Task`` (a ``Task`` subclass with
     ``PARAMS`` is one); check it with :func:`check_task`. ``check(**params) -> (dim,
     classes)``, optional, checks parameters together (raising ``ConfigError``) without
-    building the task; without it, checking a config builds the task once."""
-    registry.tasks.register(name, factory, params=params, check=check)
+    building the task; without it, checking a config builds the task once. ``version``
+    (default the factory's ``VERSION``, else 1) is its behaviour version, as for every
+    ``register_*``: raise it when a change would change results."""
+    registry.tasks.register(name, factory, params=params, check=check, version=version)
 
 
-def register_protocol(name: str, factory: Any, *, params: Any = None) -> None:
+def register_protocol(name: str, factory: Any, *, params: Any = None, version: int | None = None) -> None:
     """Register a protocol class (subclass of ``teachsim.protocols.base.Protocol``)."""
-    registry.protocols.register(name, factory, params=params)
+    registry.protocols.register(name, factory, params=params, version=version)
 
 
-def register_strategy(name: str, factory: Any, *, params: Any = None) -> None:
+def register_strategy(name: str, factory: Any, *, params: Any = None, version: int | None = None) -> None:
     """Register a query strategy ``(model, X_pool, n, *, rng, **params) -> indices``."""
-    registry.strategies.register(name, factory, params=params)
+    registry.strategies.register(name, factory, params=params, version=version)
 
 
-def register_method(name: str, factory: Any, *, params: Any = None) -> None:
+def register_method(name: str, factory: Any, *, params: Any = None, version: int | None = None) -> None:
     """Register a learning method ``(model, x, y, ctx) -> loss``."""
-    registry.methods.register(name, factory, params=params)
+    registry.methods.register(name, factory, params=params, version=version)

@@ -1,3 +1,5 @@
+"""``python -m teachsim``: the command line (:mod:`teachsim.cli`)."""
+
 from .cli import main
 
 raise SystemExit(main())

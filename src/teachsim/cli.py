@@ -1,7 +1,8 @@
 """The ``teachsim`` command line.
 
-Exit codes: 0 success; 1 the experiment ran but some episodes failed; 2 bad input
-(config, arguments, plugin), reported in one line without a traceback.
+Exit codes: 0 success; 1 the experiment ran but some episodes failed, or a conformance
+check failed; 2 bad input (config, arguments, plugin), reported in one line without a
+traceback; 130 interrupted (finished episodes are kept).
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ class Experiment:
 
 
 def load(source: str | Path | Mapping[str, Any]) -> Experiment:
-    """Read and resolve a config from a TOML path, TOML text path, or a dict."""
+    """Read and resolve a config from a TOML file path or a dict."""
     if isinstance(source, Mapping):
         raw = copy.deepcopy(dict(source))
     else:

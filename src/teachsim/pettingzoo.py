@@ -1,7 +1,7 @@
 """Any protocol as a PettingZoo AEC environment, so teacher (or student) policies can be
 trained with reinforcement learning. Needs the ``rl`` extra (``pip install teachsim[rl]``).
 
-The environment steps the one episode loop (:class:`teachsim.platform.episode.Loop`) a
+The environment steps the one episode loop (:class:`teachsim.platform.loop.Loop`) a
 turn at a time; the agents are ``"student"`` and ``"teacher"``, in the protocol's turn
 order. Each agent's action is ``Discrete(candidates + 1)``:
 

@@ -101,7 +101,8 @@ class Registry:
         """Add ``name``; a later registration of the same name replaces it with a warning.
         ``params`` overrides ``target.PARAMS``; ``check`` (tasks) checks parameters
         together without building anything (else checking a config builds the task once).
-        ``version`` (default ``target.VERSION``, else 1) is the behaviour version: a name
+        ``version`` (default: a callable ``target``'s ``VERSION``, else 1; a lazy
+        ``"module:attr"`` is not imported to read it) is the behaviour version: a name
         whose version is not 1 is stored as ``"name@version"`` in configs and episode keys,
         so results of one version are never resumed or extended by another."""
         if not isinstance(name, str) or not name or "@" in name:

@@ -10,7 +10,9 @@ check that none is left behind and stop only their own, by process id.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ipaddress
 import logging
 import os
 import secrets
@@ -523,3 +525,65 @@ def test_unreachable_or_wrong_address_is_exit_2_one_line(tmp_path):
             assert res.returncode == 2
             assert res.stderr.count("\n") == 1 and needle in res.stderr, res.stderr
             assert not (tmp_path / "r").exists()
+
+
+def _listening(pids: list[int]) -> list[tuple[ipaddress._BaseAddress, int]]:
+    """(address, port) of every TCP socket the processes ``pids`` listen on (from /proc)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
+        except OSError:   # gone meanwhile
+            continue
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:   # 0A: LISTEN
+                continue
+            host, port = fields[1].split(":")
+            raw = b"".join(bytes.fromhex(host[i:i + 8])[::-1] for i in range(0, len(host), 8))
+            found.append((ipaddress.ip_address(raw), int(port, 16)))
+    return found
+
+
+def _is_loopback(address) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def test_the_embedded_ray_listens_on_loopback_only():
+    """The local Ray that a run starts is reachable from this machine only: its node address
+    is 127.0.0.1 and no process of it listens on another interface (checked without the
+    single-node variable the test suite sets, so the executor's own setting is what holds)."""
+    code = ("import sys, ray\n"
+            "from teachsim.runners.ray_executor import RayExecutor\n"
+            "ex = RayExecutor(workers=1); ex.start(1)\n"
+            "print(sorted({n['NodeManagerAddress'] for n in ray.nodes()}), flush=True)\n"
+            "sys.stdin.readline(); ex.close()\n")
+    env = {k: v for k, v in _env().items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "['127.0.0.1']"
+        listening = _listening(_session(proc.pid))
+        assert len(listening) >= 3, listening        # GCS, raylet, a worker at least: the check sees them
+        assert [a for a, _ in listening if not _is_loopback(a)] == [], listening
+        proc.communicate("\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        assert _reap(proc.pid) == []
+
+
+def test_the_loopback_check_sees_an_outward_listener():
+    """The check is not blind: a socket on all interfaces is reported as not loopback."""
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        found = dict(_listening([os.getpid()]))
+        assert [a for a in found if not _is_loopback(a)], found

@@ -34,7 +34,7 @@ def erm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainCont
     return F.cross_entropy(model(x), y)
 
 
-# -- adversarial training family (issue 5; research/papers.md sections 2-3) ---------------
+# -- adversarial training family (BETA-AT, LRAT and the methods they compare with) --------
 #
 # Every method below attacks the batch with the model in eval mode (then restores its
 # mode), draws every random start from ``ctx.generator`` and keeps every iterate inside
@@ -220,11 +220,11 @@ def beta_at(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Train
 def lrat(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
     """LRAT (Gao et al. 2021), reconstructed: local reweighting inside each (x, x_adv) pair.
 
-    Rule implemented (a reconstruction, research/papers.md section 3.4; the paper's own
-    formula could not be read): the training attack is PGD-CE as in ``pgd-at``; with c_i
-    the number of its iterates (the ``attack_steps`` before each step plus the final one)
-    the model still classifies correctly, ``omega_i = 1 - c_i / (attack_steps + 1)``
-    (detached) and ``loss = mean_i [omega_i CE(f(x_adv_i), y_i) + (1 - omega_i) CE(f(x_i), y_i)]``.
+    Rule implemented (a reconstruction: the paper's own formula could not be read): the
+    training attack is PGD-CE as in ``pgd-at``; with c_i the number of its iterates (the
+    ``attack_steps`` before each step plus the final one) the model still classifies
+    correctly, ``omega_i = 1 - c_i / (attack_steps + 1)`` (detached) and
+    ``loss = mean_i [omega_i CE(f(x_adv_i), y_i) + (1 - omega_i) CE(f(x_i), y_i)]``.
     Every pair carries total weight 1 (no global reweighting); when the attack never
     flips x_i, the pair's weight all goes to the natural instance instead of vanishing.
     """

@@ -3,7 +3,7 @@
 A strategy is a function ``(model, X_pool, n, *, rng) -> indices`` for any model with
 ``predict_proba``: a *scorer* rates every pool point and a selector
 keeps the ``n`` best. The scorers are modAL's stateless ones where modAL has them (its
-learner classes break on current scikit-learn; research/ecosystem.md section 2), so our
+learner classes break on current scikit-learn), so our
 picks equal modAL's on the same estimator and pool.
 
 Example:

@@ -11,7 +11,8 @@ from ..tasks.base import Task
 class Teacher:
     """Answers queries with labels or ABSTAIN; active protocols use it to push.
 
-    It sees the student only through ``predictions`` messages (kept in ``heard``).
+    It sees the student only through the messages it receives (``query``, ``predictions``;
+    kept in ``heard``).
     """
 
     def __init__(self, task: Task):

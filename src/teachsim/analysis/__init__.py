@@ -1,1 +1,1 @@
-"""Analyses of stored runs (interactions between protocols, ...)."""
+"""Analyses of stored runs (multi-order interactions of a saved student's input variables)."""

@@ -1,4 +1,5 @@
-"""Multi-order interactions between input variables (seed 004; research/papers.md section 4).
+"""Multi-order interactions between input variables (Ren et al., "A Unified Game-Theoretic
+Interpretation of Adversarial Robustness", arXiv 2103.07364).
 
 Players: the n input variables. For a vector input they are its features; for a square
 image given as a flat vector (side x side) with ``grid=c`` they are the (side/c)^2 cells
@@ -16,10 +17,11 @@ Order-m interaction of players i != j (0 <= m <= n-2)::
     I^(m)(i,j) = E_{S subset N\\{i,j}, |S| = m} [ v(S+i+j) - v(S+i) - v(S+j) + v(S) ]
 
 :func:`exact_interactions` enumerates every context (n <= 12); :func:`sampled_interactions`
-averages over random contexts drawn uniformly among those of size m (papers.md 4.3), for
-orders m = int(r (n-2)) given by ratios r; :func:`interaction_profile` averages |I^(m)|
-over points and pairs, on clean and on attacked inputs. ``coef_m = (n-1-m)/(n(n-1))`` is
-the weight of order m in the decomposition of ``v(N) - v(empty)`` (papers.md 4.2).
+averages over random contexts drawn uniformly among those of size m (the paper's
+estimator), for orders m = int(r (n-2)) given by ratios r; :func:`interaction_profile`
+averages |I^(m)| over points and pairs, on clean and on attacked inputs.
+``coef_m = (n-1-m)/(n(n-1))`` is the weight of order m in the decomposition of
+``v(N) - v(empty)``.
 """
 
 from __future__ import annotations
@@ -234,7 +236,7 @@ def sampled_interactions(f: Callable, x, baseline, orders: Sequence[int], pairs=
                          grid: int | None = None, label=None, output: str = "log_prob",
                          num_pairs: int = 20, batch_size: int = 8192) -> SampledInteractions:
     """Monte-Carlo I^(m)(i,j): the mean of Δv(i,j,S) over ``samples`` contexts S drawn
-    uniformly (independently) among the subsets of N\\{i,j} of size m (papers.md 4.3).
+    uniformly (independently) among the subsets of N\\{i,j} of size m (the paper's estimator).
 
     Args:
         f: inputs (B, dim) -> logits (B, C) (or values (B,)).
@@ -318,7 +320,8 @@ def interaction_profile(model, task, X, *, y=None, ratios: Sequence[float] = RAT
                         judge: Mapping[str, Any] | None = None, grid: int | None | str = "auto",
                         baseline=None, samples: int = 100, num_pairs: int = 20, output: str = "log_prob",
                         seed: int = 0, generator: torch.Generator | None = None):
-    """Mean |I^(m)| per order ratio r over points and pairs, clean and attacked (papers.md 4.4/4.5).
+    """Mean |I^(m)| per order ratio r over points and pairs, clean and attacked (as the
+    paper compares them).
 
     Args:
         model: the student, inputs -> logits (put in eval mode here).

@@ -19,7 +19,8 @@
   in linf by mixed-integer programming (``scipy.optimize.milp``): certifies that no
   counterexample exists (the certified lower bound ``strong_robust_lb``).
 
-All of them work in float64 on the CPU.
+The polyhedral ones (exact_strong, exact_lp, milp_strong) work in float64 on the CPU;
+:func:`grid_strong` and :func:`penalty_strong` evaluate the models in float32.
 """
 
 from __future__ import annotations

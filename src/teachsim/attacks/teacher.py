@@ -346,7 +346,7 @@ def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "
     first from x with the classic step schedule, the second from x with a damped one, the
     third from x climbing the teacher's certainty of the class instead of the student's
     loss, the others from uniform points of the ball, damped); then ``polish`` rounds of
-    linearise-and-project (0 turns a phase off).
+    linearise-and-project (``untargeted = 0`` or ``polish = 0`` turns that phase off).
 
     Args:
         model: the student, inputs -> logits.

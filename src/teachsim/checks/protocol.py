@@ -1,6 +1,6 @@
 """Conformance checks for protocols: the same checks for ours and for a user's plugin.
 
-``check_protocol(name, **params)`` runs small real episodes of the protocol and checks
+``check_protocol(name, params={...})`` runs small real episodes of the protocol and checks
 that it (1) runs, (2) sends only legal messages, (3) never spends over the budget and
 charges every message by the rules, (4) terminates, (5) is deterministic under a seed,
 and (6) leaves a transcript that replays to the same student.

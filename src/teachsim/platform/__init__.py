@@ -1,1 +1,1 @@
-"""The engine: config, the episode loop, the judge, runners, the results store."""
+"""The engine of one episode: its spec, building its parts, the episode loop, the judge."""

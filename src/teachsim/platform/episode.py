@@ -80,7 +80,8 @@ def resolve_device(device: Any = "cpu"):
 
 
 def run_episode(spec: EpisodeSpec, device: Any = "cpu") -> EpisodeResult:
-    """Run one episode and judge its snapshots. Never raises: a failure is a result.
+    """Run one episode and judge its snapshots. Never raises (but for KeyboardInterrupt):
+    a failure is a result.
 
     ``device`` is where the student trains and is judged (``"cpu"``, ``"cuda:0"``, ...);
     where it is not usable the episode runs on the CPU. ``result.stats["device"]`` says

@@ -218,8 +218,9 @@ def _judge(model, task, test: TestSet, cfg: Mapping[str, Any], seed: int,
 
 def _strong_scores(model, task, x: torch.Tensor, test: TestSet, cfg: Mapping[str, Any], seed: int) -> dict[str, float]:
     """``strong_robust_acc`` (exact where possible, else the search's upper bound) and, where
-    a verifier applies, the certified lower bound ``strong_robust_lb``; ``strong_exact``
-    (1/0) says which way the first was made (a flag, see :func:`judge_episode`)."""
+    a verifier applies, the certified lower bound ``strong_robust_lb``; ``_strong_exact``
+    (1/0) says which way the first was made (:func:`judge_episode` records it as the flag
+    ``strong_exact``)."""
     from ..attacks import exact
     from ..attacks.teacher import teacher_attack
 

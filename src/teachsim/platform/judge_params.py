@@ -20,7 +20,7 @@ ALWAYS = METRICS[:6]
 
 VERSION = 4
 """The judge's behaviour version, recorded with every score. 1: the untargeted strong search
-(before 0.2; it overstated ``strong_robust_acc`` mid-curve); 2: the targeted search, exact
+(it overstated ``strong_robust_acc`` mid-curve); 2: the targeted search, exact
 answers for affine students, ``strong_robust_lb``; 3: the search adds an untargeted first
 phase and a linearise-and-project polish (exact on affine students with any class count;
 closes the gaps version 2 left on curved teachers and with 3 or more classes); 4: the
@@ -81,7 +81,7 @@ PARAMS = {
     # trained student's test points unbroken that a 200-step search broke (0.44 -> 0.00).
     "strong_steps": Int(200, lo=1, doc="iterations of the teacher-relative search (fewer: optimistic scores)"),
     "strong_restarts": Int(3, lo=1, doc="restarts of the teacher-relative search per target class "
-                           "(the first starts at x)"),
+                           "(the first three start at x, the others at random points of the ball)"),
     "strong_exact": Bool(True, doc="score strong_robust_acc exactly where that is possible (an affine "
                          "student under an affine teacher) instead of by the search"),
     "certify": Bool(False, doc="certified lower bound strong_robust_lb by MILP for ReLU MLP students under "

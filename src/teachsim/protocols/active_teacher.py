@@ -1,8 +1,9 @@
 """``active-teacher``: the teacher, who knows its own mechanism, pushes information.
 
-Each push kind is a small function of the teacher, a count and a generator that returns
-labelled points (the teacher's own knowledge, never the student's), except
-``counterexample``, which needs the probe round trip and lives in the protocol.
+Each kind of pushed points (``boundary``, ``offmanifold``, and ``data`` for ``then``) is a
+small function of the teacher, a count and a generator that returns labelled points (the
+teacher's own knowledge, never the student's); ``counterexample``, which needs the probe
+round trip, and ``invariance``, an ``explain``, live in the protocol.
 """
 
 from __future__ import annotations

@@ -39,9 +39,9 @@ ROUND_PARAMS: Mapping[str, Param] = {
 
 @runtime_checkable
 class StudentSide(Structural):
-    """What a protocol's student turn may use of the student (``teachsim.agents.Student``
-    is the implementation; ``tests/test_layout.py`` checks that the built-in protocols
-    use nothing else)."""
+    """What a protocol's student turn may use of the student
+    (``teachsim.agents.student.Student`` is the implementation; ``tests/test_layout.py``
+    checks that the built-in protocols use nothing else)."""
 
     data: Any        # its Distribution: ``sample(n, rng)``, ``dim``, ``box``
     steps: int       # its own training schedule (steps per learn)
@@ -57,7 +57,8 @@ class StudentSide(Structural):
 
 @runtime_checkable
 class TeacherSide(Structural):
-    """What a protocol's teacher turn may use of the teacher (``teachsim.agents.Teacher``)."""
+    """What a protocol's teacher turn may use of the teacher
+    (``teachsim.agents.teacher.Teacher``)."""
 
     task: Any        # the task: its rule (``label``, ``margin_to``, ``invariances``), data, classes
 

@@ -82,8 +82,9 @@ class Run:
 
     @property
     def judge_versions(self) -> dict[str, list[int]]:
-        """Judge name -> the judge versions its scores were made by (``judge.VERSION`` is
-        this teachsim's; older ones overstate ``strong_robust_acc``, see the README)."""
+        """Judge name -> the judge versions its scores were made by
+        (``teachsim.platform.judge_params.VERSION`` is this teachsim's; older ones overstate
+        ``strong_robust_acc``, see the README)."""
         con = sqlite3.connect(f"file:{self.dir / 'results.sqlite'}?mode=ro", uri=True)
         try:
             version = version_column(con) or "1"
@@ -135,8 +136,8 @@ class Run:
         Rows are the training methods: the swept ``student.method`` values, or, without a
         sweep, the protocols' labels when there are several (a ``[[protocols]]`` entry can
         override the student, e.g. ``student = { method = "pgd-at" }``), else the run's
-        method. Where other keys are swept too, rows are the full variant labels (joined
-        with the protocol's label when there are several protocols).
+        method. Where any other key is swept, rows are the full variant labels. With a
+        sweep and several protocols, each row label is joined with the protocol's label.
         """
         from ..platform.judge import attack_set_name
 

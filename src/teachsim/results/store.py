@@ -1,13 +1,14 @@
 """The results store: ``results.sqlite`` plus ``transcripts/`` and ``students/``.
 
-Only the driver writes, and one process at a time: a :class:`Store` holds the run
-directory's lock (``.teachsim.lock``, an advisory ``flock`` the kernel releases when its
-process dies, so a lock left by a killed run is simply taken over). Files for an episode
-are written first (atomically, by rename), then its rows in one transaction; the row is
-what marks an episode finished, so a run killed at any moment resumes without losing or
-duplicating results. The database also records which episodes the directory's experiment
-has (``planned``, by key, label and variant): an episode that is not one of them is
-refused at write time, whatever happened to ``config.toml``.
+Only the driver and a re-judging (``teachsim judge``) write, and one process at a time: a
+:class:`Store` holds the run directory's lock (``.teachsim.lock``, an advisory ``flock``
+the kernel releases when its process dies, so a lock left by a killed run is simply
+taken over). Files for an episode are written first (atomically, by rename), then its
+rows in one transaction; the row is what marks an episode finished, so a run killed at
+any moment resumes without losing or duplicating results. The database also records
+which episodes the directory's experiment has (``planned``, by key, label and variant):
+an episode that is not one of them is refused at write time, whatever happened to
+``config.toml``.
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ class Store:
             _atomic_write(self.dir / "transcripts" / f"{spec.key}.npz", buf.getvalue())
             _atomic_write(self.dir / "students" / f"{spec.key}.pt", _students_bytes(result.snapshots))
         stats = result.stats
-        with self.con:  # one transaction per finished episode
+        with self.con:  # one transaction per episode, finished or failed
             old = self.con.execute("SELECT episode_id FROM episodes WHERE key = ?", (spec.key,)).fetchone()
             if old:
                 for table in ("scores", "flags", "messages", "checkpoints", "episodes"):

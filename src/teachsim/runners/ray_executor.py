@@ -98,6 +98,40 @@ class _Worker:
 _RemoteWorker = ray.remote(max_restarts=0, max_task_retries=0)(_Worker)
 
 
+
+LOOPBACK = "127.0.0.1"
+_SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While an embedded Ray starts: keep every one of its servers on 127.0.0.1.
+
+    On Linux a new local Ray takes the machine's outward address as its node address and
+    its servers (GCS, raylet, agents, workers) listen on every interface, even with
+    ``_node_ip_address="127.0.0.1"``: a run on a laptop would be reachable from its
+    network. Ray's single-node mode (the one it uses on macOS and Windows) resolves the
+    node address to loopback. It is read from ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` twice:
+    by the daemons started here (they inherit the environment) and by this process when
+    Ray was imported, so the driver's flag is set for the start too. Both are restored
+    afterwards, so joining a real cluster later in this process is unaffected; a user who
+    set the variable keeps their value.
+    """
+    from ray._private import ray_constants   # private: no public switch exists for this
+
+    if _SINGLE_NODE_ENV in os.environ:        # the user's explicit choice wins
+        yield
+        return
+    was = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_NODE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = was
+        os.environ.pop(_SINGLE_NODE_ENV, None)
+
+
 @dataclass
 class _Item:
     spec: EpisodeSpec
@@ -212,7 +246,8 @@ def _stderr_captured() -> Iterator[Callable[[], list[str]]]:
 def _user_registrations() -> list[tuple[str, str, bytes]]:
     """Registry entries the driver's own code made (``teachsim.register_*`` in a script or a
     notebook, or in a module it imported), pickled one by one for the workers, so that
-    they know the same names. Plugins are not sent (workers load them), nor built-ins."""
+    they know the same names. Built-ins and the entries of plugin files are not sent (workers
+    load the plugins themselves)."""
     from ray import cloudpickle
 
     from .. import registry
@@ -332,7 +367,8 @@ class RayExecutor:
             # in a warning on every start: keep the safe default, drop the notice.
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             try:
-                ray.init(address="local", include_dashboard=False, **quiet)
+                with _loopback_only():
+                    ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK, **quiet)
             except Exception as exc:  # noqa: BLE001
                 raise RunError(f"could not start a local Ray: {_first_line(exc)}") from None
             self.embedded = True

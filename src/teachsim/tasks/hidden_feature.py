@@ -1,4 +1,4 @@
-"""``hidden-feature``: the paper's world (research/papers.md section 1.8).
+"""``hidden-feature``: the paper's world (Ma & Ying, arXiv 2012.07233).
 
 Inputs live in R^dim; the data lie on the first ``manifold_dim`` coordinates (the
 others are 0, or noise of std ``off_std``). The teacher decides from the on-manifold
