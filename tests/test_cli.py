@@ -6,8 +6,6 @@ import copy
 import math
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +14,8 @@ import pytest
 import teachsim
 from teachsim.cli import main
 from teachsim.platform.judge import ALWAYS as METRICS
-from tiny import TINY_TOML as TINY
+from tiny import TINY_TOML as TINY, cli as _cli, one_line_error as _one_line_error, rows as _rows
 
-PREFIX = "teachsim: error: "
 
 LABELS = {"passive", "passive(batch=5)"}
 
@@ -36,27 +33,6 @@ class Boom(Protocol):
 
 teachsim.register_protocol("boom-test", Boom)
 '''
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "teachsim", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
-
-
-def _one_line_error(err: str, out: str = "") -> str:
-    assert "Traceback" not in err and "Traceback" not in out
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(PREFIX), lines[0]
-    return lines[0]
-
-
-def _rows(run_dir: Path, sql: str) -> list[tuple]:
-    con = sqlite3.connect(run_dir / "results.sqlite")
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def _episodes(run_dir: Path) -> list[tuple]:

@@ -3,8 +3,6 @@ protocols via ``--plugin`` in ``run``, ``bench`` and ``check-protocol``, and ``l
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -12,26 +10,13 @@ import pytest
 
 from teachsim import registry
 from teachsim.config import to_toml
+from tiny import PREFIX, cli as _cli, one_line_error as _one_line_error
 
-PREFIX = "teachsim: error: "
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "examples" / "my_protocol.py"
 EXAMPLE = ROOT / "examples" / "noisy_teacher.toml"
 CHECKS = ("runs", "legal", "budget", "terminates", "deterministic", "replays")
 STRATEGIES = tuple(registry.strategies.names())
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "teachsim", *args], check=False, capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
-
-
-def _one_line_error(err: str, out: str = "") -> str:
-    assert "Traceback" not in err and "Traceback" not in out
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(PREFIX), lines[0]
-    return lines[0]
 
 
 def _small(config: dict) -> dict:

@@ -136,13 +136,14 @@ class Tamper(_Asker):
 
 
 class ProbeForever(Protocol):
-    """Probes every turn and never spends or ends."""
+    """Probes ``per_turn`` points every turn and never spends or ends."""
 
     legal: ClassVar[dict] = {m.STUDENT: {"predictions"}, m.TEACHER: {"probe"}}
     first = m.TEACHER
+    per_turn = 4
 
     def teacher_turn(self, teacher, inbox, ctx):
-        return [m.probe(teacher.task.data.sample(4, ctx.rng))]
+        return [m.probe(teacher.task.data.sample(self.per_turn, ctx.rng))]
 
     def student_turn(self, student, inbox, ctx):
         return [m.predictions(student.predict(p.points)) for p in inbox if p.kind == "probe"]
@@ -343,18 +344,11 @@ def test_probe_limit_is_respected_and_the_teacher_then_says_done(limit):
     assert "probe limit" in last.reason
 
 
-class ProbesTooMuch(Protocol):
+class ProbesTooMuch(ProbeForever):
     """Ignores ctx.probe_room: asks for 30 points every turn."""
 
     PARAMS: ClassVar[dict] = {"probe_limit": Int(45, lo=0)}
-    legal: ClassVar[dict] = {m.STUDENT: {"predictions"}, m.TEACHER: {"probe"}}
-    first = m.TEACHER
-
-    def teacher_turn(self, teacher, inbox, ctx):
-        return [m.probe(teacher.task.data.sample(30, ctx.rng))]
-
-    def student_turn(self, student, inbox, ctx):
-        return [m.predictions(student.predict(p.points)) for p in inbox if p.kind == "probe"]
+    per_turn = 30
 
 
 def test_channel_enforces_probe_limit_on_a_protocol_that_ignores_it(restore_registry):

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import teachsim
 from teachsim import registry
 from teachsim.platform.judge import ALWAYS as METRICS
 from teachsim.results.report import fmt
-from tiny import TINY
+from tiny import TINY, cli as _cli
 
 BOOM_PLUGIN = '''
 import teachsim
@@ -39,11 +38,6 @@ teachsim.register_protocol("boom-report", Boom)
 LABELS = ["passive", "passive(batch=5)"]
 BLUE = (0x1F, 0x77, 0xB4)            # tab10's first colour: the first protocol's line
 ALPHA = 0.18                         # the band's alpha in plot_metric
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "teachsim", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
 
 
 @pytest.fixture(scope="module")

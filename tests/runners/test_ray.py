@@ -36,7 +36,7 @@ from teachsim.cli import main
 from teachsim.errors import ConfigError
 from teachsim import config as config_mod
 from teachsim.platform.episode import run_episode
-from tiny import TINY
+from tiny import TINY, rows as _rows
 
 ray = pytest.importorskip("ray")
 
@@ -88,14 +88,6 @@ def _scores(run_dir: Path) -> pd.DataFrame:
     """Scores keyed by what they mean (episode ids follow finishing order, so drop them)."""
     s = teachsim.open_run(run_dir).scores.drop(columns="episode_id")
     return s.sort_values(["variant", "protocol", "seed", "budget", "metric"]).reset_index(drop=True)
-
-
-def _rows(run_dir: Path, sql: str) -> list[tuple]:
-    con = sqlite3.connect(run_dir / "results.sqlite")
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def _finished(run_dir: Path) -> int:
