@@ -25,18 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_ray import ForeignLoad  # noqa: E402  (same folder; a script, not a package)
+from bench_ray import ForeignLoad, environment  # noqa: E402  (same folder; a script, not a package)
 
 TEACHSIM = Path(sys.executable).with_name("teachsim")
 
@@ -120,17 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="PATH", help="also write the numbers as JSON here")
     args = ap.parse_args(argv)
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")   # single-node Ray: loopback only
-    import ray
-    import torch
-
-    import teachsim
-
-    env = {"teachsim": teachsim.__version__, "ray": ray.__version__, "torch": torch.__version__,
-           "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-           "date": date.today().isoformat()}
-    print(f"teachsim {env['teachsim']}, ray {env['ray']}, torch {env['torch']}, python {env['python']}, "
-          f"{env['machine']}, {env['cpus']} CPUs, {env['date']}")
+    env = environment()
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     plans = ([] if args.no_serial else [("serial", ["--executor", "serial"])])
     plans += [(f"ray, {n} worker{'s' if n > 1 else ''}", ["--executor", "ray", "--workers", str(n)])

@@ -107,14 +107,8 @@ def timed_run(config, out: Path, **options) -> tuple[float, float]:
     return seconds, foreign.seconds
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3, help="timed repeats of the overhead measurement (default 3)")
-    ap.add_argument("--tiny-seeds", type=int, default=50, help="seeds of the tiny experiment (x 2 protocols)")
-    ap.add_argument("--skip-suite", action="store_true", help="only part (b)")
-    ap.add_argument("--json", metavar="PATH", help="also write the numbers as JSON here")
-    args = ap.parse_args(argv)
-
+def environment() -> dict:
+    """Set up Ray's environment as teachsim's embedded Ray has it, print and return the versions."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_worker_niceness", "0")   # as teachsim's embedded Ray does
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")   # single-node Ray: loopback only
@@ -128,6 +122,20 @@ def main(argv=None) -> int:
            "date": date.today().isoformat()}
     print(f"teachsim {env['teachsim']}, ray {env['ray']}, torch {env['torch']}, python {env['python']}, "
           f"{env['machine']}, {env['cpus']} CPUs, {env['date']}")
+    return env
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats of the overhead measurement (default 3)")
+    ap.add_argument("--tiny-seeds", type=int, default=50, help="seeds of the tiny experiment (x 2 protocols)")
+    ap.add_argument("--skip-suite", action="store_true", help="only part (b)")
+    ap.add_argument("--json", metavar="PATH", help="also write the numbers as JSON here")
+    args = ap.parse_args(argv)
+
+    env = environment()
+    import ray
+
     results: dict = {"env": env, "target_efficiency": TARGET_EFFICIENCY, "target_overhead": TARGET_OVERHEAD}
     work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
 
