@@ -43,7 +43,8 @@ BAD = [
      ["unique", "protocols[0]"]),
     ("empty-label", _edit("batch = 5", 'batch = 5\nlabel = ""'), "protocols[1].label", ["non-empty string"]),
     ("budgets-not-increasing", _edit("budgets = [0, 10, 20]", "budgets = [0, 20, 10]"), "budgets", ["increasing"]),
-    ("budgets-negative", _edit("budgets = [0, 10, 20]", "budgets = [-1, 10]"), "budgets", [">= 0"]),
+    ("budgets-negative", _edit("budgets = [0, 10, 20]", "budgets = [-1, 10]"), "budgets", ["from 0"]),
+    ("budgets-huge", _edit("budgets = [0, 10, 20]", "budgets = [0, 1e16]"), "budgets", ["from 0 to 1e+15"]),
     # the name is the folder under runs/: "..", separators, NUL or a huge name would escape it
     ("name-dotdot", _edit('name = "tiny"', 'name = ".."'), "name", ["safe file name", "'..'"]),
     ("name-separator", _edit('name = "tiny"', 'name = "a/b"'), "name", ["safe file name", "'a/b'"]),
@@ -52,6 +53,9 @@ BAD = [
     ("name-too-long", _edit('name = "tiny"', f'name = "{"n" * 101}"'), "name", ["1-100 characters"]),
     ("empty-seeds", _edit("seeds = [0, 1]", "seeds = []"), "seeds", ["non-empty"]),
     ("float-seed", _edit("seeds = [0, 1]", "seeds = [0.5]"), "seeds", ["integers"]),
+    # SQLite keeps seeds as signed 64-bit integers: 2**63 was computed, then failed to record
+    ("seed-too-large", _edit("seeds = [0, 1]", f"seeds = [0, {2**63}]"), "seeds", [f"from 0 to {2**63 - 1}"]),
+    ("seed-negative", _edit("seeds = [0, 1]", "seeds = [-1]"), "seeds", ["integers from 0"]),
     ("unknown-method", _edit("steps = 30", 'steps = 30\nmethod = "ermm"'), "student.method",
      ["unknown method", "did you mean 'erm'"]),
     ("unknown-model", _edit("steps = 30", 'steps = 30\nmodel = "mlpp"'), "student.model", ["did you mean 'mlp'"]),

@@ -234,12 +234,19 @@ def resolve_protocols(raw: Any) -> list[dict[str, Any]]:
     return out
 
 
+MAX_SEED = 2**63 - 1
+MAX_BUDGET = 10**15
+
+
 def _numbers(raw: Mapping[str, Any], key: str, default: list, *, integer: bool) -> list:
     value = raw.get(key, default)
-    kind = "integers >= 0" if integer else "numbers >= 0"
+    # upper bounds: the store keeps seeds as SQLite integers (signed 64-bit) and budgets
+    # as numbers; a larger value would be computed and then fail to be recorded
+    top = MAX_SEED if integer else MAX_BUDGET
+    kind = f"integers from 0 to {top}" if integer else f"numbers from 0 to {top:.0e}"
     ok = isinstance(value, list) and value and all(
         (isinstance(v, int) or (not integer and isinstance(v, float) and math.isfinite(v)))
-        and not isinstance(v, bool) and v >= 0 for v in value)
+        and not isinstance(v, bool) and 0 <= v <= top for v in value)
     if not ok:
         raise ConfigError.expected(key, f"a non-empty list of {kind}", value)
     if len(set(value)) != len(value):

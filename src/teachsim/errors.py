@@ -48,5 +48,11 @@ class BudgetError(TeachsimError):
     """A message could not be delivered within the final budget."""
 
 
+class DivergedError(TeachsimError, ArithmeticError):
+    """A student's training diverged: its weights are no longer finite numbers. Its
+    predictions would be arbitrary (argmax of NaN), so the episode fails instead of
+    being scored."""
+
+
 class RunError(TeachsimError):
     """A run directory is missing, corrupt, or holds a different experiment."""

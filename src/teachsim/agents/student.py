@@ -14,6 +14,7 @@ import torch
 
 from .. import messages as m
 from .. import seeding
+from ..errors import DivergedError
 from ..tasks.base import Distribution
 from .methods import TrainContext
 
@@ -107,6 +108,7 @@ class Student:
             return
         g = seeding.torch_generator(self.seed, "student", "learn", len(self.learn_log))
         self._fit(self.model, X, y, steps, g)
+        _check_finite(self.model, f"learn call {len(self.learn_log)}", self)
 
     def _fit(self, model: torch.nn.Module, X: np.ndarray, y: np.ndarray, steps: int,
              g: torch.Generator) -> None:
@@ -165,6 +167,7 @@ class Student:
                 g = seeding.torch_generator(self.seed, "student", "committee", round_, i)
                 pick = torch.randint(len(y), (len(y),), generator=g).numpy()
                 self._fit(model, X[pick], y[pick], self.steps if steps is None else steps, g)
+                _check_finite(model, f"committee member {i} of round {round_}", self)
             members.append(model)
         return Committee(members)
 
@@ -185,6 +188,17 @@ class Student:
     def snapshot(self) -> dict[str, torch.Tensor]:
         """A detached copy of the model's weights."""
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+
+def _check_finite(model: torch.nn.Module, where: str, student: Student) -> None:
+    """Fail loudly when training diverged (too large a learning rate, say): a model with a
+    NaN or infinite weight predicts class 0 everywhere and would be scored as if it had
+    learnt. Checked once per training run, not per step (one pass over the weights)."""
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise DivergedError(f"training diverged at {where}: non-finite weights in {', '.join(bad[:3])}"
+                            f"{' ...' if len(bad) > 3 else ''} (optimizer {student.optimizer}, lr {student.lr:g}, "
+                            f"method {getattr(student.method, '__name__', student.method)}); lower student.lr")
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
