@@ -55,6 +55,8 @@ BAD = [
     ("float-seed", _edit("seeds = [0, 1]", "seeds = [0.5]"), "seeds", ["integers"]),
     # SQLite keeps seeds as signed 64-bit integers: 2**63 was computed, then failed to record
     ("seed-too-large", _edit("seeds = [0, 1]", f"seeds = [0, {2**63}]"), "seeds", [f"from 0 to {2**63 - 1}"]),
+    ("time-limit-zero", "time_limit = 0\n" + TINY, "time_limit", ["a number of seconds > 0", "got 0"]),
+    ("time-limit-string", 'time_limit = "1h"\n' + TINY, "time_limit", ["a number of seconds > 0", "'1h'"]),
     ("seed-negative", _edit("seeds = [0, 1]", "seeds = [-1]"), "seeds", ["integers from 0"]),
     ("unknown-method", _edit("steps = 30", 'steps = 30\nmethod = "ermm"'), "student.method",
      ["unknown method", "did you mean 'erm'"]),

@@ -66,3 +66,35 @@ def rows(run_dir: Path, sql: str, *args) -> list[tuple]:
         return con.execute(sql, args).fetchall()
     finally:
         con.close()
+
+
+# A protocol that never finishes its first turn, as a user's bug would: ``how`` = "loop"
+# (a turn that never returns), "learn" (learn() of 10**15 steps) or "masked" (SIGALRM
+# blocked, then a loop: only the Ray driver can stop it).
+STUCK_PLUGIN = '''
+import signal
+
+import teachsim
+from teachsim import messages as m
+from teachsim.protocols.base import Protocol
+from teachsim.schema import Choice
+
+
+class Stuck(Protocol):
+    PARAMS = {"how": Choice("loop", ("loop", "learn", "masked"))}
+    legal = {m.STUDENT: {"query"}, m.TEACHER: {"answer"}}
+
+    def student_turn(self, student, inbox, ctx):
+        if self.how == "learn":
+            student.learn(10**15, force=True)
+        if self.how == "masked":
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        while True:
+            pass
+
+    def teacher_turn(self, teacher, inbox, ctx):
+        return []
+
+
+teachsim.register_protocol("stuck", Stuck)
+'''

@@ -58,6 +58,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="GPUs per episode; 0.25 packs four episodes per GPU (default 0; CPU when no GPU)")
     p.add_argument("--retries", type=int, default=0,
                    help="extra attempts for a failing episode (an episode whose worker dies is always retried)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS", dest="time_limit",
+                   help="fail an episode that runs longer (default: the config's time_limit, else none)")
     p.add_argument("--resume", action="store_true", help="keep finished episodes of --out and run the rest")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-report", action="store_true", dest="no_report",
@@ -143,13 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_flags(args: argparse.Namespace) -> str:
+    """The execution options given, as command-line text: a resume runs the way the run did."""
+    import shlex
+
+    flags = [("--executor", args.executor), ("--address", args.address), ("--workers", args.workers),
+             ("--cpus-per-episode", args.cpus_per_episode), ("--gpus-per-episode", args.gpus_per_episode),
+             ("--retries", args.retries or None), ("--time-limit", args.time_limit)]
+    return "".join(f" {flag} {shlex.quote(f'{value:g}' if isinstance(value, float) else str(value))}"
+                   for flag, value in flags if value is not None)
+
+
 def _cmd_run(args: argparse.Namespace, config) -> int:
     from .results.driver import run
 
     try:
         r = run(config, out=args.out, executor=args.executor, address=args.address, workers=args.workers,
                 cpus_per_episode=args.cpus_per_episode, gpus_per_episode=args.gpus_per_episode,
-                resume=args.resume, retries=args.retries, progress=not args.quiet)
+                resume=args.resume, retries=args.retries, progress=not args.quiet, time_limit=args.time_limit)
     except KeyboardInterrupt:
         out = args.out
         if out is None:
@@ -163,7 +176,7 @@ def _cmd_run(args: argparse.Namespace, config) -> int:
         if sys.stderr.isatty():
             print(file=sys.stderr)   # end the progress bar's line
         print(f"teachsim: interrupted; finished episodes are kept in {out}; to finish the run: "
-              f"teachsim {plugins}{what} --out {shlex.quote(str(out))} --resume", file=sys.stderr)
+              f"teachsim {plugins}{what} --out {shlex.quote(str(out))}{_run_flags(args)} --resume", file=sys.stderr)
         return 130
     episodes = r.episodes
     failed = episodes[episodes["status"] != "finished"]

@@ -23,7 +23,8 @@ from .platform import judge_params as judge_mod
 from .platform.spec import EpisodeSpec
 from .schema import Choice, Float, Int, IntList, Param, Str, resolve, suggest, unknown_key
 
-TOP = ("name", "description", "seeds", "budgets", "task", "student", "judge", "protocols", "sweep", "report")
+TOP = ("name", "description", "seeds", "budgets", "time_limit", "task", "student", "judge", "protocols", "sweep",
+       "report")
 
 REPORT_PARAMS: dict[str, Param] = {
     "target": Float(0.9, lo=0.0, hi=1.0, doc="target of the budget-to tables and the dimension-sweep plot"),
@@ -234,6 +235,16 @@ def resolve_protocols(raw: Any) -> list[dict[str, Any]]:
     return out
 
 
+def check_time_limit(field: str, value: Any) -> float | None:
+    """Seconds one episode may take (a number > 0), or None for no limit. Not part of any
+    episode key: it decides whether an episode is stopped, never what it computes."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError.expected(field, "a number of seconds > 0", value)
+    return float(value)
+
+
 MAX_SEED = 2**63 - 1
 MAX_BUDGET = 10**15
 
@@ -329,6 +340,7 @@ def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:
         raise ConfigError.expected("description", "a string", description)
     seeds = _numbers(raw, "seeds", [0, 1, 2], integer=True)
     budgets = _numbers(raw, "budgets", [0, 25, 50, 100, 200, 400], integer=False)
+    limit = check_time_limit("time_limit", raw.get("time_limit"))
     sweep = _resolve_sweep(raw.get("sweep"))
     protocols = resolve_protocols(raw.get("protocols"))
 
@@ -381,6 +393,8 @@ def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:
 
     config = {"name": name, "description": description, "seeds": seeds, "budgets": budgets,
               **{k: v for k, v in plain.items() if k != "students"}, "protocols": protocols}
+    if limit is not None:   # absent when unset: older run directories' config.toml stays the same
+        config["time_limit"] = limit
     report = resolve_report(raw.get("report"))
     if report is not None:
         config["report"] = report

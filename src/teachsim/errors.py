@@ -54,5 +54,10 @@ class DivergedError(TeachsimError, ArithmeticError):
     being scored."""
 
 
+class EpisodeTimeout(TeachsimError):
+    """An episode ran past its time limit (``time_limit`` in the config, ``--time-limit``):
+    a protocol turn that never returns, or a ``learn()`` of a huge number of steps."""
+
+
 class RunError(TeachsimError):
     """A run directory is missing, corrupt, or holds a different experiment."""

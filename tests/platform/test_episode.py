@@ -166,3 +166,33 @@ def test_more_passive_labels_raise_clean_accuracy(tmp_path):
     assert clean[40.0] > clean[0.0] + 0.05
     assert clean[300.0] > clean[40.0]
     assert clean[300.0] > 0.9
+
+
+@pytest.mark.parametrize("how", ["loop", "learn"])
+def test_an_episode_past_its_time_limit_fails_alone(tmp_path, tiny_config, restore_registry, how):
+    """A turn that never returns, or learn() of 10**15 steps, once hung a run for ever: with
+    a time limit the episode fails with EpisodeTimeout, and the other episodes finish."""
+    from tiny import STUCK_PLUGIN
+
+    plugin = tmp_path / "stuck.py"
+    plugin.write_text(STUCK_PLUGIN)
+    tiny_config.update(seeds=[0], time_limit=1.5)
+    tiny_config["protocols"][1] = {"name": "stuck", "how": how}
+    run = teachsim.run(tiny_config, out=tmp_path / "run", executor="serial", progress=False, plugins=(str(plugin),))
+    passive, stuck = (row for _, row in run.episodes.sort_values("episode_id").iterrows())
+    assert passive["status"] == "finished"
+    assert stuck["status"] == "failed"
+    assert stuck["error"].startswith("EpisodeTimeout: the episode ran past its time limit of 1.5 s"), stuck["error"]
+    assert stuck["seconds"] < 10
+
+
+def test_the_time_limit_leaves_no_alarm_behind(tiny_config):
+    """After an episode the previous SIGALRM handler is back and no timer is left running."""
+    import signal
+
+    spec = load({**tiny_config, "seeds": [0], "time_limit": 60}).episodes[0]
+    before = signal.getsignal(signal.SIGALRM)
+    result = run_episode(spec, limit=60)
+    assert result.status == "finished", result.error
+    assert signal.getsignal(signal.SIGALRM) is before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)

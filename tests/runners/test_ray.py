@@ -220,6 +220,8 @@ def plugin(tmp_path_factory):
     ({"executor": "dask"}, "--executor"),
     ({"executor": "serial", "workers": 2}, "--workers"),
     ({"executor": "serial", "address": "127.0.0.1:6379"}, "--address"),
+    ({"executor": "serial", "time_limit": 0}, "--time-limit"),
+    ({"executor": "serial", "time_limit": float("nan")}, "--time-limit"),
 ])
 def test_bad_options_are_config_errors_before_anything_runs(tmp_path, options, field):
     with pytest.raises(ConfigError) as info:
@@ -232,6 +234,7 @@ def test_bad_options_are_config_errors_before_anything_runs(tmp_path, options, f
     (["--workers", "0"], "--workers: expected an integer >= 1, got 0"),
     (["--gpus-per-episode", "-1"], "--gpus-per-episode: expected a number >= 0"),
     (["--executor", "serial", "--gpus-per-episode", "0.5"], "--gpus-per-episode: applies to --executor ray only"),
+    (["--executor", "serial", "--time-limit", "-1"], "--time-limit: expected a number of seconds > 0, got -1.0"),
 ])
 def test_bad_options_on_the_command_line_are_exit_2_one_line(tmp_path, capsys, argv, needle):
     cfg = _write(copy.deepcopy(TINY), tmp_path / "tiny.toml")
@@ -382,7 +385,8 @@ def test_episode_whose_worker_is_killed_is_retried(local_ray, tmp_path, plugin):
 @needs_proc
 def test_ctrl_c_stops_cleanly_keeps_finished_episodes_and_resume_finishes(tmp_path):
     cfg, out = _write(LONG, tmp_path / "long.toml"), tmp_path / "run"
-    proc = _popen(["run", str(cfg), "--out", str(out), "--executor", "ray"], _env(), tmp_path)
+    proc = _popen(["run", str(cfg), "--out", str(out), "--executor", "ray", "--workers", "2", "--retries", "1"],
+                  _env(), tmp_path)
     try:
         _wait_for_finished(out, proc)
         os.killpg(proc.pid, signal.SIGINT)            # what Ctrl-C in a terminal does
@@ -392,7 +396,9 @@ def test_ctrl_c_stops_cleanly_keeps_finished_episodes_and_resume_finishes(tmp_pa
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("teachsim: interrupted;") and f"--out {out} --resume" in last, err
+    # the resume command runs the way the run did: executor, workers and retries kept
+    assert last.startswith("teachsim: interrupted;"), err
+    assert last.endswith(f"--out {out} --executor ray --workers 2 --retries 1 --resume"), err
     assert not left, f"processes left behind: {left}"
     kept = _rows(out, "SELECT key, status, started_at FROM episodes ORDER BY key")
     assert 1 <= len(kept) < 8 and {s for _, s, _ in kept} == {"finished"}
@@ -579,3 +585,26 @@ def test_the_loopback_check_sees_an_outward_listener():
         s.listen()
         found = dict(_listening([os.getpid()]))
         assert [a for a in found if not _is_loopback(a)], found
+
+
+@pytest.mark.slow
+def test_the_time_limit_holds_on_ray_workers_and_the_driver_stops_a_deaf_one(local_ray, tmp_path, monkeypatch,
+                                                                          restore_registry):
+    """On Ray the worker stops an episode past its limit (a turn that loops for ever);
+    one that cannot be interrupted (SIGALRM blocked, as native code would be) is stopped by
+    the driver after the grace period. Both are recorded failed; the other episodes finish."""
+    from teachsim.runners import ray_executor
+    from tiny import STUCK_PLUGIN
+
+    monkeypatch.setattr(ray_executor, "STOP_GRACE", 2.0)
+    plugin = tmp_path / "stuck.py"
+    plugin.write_text(STUCK_PLUGIN)
+    cfg = _config(seeds=[0], time_limit=2.0, protocols=[
+        {"name": "passive"}, {"name": "stuck", "how": "loop", "label": "loops"},
+        {"name": "stuck", "how": "masked", "label": "deaf"}])
+    r = teachsim.run(cfg, out=tmp_path / "run", executor="ray", plugins=(str(plugin),), progress=False)
+    eps = r.episodes.set_index("protocol")
+    assert eps.loc["passive", "status"] == "finished"
+    assert eps.loc["loops", "status"] == "failed" and eps.loc["deaf", "status"] == "failed"
+    assert eps.loc["loops", "error"].startswith("EpisodeTimeout: the episode ran past its time limit of 2 s")
+    assert "its Ray worker, still busy 2 s later, was stopped" in eps.loc["deaf", "error"]

@@ -7,7 +7,10 @@ moves specs in and results out; the driver alone writes results.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import EpisodeTimeout
 from ..protocols.channel import Delivery
 from .build import build_model, build_protocol, build_student, build_task
 from .loop import converse
@@ -79,13 +83,45 @@ def resolve_device(device: Any = "cpu"):
     return dev
 
 
-def run_episode(spec: EpisodeSpec, device: Any = "cpu") -> EpisodeResult:
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise :class:`EpisodeTimeout` in this thread once ``seconds`` have passed (None: no
+    limit). A one-shot ``SIGALRM`` interrupts Python code anywhere, a turn that loops
+    forever or a ``learn()`` of 10**15 steps included; one long native call (a single
+    huge matrix product) finishes first. Only the main thread receives signals, so
+    elsewhere this does nothing (the Ray driver stops such a worker itself)."""
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+    armed = True
+
+    def on_alarm(signum, frame):
+        nonlocal armed
+        if armed:   # never after the block ended, whatever the timing
+            armed = False
+            raise EpisodeTimeout(f"the episode ran past its time limit of {seconds:g} s (time_limit)")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        armed = False
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+
+
+def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None = None) -> EpisodeResult:
     """Run one episode and judge its snapshots. Never raises (but for KeyboardInterrupt):
     a failure is a result.
 
     ``device`` is where the student trains and is judged (``"cpu"``, ``"cuda:0"``, ...);
     where it is not usable the episode runs on the CPU. ``result.stats["device"]`` says
-    which. Results are plain CPU data whatever the device.
+    which. Results are plain CPU data whatever the device. ``limit`` (seconds, None for
+    none) fails the episode with :class:`~teachsim.errors.EpisodeTimeout` when it runs
+    longer (see :func:`time_limit`).
     """
     from ..agents.teacher import Teacher
     from .judge import VERSION, judge_episode
@@ -98,27 +134,28 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu") -> EpisodeResult:
     torch.set_num_threads(1)   # episodes are small: one thread each is fastest and keeps runs reproducible
     stats: dict[str, Any] = {}
     try:
-        dev = resolve_device(device)
-        stats["device"] = str(dev)
-        task = build_task(spec.task, spec.seed)
-        student = build_student(spec.student, task, spec.seed)
-        student.model.to(dev)
-        conv = converse(build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets,
-                        seed=spec.seed, initial_labels=spec.student["initial_labels"])
-        models = {}
-        for budget, weights in conv.snapshots.items():
-            models[budget] = build_model(spec.student, task, spec.seed)
-            models[budget].load_state_dict(weights)
-            models[budget].to(dev)
-        result.scores, result.flags, result.judged = judge_episode(models, task, spec.judge, spec.seed)
-        result.judge_version = VERSION
-        result.messages, result.payloads = transcript_rows(conv.channel.log)
-        result.payloads["learn_log"] = np.asarray(student.learn_log, dtype=np.int64).reshape(-1, 2)
-        result.snapshots = {b: {k: v.cpu().numpy() for k, v in s.items()} for b, s in conv.snapshots.items()}
-        result.checkpoints = conv.checkpoints
-        result.stats = {**stats, "spent": conv.channel.spent, "probed": conv.channel.probed,
-                        "refused": conv.channel.refused, "turns": conv.turns,
-                        "labelled": student.n_labelled, "initial_labels": spec.student["initial_labels"]}
+        with time_limit(limit):
+            dev = resolve_device(device)
+            stats["device"] = str(dev)
+            task = build_task(spec.task, spec.seed)
+            student = build_student(spec.student, task, spec.seed)
+            student.model.to(dev)
+            conv = converse(build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets,
+                            seed=spec.seed, initial_labels=spec.student["initial_labels"])
+            models = {}
+            for budget, weights in conv.snapshots.items():
+                models[budget] = build_model(spec.student, task, spec.seed)
+                models[budget].load_state_dict(weights)
+                models[budget].to(dev)
+            result.scores, result.flags, result.judged = judge_episode(models, task, spec.judge, spec.seed)
+            result.judge_version = VERSION
+            result.messages, result.payloads = transcript_rows(conv.channel.log)
+            result.payloads["learn_log"] = np.asarray(student.learn_log, dtype=np.int64).reshape(-1, 2)
+            result.snapshots = {b: {k: v.cpu().numpy() for k, v in s.items()} for b, s in conv.snapshots.items()}
+            result.checkpoints = conv.checkpoints
+            result.stats = {**stats, "spent": conv.channel.spent, "probed": conv.channel.probed,
+                            "refused": conv.channel.refused, "turns": conv.turns,
+                            "labelled": student.n_labelled, "initial_labels": spec.student["initial_labels"]}
         result.status = "finished"
     except KeyboardInterrupt:
         raise   # the user stops the run (finished episodes are kept; --resume goes on)

@@ -74,7 +74,8 @@ def _check_same_or_extended(run_dir: Path, exp: Experiment, note) -> None:
 def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path | None = None,
         executor: str | None = None, address: str | None = None, workers: int | None = None,
         cpus_per_episode: float | None = None, gpus_per_episode: float | None = None,
-        resume: bool = False, retries: int = 0, progress: bool = True, plugins: tuple[str, ...] = ()) -> Run:
+        resume: bool = False, retries: int = 0, progress: bool = True, plugins: tuple[str, ...] = (),
+        time_limit: float | None = None) -> Run:
     """Run an experiment and return its :class:`Run`.
 
     Args:
@@ -97,6 +98,8 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
             also resubmitted, up to 3 times, whatever this is).
         progress: print progress to stderr.
         plugins: plugin files or modules to load first (Ray workers load them too).
+        time_limit: seconds one episode may take before it is stopped and recorded
+            failed (``EpisodeTimeout``); default the config's ``time_limit``, else none.
 
     Raises:
         ConfigError: bad config or option, or an unreachable cluster (nothing has run).
@@ -119,6 +122,8 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ConfigError.expected("--retries", "an integer >= 0", retries)
     exp = config if isinstance(config, Experiment) else config_mod.load(config)
+    limit = (config_mod.check_time_limit("--time-limit", time_limit) if time_limit is not None
+             else exp.config.get("time_limit"))
     run_dir = Path(out) if out is not None else Path("runs") / exp.name
     text = config_mod.to_toml(exp.config)
     cfg_path = run_dir / "config.toml"
@@ -152,7 +157,7 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
             bar = Progress(len(todo), skipped=len(exp.episodes) - len(todo), enabled=progress)
             if todo and runner.name != "serial":
                 bar.note(runner.description)
-            for result, attempts in runner.run(todo, retries=retries):
+            for result, attempts in runner.run(todo, retries=retries, time_limit=limit):
                 store.write(result, attempts)
                 bar.update(result)
         finally:

@@ -27,6 +27,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Self
@@ -41,6 +42,7 @@ from ..platform.spec import EpisodeSpec
 LOST_RETRIES = 3
 """Resubmissions of an episode whose worker died, before it is recorded as failed."""
 
+STOP_GRACE = 30.0  # seconds past the time limit before the driver stops a worker itself
 _WAIT_S = 0.5   # ray.wait timeout: how often the driver wakes up (and can be interrupted)
 
 
@@ -85,10 +87,10 @@ class _Worker:
         return {"pid": os.getpid(), "host": socket.gethostname(), "gpu_ids": self.gpu_ids, "device": self.device,
                 "problems": self.problems}
 
-    def run(self, spec: EpisodeSpec) -> EpisodeResult:
+    def run(self, spec: EpisodeSpec, time_limit: float | None = None) -> EpisodeResult:
         from ..platform.episode import run_episode
 
-        result = run_episode(spec, device=self.device)
+        result = run_episode(spec, device=self.device, limit=time_limit)
         result.stats.update(gpu_ids=self.gpu_ids, worker_pid=os.getpid())
         if result.status != "finished" and self.problems:
             result.error += "\n(on this Ray worker: " + "; ".join(self.problems) + ")"
@@ -389,8 +391,13 @@ class RayExecutor:
         return _RemoteWorker.options(num_cpus=self.cpus, num_gpus=self.gpus).remote(
             plugins, paths, registrations, min(1.0, self.gpus) if self.gpus else 1.0)
 
-    def run(self, specs: Iterable[EpisodeSpec], *, retries: int = 0) -> Iterator[tuple[EpisodeResult, int]]:
-        """Yield ``(result, attempts)`` for every spec, in the order episodes finish."""
+    def run(self, specs: Iterable[EpisodeSpec], *, retries: int = 0,
+            time_limit: float | None = None) -> Iterator[tuple[EpisodeResult, int]]:
+        """Yield ``(result, attempts)`` for every spec, in the order episodes finish.
+
+        ``time_limit``: seconds an episode may take. The worker enforces it (the episode
+        fails with ``EpisodeTimeout``); one that has not answered :data:`STOP_GRACE` seconds
+        later (stuck in native code) is stopped from here and recorded the same way."""
         from .. import registry
 
         queue = _Queue(_Item(s) for s in specs)
@@ -403,6 +410,7 @@ class RayExecutor:
         registrations = _user_registrations()
         starting: dict[Any, Any] = {}        # ready ref -> actor
         running: dict[Any, tuple[Any, _Item]] = {}   # run ref -> (actor, item)
+        since: dict[Any, tuple[float, str]] = {}     # run ref -> (monotonic start, ISO start)
         idle: list[Any] = []
         actors: list[Any] = []
         failed_starts = 0
@@ -415,7 +423,25 @@ class RayExecutor:
         def dispatch() -> None:
             while idle and queue:
                 actor, item = idle.pop(), queue.pop()
-                running[actor.run.remote(item.spec)] = (actor, item)
+                ref = actor.run.remote(item.spec, time_limit)
+                running[ref] = (actor, item)
+                since[ref] = (time.monotonic(), now())
+
+        def overdue() -> list[tuple[EpisodeResult, int]]:
+            """Episodes past their limit whose worker did not stop them: stop the worker."""
+            if not time_limit:
+                return []
+            out = []
+            for ref in [r for r, (t, _) in since.items() if time.monotonic() - t > time_limit + STOP_GRACE]:
+                actor, item = running.pop(ref)
+                started = since.pop(ref)[1]
+                retire(actor)
+                spawn()
+                out.append((EpisodeResult(item.spec, "failed", started_at=started, finished_at=now(),
+                                          error=f"EpisodeTimeout: the episode ran past its time limit of "
+                                                f"{time_limit:g} s and its Ray worker, still busy "
+                                                f"{STOP_GRACE:g} s later, was stopped"), item.attempts + 1))
+            return out
 
         def retire(actor: Any) -> None:
             if actor in actors:
@@ -449,7 +475,7 @@ class RayExecutor:
                             idle.append(actor)
                         continue
                     actor, item = running.pop(ref)
-                    started = now()
+                    started = since.pop(ref, (0.0, now()))[1]
                     try:
                         result = ray.get(ref)
                     except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
@@ -476,6 +502,7 @@ class RayExecutor:
                         queue.again(item)
                     else:
                         finished.append((result, item.attempts + (result.status == "finished")))
+                finished += overdue()
                 # Hand the freed workers their next episodes before the caller writes these
                 # results: the workers compute while the driver writes.
                 dispatch()

@@ -9,13 +9,15 @@ from ..platform.episode import EpisodeResult, run_episode
 from ..platform.spec import EpisodeSpec
 
 
-def run_serial(specs: Iterable[EpisodeSpec], *, retries: int = 0) -> Iterator[tuple[EpisodeResult, int]]:
-    """Run episodes one after another in this process; yields ``(result, attempts)``."""
+def run_serial(specs: Iterable[EpisodeSpec], *, retries: int = 0,
+               time_limit: float | None = None) -> Iterator[tuple[EpisodeResult, int]]:
+    """Run episodes one after another in this process; yields ``(result, attempts)``.
+    ``time_limit``: seconds an episode may take before it fails (None: no limit)."""
     for spec in specs:
         attempts = 0
         while True:
             attempts += 1
-            result = run_episode(spec)
+            result = run_episode(spec, limit=time_limit)
             if result.status == "finished" or attempts > retries:
                 break
         yield result, attempts
@@ -37,8 +39,9 @@ class SerialExecutor:
     def start(self, episodes: int) -> None:
         """Nothing to start."""
 
-    def run(self, specs: Iterable[EpisodeSpec], *, retries: int = 0) -> Iterator[tuple[EpisodeResult, int]]:
-        return run_serial(specs, retries=retries)
+    def run(self, specs: Iterable[EpisodeSpec], *, retries: int = 0,
+            time_limit: float | None = None) -> Iterator[tuple[EpisodeResult, int]]:
+        return run_serial(specs, retries=retries, time_limit=time_limit)
 
     def close(self) -> None:
         """Nothing to stop."""
