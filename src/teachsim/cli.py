@@ -227,6 +227,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
         args.target = r.config.get("report", {}).get("target", 0.9)
     if args.judge != "default":
         print(f"judge: {args.judge}")
+    covered, finished = r.judge_coverage(args.judge)
+    if 0 < covered < finished:
+        print(f"teachsim: warning: judge {args.judge!r} is partial: it scored {covered} of the {finished} finished "
+              "episodes (a judging that stopped part way); run the same teachsim judge command again to finish it",
+              file=sys.stderr)
     s = r.summary(args.judge)
     if s.empty:
         print("no scores yet")
@@ -491,6 +496,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("teachsim: interrupted; finished episodes are kept (re-run with --resume)", file=sys.stderr)
+        if args.command == "judge":
+            print("teachsim: interrupted; the episodes judged so far are kept: run the same teachsim judge command "
+                  "again to judge the rest", file=sys.stderr)
+        else:
+            print("teachsim: interrupted", file=sys.stderr)
         return 130
     return 0

@@ -149,3 +149,89 @@ def test_upgrading_names_an_episode_whose_students_are_missing(tmp_path, tiny_ba
     (out / "students" / f"{key}.pt").unlink()
     with pytest.raises(RunError, match="episode 1 .*no saved students"):
         run.upgrade_judge(progress=False)
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    shutil.copytree(run.dir, tmp_path / "copy")
+    return teachsim.open_run(tmp_path / "copy")
+
+
+def test_a_missing_students_file_is_named_and_nothing_is_judged(tiny_run, tmp_path, capsys):
+    """A missing students/KEY.pt once gave a traceback after half the episodes, and show
+    presented the half as the judge's scores: now the judging refuses before any work."""
+    run = _copy(tiny_run, tmp_path)
+    third = run.episodes.sort_values("episode_id").iloc[2]
+    run.file("students", third["key"]).unlink()
+    code = main(["judge", str(run.dir), "--attacks", "fgsm", "--name", "half", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1
+    assert f"episode {third['episode_id']} ({third['protocol']}, seed {third['seed']}) has no saved students" in err
+    assert "nothing was judged" in err
+    assert "half" not in run.judges
+
+
+def test_an_interrupted_judging_is_marked_partial_and_the_same_command_finishes_it(tiny_run, tmp_path, capsys,
+                                                                                  monkeypatch):
+    run = _copy(tiny_run, tmp_path)
+    from teachsim.results import reader
+
+    real, calls = reader.Run.spec, []
+
+    def interrupt_third(self, episode):      # Ctrl-C while the third episode is judged
+        calls.append(episode)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, episode)
+
+    monkeypatch.setattr(reader.Run, "spec", interrupt_third)
+    argv = ["judge", str(run.dir), "--attacks", "fgsm", "--name", "quick", "--quiet"]
+    assert main(argv) == 130
+    assert "run the same teachsim judge command again" in capsys.readouterr().err
+    assert run.judge_coverage("quick") == (2, 4)
+    assert main(["show", str(run.dir), "--judge", "quick"]) == 0
+    assert "judge 'quick' is partial: it scored 2 of the 4 finished episodes" in capsys.readouterr().err
+    html = run.report(judge="quick").read_text()
+    assert "partial judge" in html and "scored 2 of the 4 finished episodes" in html
+
+    monkeypatch.setattr(reader.Run, "spec", real)
+    judged = run.scores_of("quick")
+    calls.clear()
+    assert main(argv) == 0                    # the same command: only the two left are judged
+    assert run.judge_coverage("quick") == (4, 4)
+    after = run.scores_of("quick")
+    kept = after[after["episode_id"].isin(judged["episode_id"])]
+    pd.testing.assert_frame_equal(kept.reset_index(drop=True), judged.reset_index(drop=True))
+    assert main(["show", str(run.dir), "--judge", "quick"]) == 0
+    assert "partial" not in capsys.readouterr().err
+
+
+def test_a_different_judging_under_a_used_name_starts_over(tiny_run, tmp_path):
+    """One name never holds two judges' scores: asking another attack set under it
+    replaces every episode's scores, and an interruption cannot leave a mix."""
+    run = _copy(tiny_run, tmp_path)
+    run.rejudge("mine", progress=False, attacks=["fgsm"])
+    run.rejudge("mine", progress=False, attacks=["pgd"], eps=0.5)
+    fresh = run.rejudge("other", progress=False, attacks=["pgd"], eps=0.5)
+    pd.testing.assert_frame_equal(run.scores_of("mine").reset_index(drop=True),
+                                  run.scores_of(fresh).reset_index(drop=True))
+
+
+@pytest.mark.parametrize("command", ["transcript", "judge"])
+def test_a_crafted_key_in_the_database_never_reaches_outside_the_run(tiny_run, tmp_path, capsys, command):
+    """An episode key altered to '../x' once made transcript and judge read outside the
+    run directory: keys are checked to be keys teachsim writes."""
+    import sqlite3
+
+    run = _copy(tiny_run, tmp_path)
+    (tmp_path / "x.npz").write_bytes(b"not yours")
+    con = sqlite3.connect(run.dir / "results.sqlite")
+    with con:
+        con.execute("UPDATE episodes SET key = '../../x' WHERE episode_id = 1")
+    con.close()
+    argv = (["transcript", str(run.dir), "1"] if command == "transcript"
+            else ["judge", str(run.dir), "--attacks", "fgsm", "--name", "n", "--quiet"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'../../x' is not an episode key teachsim writes" in err and "Traceback" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from ..errors import ConfigError, RunError
 from ..platform.spec import EpisodeSpec
 from .store import version_column
 from .summary import auc, budget_to, curve_table, summarize
+
+
+_KEY = re.compile(r"[0-9a-f]{16}")
 
 
 def _saved_models(spec: EpisodeSpec, path: Path, task) -> dict[float, Any]:
@@ -224,22 +228,65 @@ class Run:
                                        name)
         episodes = self.episodes
         done = episodes[episodes["status"] == "finished"]
+        self._check_students(done)
+        asked = json.dumps(overrides, sort_keys=True)
         store = Store(self.dir)
         try:
-            for i, row in enumerate(done.itertuples(), 1):
+            # a judging records what it was asked (its overrides) and resumes: the same
+            # command again skips the episodes it already scored at this judge version; a
+            # different one under the same name starts over, so one name never mixes two
+            covered = set()
+            if store.judging(name) == asked:
+                covered = set(self._query("SELECT DISTINCT episode_id FROM scores WHERE judge = ? AND "
+                                          "version = ?", (name, VERSION))["episode_id"])
+            else:
+                store.start_judging(name, asked)
+            todo = [row for row in done.itertuples() if int(row.episode_id) not in covered]
+            if progress and covered:
+                print(f"judge {name!r}: {len(covered)} episode(s) already judged are kept", file=sys.stderr)
+            for i, row in enumerate(todo, 1):
                 spec = self.spec(int(row.episode_id))
                 cfg = config_mod.resolve_judge({**spec.judge, **overrides})
                 task = build_task(spec.task, spec.seed)
-                models = _saved_models(spec, self.dir / "students" / f"{row.key}.pt", task)
+                models = _saved_models(spec, self.file("students", row.key), task)
                 scores, flags = judge_all(models, task, cfg, spec.seed)
                 store.write_judgement(name, cfg, int(row.episode_id), scores, flags, VERSION)
                 if progress:
-                    print(f"[{i}/{len(done)}] judged episode {row.episode_id} ({row.protocol}, seed {row.seed})",
+                    print(f"[{i}/{len(todo)}] judged episode {row.episode_id} ({row.protocol}, seed {row.seed})",
                           file=sys.stderr, flush=True)
         finally:
             store.close()
         self.write_summary()
         return name
+
+    def file(self, kind: str, key: str) -> Path:
+        """An episode's saved file: ``students/KEY.pt`` or ``transcripts/KEY.npz``. The key
+        comes from the database, so it is checked to be a key teachsim writes: one altered
+        to ``../x`` must not make a command read or write outside the run directory."""
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise RunError(f"{self.dir}: {key!r} is not an episode key teachsim writes (16 hex digits); "
+                           "results.sqlite was altered, refusing to use it as a file name")
+        return self.dir / kind / (key + {"students": ".pt", "transcripts": ".npz"}[kind])
+
+    def _check_students(self, episodes: pd.DataFrame) -> None:
+        """Refuse, before any work, a judging that would stop part way: every episode it
+        scores needs its saved students (``students/KEY.pt``)."""
+        missing = [row for row in episodes.itertuples()
+                   if not self.file("students", row.key).is_file()]
+        if missing:
+            row = missing[0]
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise RunError(f"episode {row.episode_id} ({row.protocol}, seed {row.seed}) has no saved students: "
+                           f"{self.file('students', row.key)} is missing{more}; nothing was judged")
+
+    def judge_coverage(self, name: str = "default") -> tuple[int, int]:
+        """(episodes the judge ``name`` scored, finished episodes): a judging that stopped part
+        way covers fewer; ``teachsim show``/report say so."""
+        covered = int(self._query("SELECT COUNT(DISTINCT s.episode_id) AS n FROM scores s JOIN episodes e "
+                                  "USING (episode_id) WHERE s.judge = ? AND e.status = 'finished'",
+                                  (name,))["n"].iloc[0])
+        finished = int((self.episodes["status"] == "finished").sum())
+        return covered, finished
 
     def upgrade_judge(self, progress: bool = True) -> int:
         """Re-score, with this teachsim's judge, every finished episode whose own scores (and
@@ -266,14 +313,13 @@ class Run:
                 (VERSION,))]
         finally:
             con.close()
+        episodes = self.episodes
+        self._check_students(episodes[episodes["episode_id"].isin(stale)])
         store = Store(self.dir)
         try:
             for i, eid in enumerate(stale, 1):
                 spec = self.spec(eid)
-                path = self.dir / "students" / f"{spec.key}.pt"
-                if not path.is_file():
-                    raise RunError(f"episode {eid} ({spec.label}, seed {spec.seed}) has no saved students "
-                                   f"({path} is missing); it cannot be re-scored")
+                path = self.file("students", spec.key)
                 task = build_task(spec.task, spec.seed)
                 models = _saved_models(spec, path, task)
                 scores, flags, judged = judge_episode(models, task, spec.judge, spec.seed)
@@ -318,7 +364,7 @@ class Run:
         if row["status"] != "finished":
             raise RunError(f"episode {row['episode_id']} {row['status']}; it has no saved students")
         spec = self.spec(episode)
-        saved = load_students(self.dir / "students" / f"{spec.key}.pt")
+        saved = load_students(self.file("students", spec.key))
         match = [b for b in saved if math.isclose(b, float(budget))]
         if not match:
             raise RunError(f"episode {row['episode_id']} has no checkpoint {budget}; "
@@ -339,7 +385,7 @@ class Run:
         """The episode's messages in order, each with its payload arrays."""
         row = self._row(episode)
         msgs = self._query(f"SELECT * FROM messages WHERE episode_id = {int(row['episode_id'])} ORDER BY idx")
-        path = self.dir / "transcripts" / f"{row['key']}.npz"
+        path = self.file("transcripts", row["key"])
         arrays = np.load(path) if path.exists() else {}
         out = []
         for rec in msgs.to_dict("records"):

@@ -417,6 +417,11 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
             ("budgets", ", ".join(f"{b:g}" for b in budgets)),
             ("judge" if judge == "default" else f"judge ({judge})", judge_summary(judge_cfg)),
             ("protocols", ", ".join(protocols))]
+    covered, _ = run.judge_coverage(judge)
+    if 0 < covered < finished:
+        meta.append(("partial judge", f"judge {judge!r} scored {covered} of the {finished} finished episodes "
+                                      "(a judging that stopped part way: run the same teachsim judge command "
+                                      "again to finish it)"))
     if config.get("sweep"):
         meta.append(("sweep", "; ".join(f"{k} = {v}" for k, v in config["sweep"].items())))
     meta.append(("target", f"{target:g} (budget-to tables; dimension sweep on {report_metric})"))

@@ -237,6 +237,20 @@ class Store:
         return eid
 
 
+    def judging(self, name: str) -> str | None:
+        """What the re-judging ``name`` was asked (its overrides, JSON), or None."""
+        row = self.con.execute("SELECT value FROM meta WHERE name = ?", (f"judging:{name}",)).fetchone()
+        return row[0] if row else None
+
+    def start_judging(self, name: str, asked: str) -> None:
+        """Begin the re-judging ``name`` afresh with ``asked`` (JSON overrides): scores an
+        earlier, different judging left under that name go first, in the same transaction,
+        so a name never holds two judges' scores."""
+        with self.con:
+            for table in ("scores", "flags"):
+                self.con.execute(f"DELETE FROM {table} WHERE judge = ?", (name,))
+            self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"judging:{name}", asked))
+
     def write_judgement(self, name: str, judge_cfg: dict[str, Any] | None, episode_id: int,
                         scores: list[tuple[float, str, float]], flags: list[tuple[float, str, float]],
                         version: int) -> None:
