@@ -16,6 +16,8 @@ from teachsim.cli import main
 from teachsim.platform.judge import ALWAYS as METRICS
 from tiny import TINY_TOML as TINY, cli as _cli, one_line_error as _one_line_error, rows as _rows
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 LABELS = {"passive", "passive(batch=5)"}
 
@@ -170,6 +172,40 @@ def test_bad_run_dir_or_episode_is_exit_2(tiny_run, tmp_path, capsys, argv):
     assert main(argv) == 2
     captured = capsys.readouterr()
     _one_line_error(captured.err, captured.out)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["show", "{run}", "--target", "nan"], "--target: expected a number in [0, 1]"),
+    (["show", "{run}", "--target", "5"], "--target: expected a number in [0, 1]"),
+    (["report", "{run}", "--target", "inf"], "--target: expected a number in [0, 1]"),
+    (["interactions", "{run}", "--ratios", "5"], "--ratios: expected order ratios r in [0, 1]"),
+    (["interactions", "{run}", "--ratios", "0.5", "nan"], "--ratios"),
+    (["interactions", "{run}", "--ratios", "-1"], "--ratios"),
+    (["interactions", "{run}", "--points", "0"], "--points: expected an integer >= 1, got 0"),
+    (["interactions", "{run}", "--samples", "0"], "--samples: expected an integer >= 1, got 0"),
+    (["interactions", "{run}", "--budget", "15"], "--budget: expected one of the run's checkpoints 0, 10, 20"),
+], ids=["show-nan", "show-5", "report-inf", "ratio-5", "ratio-nan", "ratio-negative", "points-0", "samples-0",
+        "budget-not-a-checkpoint"])
+def test_bad_analysis_options_are_one_line_and_write_nothing(tiny_run, capsys, argv, needle):
+    """Each of these once gave a traceback, an all-NaN table, or a 'never' for a target no
+    score can reach."""
+    before = sorted(p.name for p in tiny_run.iterdir())
+    assert main([a.format(run=tiny_run) for a in argv]) == 2
+    captured = capsys.readouterr()
+    assert needle in _one_line_error(captured.err, captured.out)
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
+
+
+def test_a_plugin_whose_params_are_plain_values_is_named_in_one_line(tmp_path):
+    """PARAMS = {"batch": 25} (values, not Params) once gave a traceback in list, check-protocol and run."""
+    plugin = tmp_path / "plain.py"
+    plugin.write_text((ROOT / "examples" / "my_protocol.py").read_text().replace(
+        'PARAMS = {"batch": Int(25, lo=1, doc="labels per round"),', 'PARAMS = {"batch": 25,'))
+    for args in (["list", "protocols"], ["check-protocol", "noisy-teacher"]):
+        proc = _cli("--plugin", str(plugin), *args, cwd=tmp_path)
+        assert proc.returncode == 2
+        line = _one_line_error(proc.stderr, proc.stdout)
+        assert "protocol 'noisy-teacher': PARAMS['batch'] is 25, expected a parameter such as Int(25" in line
 
 
 # -- re-run, resume, a different config -------------------------------------------------------

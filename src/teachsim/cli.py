@@ -194,12 +194,18 @@ def _cmd_run(args: argparse.Namespace, config) -> int:
     return 1 if len(failed) else 0
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
+def _check_target(target: float | None) -> None:
+    """A budget-to target is a score level: every metric is a share in [0, 1]."""
     from .errors import ConfigError
+
+    if target is not None and not (math.isfinite(target) and 0 <= target <= 1):
+        raise ConfigError.expected("--target", "a number in [0, 1] (every metric is a share)", target)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
     from .results.reader import open_run
 
-    if args.target is not None and not math.isfinite(args.target):
-        raise ConfigError.expected("--target", "a finite number", args.target)
+    _check_target(args.target)
     r = open_run(args.run_dir)
     print(r.report(target=args.target, judge=args.judge))
     return 0
@@ -213,6 +219,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from .platform.judge_params import METRICS
     from .results.reader import open_run
 
+    _check_target(args.target)
     r = open_run(args.run_dir)
     episodes = r.episodes
     print(f"{r.config.get('name')}: {int((episodes['status'] == 'finished').sum())} finished, "
@@ -427,8 +434,16 @@ def _cmd_interactions(args: argparse.Namespace) -> int:
     import torch
 
     from .analysis.interactions import RATIOS, default_grid, interaction_profile, plot_profile
+    from .errors import ConfigError
     from .results.reader import open_run
 
+    for flag, value in (("--points", args.points), ("--samples", args.samples), ("--pairs", args.pairs),
+                        ("--grid", args.grid)):
+        if value is not None and value < 1:
+            raise ConfigError.expected(flag, "an integer >= 1", value)
+    for ratio in args.ratios or ():
+        if not (math.isfinite(ratio) and 0 <= ratio <= 1):
+            raise ConfigError.expected("--ratios", "order ratios r in [0, 1] (the order is int(r (n - 2)))", ratio)
     r = open_run(args.run_dir)
     episodes = r.episodes
     if args.episode is None:
@@ -440,7 +455,11 @@ def _cmd_interactions(args: argparse.Namespace) -> int:
     else:
         episode = int(args.episode) if args.episode.isdigit() else args.episode
     spec = r.spec(episode)
-    budget = args.budget if args.budget is not None else max(r.config["budgets"])
+    budgets = [float(b) for b in r.config["budgets"]]
+    budget = args.budget if args.budget is not None else max(budgets)
+    if budget not in budgets:
+        raise ConfigError.expected("--budget", f"one of the run's checkpoints {', '.join(f'{b:g}' for b in budgets)}",
+                                   budget)
     model, task = r.student(episode, budget), r.task(episode)
     x, y = r.test_set(episode)
     with torch.no_grad():

@@ -12,7 +12,7 @@ import contextlib
 import importlib
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from .errors import ConfigError, PluginError
 from .schema import Param, suggest
@@ -67,7 +67,8 @@ class Entry:
         """Declared parameters: the ones given at registration, else ``factory.PARAMS``."""
         if self._params is None:
             declared = _load(self.declared, self.name) if isinstance(self.declared, str) else self.declared
-            self._params = dict(declared if declared is not None else getattr(self.factory, "PARAMS", {}))
+            table = declared if declared is not None else getattr(self.factory, "PARAMS", {})
+            self._params = check_params(repr(self.name), table)
         return self._params
 
     @property
@@ -113,6 +114,8 @@ class Registry:
             raise PluginError(f"{self.kind} {name!r}: expected a version that is an integer >= 1, got {version!r}")
         if not (callable(target) or (isinstance(target, str) and ":" in target)):
             raise PluginError(f"{self.kind} {name!r}: expected a callable or 'module:attr', got {target!r}")
+        if callable(target) and not isinstance(params, str):   # a plugin's table: checked as it loads
+            check_params(f"{self.kind} {name!r}", params if params is not None else getattr(target, "PARAMS", {}))
         if name in self._entries:
             warnings.warn(f"{self.kind} {name!r} is registered again; the new one wins",
                           TeachsimWarning, stacklevel=2)
@@ -243,6 +246,17 @@ def Registered(kind: str, default: str, doc: str = "") -> Param:
 PLUGINS: list[str] = []
 """Plugins loaded in this process, in order (file paths made absolute): what a Ray worker
 loads before it runs an episode."""
+
+
+def check_params(owner: str, table: Any) -> dict[str, Param]:
+    """A parameter table as declared: names mapped to :class:`~teachsim.schema.Param`s."""
+    if not isinstance(table, Mapping):
+        raise PluginError(f"{owner}: PARAMS must be a dict of parameters, got {type(table).__name__}")
+    for key, value in table.items():
+        if not isinstance(value, Param):
+            raise PluginError(f"{owner}: PARAMS[{key!r}] is {value!r}, expected a parameter such as "
+                              f"Int({value!r}, lo=0) or Float(...) from teachsim.schema")
+    return dict(table)
 
 
 def load_plugin(spec: str) -> None:

@@ -13,7 +13,7 @@ from ..config import Experiment
 from ..errors import ConfigError, RunError
 from ..runners import EXECUTORS  # noqa: F401 - the executors run() accepts
 from .reader import Run
-from .store import different_experiment, version_column
+from .store import different_experiment, read_only, version_column
 
 
 def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str]]:
@@ -21,7 +21,7 @@ def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str]]:
     path = run_dir / "results.sqlite"
     if not path.is_file():
         return []
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    con = read_only(path, timeout=30)
     try:
         return list(con.execute("SELECT key, status, protocol, variant FROM episodes"))
     except sqlite3.OperationalError:   # created but never written
@@ -43,7 +43,7 @@ def _stale_judge(run_dir: Path) -> set[int]:
     path = run_dir / "results.sqlite"
     if not path.is_file():
         return set()
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    con = read_only(path, timeout=30)
     try:
         version = version_column(con, "s.")
         if version is None:

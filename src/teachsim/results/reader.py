@@ -16,7 +16,7 @@ import pandas as pd
 from .. import config as config_mod
 from ..errors import ConfigError, RunError
 from ..platform.spec import EpisodeSpec
-from .store import version_column
+from .store import read_only, version_column
 from .summary import auc, budget_to, curve_table, summarize
 
 
@@ -52,19 +52,50 @@ class Run:
         if not (self.dir / "results.sqlite").is_file():
             raise RunError(f"{self.dir} is not a run directory (no results.sqlite)")
 
+    def _connect(self) -> sqlite3.Connection:
+        return read_only(self.dir / "results.sqlite")
+
     def _query(self, sql: str, params: tuple = ()) -> pd.DataFrame:
-        con = sqlite3.connect(f"file:{self.dir / 'results.sqlite'}?mode=ro", uri=True)
+        con = self._connect()
         try:
             return pd.read_sql_query(sql, con, params=params)
+        except sqlite3.DatabaseError as exc:   # a truncated file opens, then fails here
+            raise RunError(f"{self.dir / 'results.sqlite'} cannot be read ({exc}); it may be truncated or "
+                           "corrupt: nothing was changed") from None
         finally:
             con.close()
 
     @property
     def config(self) -> dict[str, Any]:
-        """The resolved config."""
+        """The resolved config: the one the store recorded with the episodes (it cannot
+        drift from them), else ``config.toml`` (run directories from before that record).
+        What the reader relies on is checked: a damaged or crafted file is a RunError."""
         import tomllib
 
-        return tomllib.loads((self.dir / "config.toml").read_text())
+        rows = self._query("SELECT value FROM meta WHERE name = 'config'") if self._has_table("meta") else None
+        if rows is not None and len(rows):
+            text, where = rows["value"].iloc[0], self.dir / "results.sqlite"
+        else:
+            where = self.dir / "config.toml"
+            try:
+                text = where.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise RunError(f"{where} cannot be read ({exc}); it holds the run's config") from None
+        try:
+            cfg = tomllib.loads(text)
+            if not isinstance(cfg.get("name", ""), str) or not isinstance(cfg.get("budgets", []), list) \
+                    or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in cfg.get("budgets", [])):
+                raise ConfigError("name/budgets", "expected a name and a list of budgets")
+            config_mod.resolve_report(cfg.get("report"))
+            for table in ("task", "student", "judge", "sweep"):
+                if not isinstance(cfg.get(table, {}), dict):
+                    raise ConfigError.expected(table, "a table", cfg[table])
+        except (tomllib.TOMLDecodeError, ConfigError) as exc:
+            raise RunError(f"{where}: the run's config is damaged ({exc}); nothing was changed") from None
+        return cfg
+
+    def _has_table(self, name: str) -> bool:
+        return bool(len(self._query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))))
 
     @property
     def episodes(self) -> pd.DataFrame:
@@ -89,7 +120,7 @@ class Run:
         """Judge name -> the judge versions its scores were made by
         (``teachsim.platform.judge_params.VERSION`` is this teachsim's; older ones overstate
         ``strong_robust_acc``, see the README)."""
-        con = sqlite3.connect(f"file:{self.dir / 'results.sqlite'}?mode=ro", uri=True)
+        con = self._connect()
         try:
             version = version_column(con) or "1"
             rows = con.execute(f"SELECT judge, {version} FROM scores GROUP BY judge, {version}").fetchall()
@@ -304,7 +335,7 @@ class Run:
         from ..platform.judge import VERSION, judge_episode
         from .store import Store
 
-        con = sqlite3.connect(f"file:{self.dir / 'results.sqlite'}?mode=ro", uri=True)
+        con = self._connect()
         try:
             version = version_column(con, "s.") or "1"
             stale = [int(e) for (e,) in con.execute(
@@ -313,6 +344,8 @@ class Run:
                 (VERSION,))]
         finally:
             con.close()
+        if not stale:   # up to date: nothing to write, so nothing is opened for writing
+            return 0
         episodes = self.episodes
         self._check_students(episodes[episodes["episode_id"].isin(stale)])
         store = Store(self.dir)

@@ -376,7 +376,7 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
         judge: the judge whose scores to show (``"default"``, or a ``teachsim judge`` name).
     """
     from ..version import __version__
-    from ..errors import ConfigError
+    from ..errors import ConfigError, RunError
 
     config = run.config
     rcfg = config.get("report", {}) or {}
@@ -391,7 +391,14 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
         raise ConfigError("--judge", f"expected one of {', '.join(judges) or 'default'}, got {judge!r}")
 
     plots = run.dir / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    try:
+        plots.mkdir(parents=True, exist_ok=True)
+        probe = plots / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:   # a read-only run directory: it can be shown, not reported into
+        raise RunError(f"cannot write the report into {run.dir} ({exc.strerror}); teachsim show {run.dir} "
+                       "reads it without writing, or copy the directory somewhere writable") from None
     episodes = run.episodes
     summary = run.summary(judge)
     protocols = protocol_order(config, episodes)

@@ -117,10 +117,40 @@ SCORE_ROW = "INSERT INTO scores (episode_id, budget, metric, value, judge, versi
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    con = sqlite3.connect(path, timeout=30)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=FULL")
+    """The writer's connection (WAL while it writes; :meth:`Store.close` turns it back)."""
+    try:
+        con = sqlite3.connect(path, timeout=30)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+    except sqlite3.DatabaseError as exc:
+        raise _unreadable(path, exc) from None
     return con
+
+
+def read_only(path: Path, timeout: float = 5) -> sqlite3.Connection:
+    """A reader's connection that never writes: not even SQLite's WAL index. A database in
+    WAL mode needs a writable ``-shm`` beside it, so in a read-only directory (a mount, an
+    archive) an ordinary open fails; it is then opened as immutable, which is exact there
+    since nothing can write it. A file that is not a readable database is a RunError."""
+    uri = f"file:{Path(path).resolve()}"
+    try:
+        con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout)
+        try:
+            con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as exc:
+            con.close()
+            if "unable to open" not in str(exc) and "readonly" not in str(exc):
+                raise
+            con = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=timeout)
+            con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise _unreadable(path, exc) from None
+    return con
+
+
+def _unreadable(path: Path, exc: Exception) -> RunError:
+    return RunError(f"{path} is not a readable teachsim database ({exc}); it may be truncated or corrupt: "
+                    "nothing was changed")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -152,12 +182,24 @@ class Store:
 
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.lock = RunLock(self.dir).acquire()   # before anything is written
-        (self.dir / "transcripts").mkdir(parents=True, exist_ok=True)
-        (self.dir / "students").mkdir(exist_ok=True)
-        self.con = connect(self.dir / "results.sqlite")
-        self.con.executescript(SCHEMA)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.dir).acquire()   # before anything is written
+        except OSError as exc:
+            raise RunError(f"{self.dir} cannot be written ({exc.strerror}); a read-only run directory can be "
+                           "shown, but not run, extended or judged into") from None
+        try:
+            (self.dir / "transcripts").mkdir(parents=True, exist_ok=True)
+            (self.dir / "students").mkdir(exist_ok=True)
+            self.con = connect(self.dir / "results.sqlite")
+            self.con.executescript(SCHEMA)
+        except BaseException as exc:
+            self.lock.release()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise _unreadable(self.dir / "results.sqlite", exc) from None
+            if isinstance(exc, OSError):
+                raise RunError(f"{self.dir} cannot be written ({exc.strerror})") from None
+            raise
         columns = {row[1] for row in self.con.execute("PRAGMA table_info(episodes)")}
         if "device" not in columns:   # a run directory from before the column
             with self.con:
@@ -167,6 +209,14 @@ class Store:
                 self.con.execute("ALTER TABLE scores ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
 
     def close(self) -> None:
+        # leave one self-contained file, no -wal/-shm beside it: a copy, an archive or a
+        # read-only mount of the run directory then reads like any other (best effort: a
+        # reader holding the database open keeps WAL, which is harmless)
+        try:
+            self.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.con.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.Error:
+            pass
         self.con.close()
         self.lock.release()
 

@@ -1,0 +1,139 @@
+"""A run directory that is read-only, truncated, corrupt or crafted: reading it works where
+it can, everything else is one line, exit 2, and nothing in it changes."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import teachsim
+from teachsim.cli import main
+from tiny import PREFIX
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, tiny_base):
+    cfg = {**tiny_base, "seeds": [0]}
+    out = tmp_path_factory.mktemp("damaged") / "run"
+    teachsim.run(cfg, out=out, executor="serial", progress=False)
+    (out.parent / "cfg.toml").write_text(teachsim.config.to_toml(cfg))
+    return out
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(PREFIX), err
+    return lines[0]
+
+
+def test_a_finished_run_leaves_one_self_contained_database(made):
+    """No -wal/-shm beside results.sqlite: a copy, an archive or a read-only mount reads as is."""
+    assert sorted(p.name for p in made.glob("results.sqlite*")) == ["results.sqlite"]
+
+
+@pytest.fixture(params=["closed", "wal-on-disk"])
+def read_only(request, made, tmp_path):
+    """The run directory on a read-only bind mount (root; CI is). "wal-on-disk": a database
+    left in WAL mode without its -shm, which SQLite cannot open read-only in the usual way."""
+    copy = tmp_path / "copy"
+    shutil.copytree(made, copy)
+    if request.param == "wal-on-disk":
+        con = sqlite3.connect(copy / "results.sqlite")
+        con.execute("PRAGMA journal_mode=WAL")
+        con.close()
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "--bind", str(copy), str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=True, capture_output=True)
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_read_only_run_directory_is_shown_and_refuses_writes_in_one_line(read_only, made, capsys):
+    before = _digest(read_only)
+    assert main(["show", str(read_only)]) == 0
+    assert "2 finished" in capsys.readouterr().out
+    assert main(["transcript", str(read_only), "1"]) == 0
+    capsys.readouterr()
+    assert len(teachsim.open_run(read_only).scores) > 0
+    cfg = str(made.parent / "cfg.toml")
+    for argv, needle in ((["report", str(read_only)], "cannot write the report"),
+                         (["run", cfg, "--out", str(read_only), "--executor", "serial", "--quiet"],
+                          "cannot be written"),
+                         (["judge", str(read_only), "--attacks", "fgsm", "--quiet"], "cannot be written")):
+        assert main(argv) == 2, argv
+        assert needle in _one_line(capsys)
+    assert _digest(read_only) == before
+
+
+def _truncate(run: Path) -> None:
+    path = run / "results.sqlite"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garbage(run: Path) -> None:
+    (run / "results.sqlite").write_bytes(bytes(range(256)) * 200)
+
+
+def _bad_toml(run: Path) -> None:
+    """An older run directory (no config recorded in the database) whose config.toml is garbage."""
+    con = sqlite3.connect(run / "results.sqlite")
+    with con:
+        con.execute("DELETE FROM meta WHERE name = 'config'")
+    con.close()
+    (run / "config.toml").write_text("this is [[ not toml\n")
+
+
+def _crafted_report(run: Path) -> None:
+    con = sqlite3.connect(run / "results.sqlite")
+    with con:
+        text = con.execute("SELECT value FROM meta WHERE name = 'config'").fetchone()[0]
+        con.execute("UPDATE meta SET value = ? WHERE name = 'config'", (text + '\n[report]\ntarget = "nope"\n',))
+    con.close()
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (_truncate, "cannot be read"), (_garbage, "not a readable teachsim database"),
+    (_bad_toml, "config is damaged"), (_crafted_report, "config is damaged")],
+    ids=["truncated", "garbage", "bad-config-toml", "crafted-report-target"])
+@pytest.mark.parametrize("command", ["show", "report", "judge", "judge-name", "resume"])
+def test_a_damaged_run_directory_is_one_line_and_untouched(made, tmp_path, capsys, damage, needle, command):
+    run = tmp_path / "copy"
+    shutil.copytree(made, run)
+    damage(run)
+    before = _digest(run)
+    argv = {"show": ["show", str(run)], "report": ["report", str(run)], "judge": ["judge", str(run), "--quiet"],
+            "judge-name": ["judge", str(run), "--attacks", "fgsm", "--quiet"],
+            "resume": ["run", str(made.parent / "cfg.toml"), "--out", str(run), "--resume", "--executor", "serial",
+                       "--quiet"]}[command]
+    code = main(argv)
+    if damage in (_bad_toml, _crafted_report) and command in ("judge", "resume"):
+        # neither needs the damaged config text: the run's own judge is up to date (nothing
+        # written), and a resume of the same experiment is decided by the recorded episodes
+        # (nothing to run; it writes its config.toml and record anew)
+        assert code == 0, capsys.readouterr().err
+        if command == "judge":
+            assert _digest(run) == before
+        return
+    assert code == 2
+    line = _one_line(capsys)
+    assert needle in line or "not a readable teachsim database" in line, line
+    assert _digest(run) == before
