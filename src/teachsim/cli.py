@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import registry
-from .errors import TeachsimError
+from .errors import ClusterLost, TeachsimError
 
 SUITES_DIR = Path(__file__).parent / "suites"
 
@@ -163,7 +163,7 @@ def _cmd_run(args: argparse.Namespace, config) -> int:
         r = run(config, out=args.out, executor=args.executor, address=args.address, workers=args.workers,
                 cpus_per_episode=args.cpus_per_episode, gpus_per_episode=args.gpus_per_episode,
                 resume=args.resume, retries=args.retries, progress=not args.quiet, time_limit=args.time_limit)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ClusterLost) as exc:
         out = args.out
         if out is None:
             from . import config as config_mod
@@ -175,9 +175,10 @@ def _cmd_run(args: argparse.Namespace, config) -> int:
         what = f"run {shlex.quote(str(config))}" if args.command == "run" else f"bench {args.suite}"
         if sys.stderr.isatty():
             print(file=sys.stderr)   # end the progress bar's line
-        print(f"teachsim: interrupted; finished episodes are kept in {out}; to finish the run: "
+        said = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {exc}"
+        print(f"teachsim: {said}; finished episodes are kept in {out}; to finish the run: "
               f"teachsim {plugins}{what} --out {shlex.quote(str(out))}{_run_flags(args)} --resume", file=sys.stderr)
-        return 130
+        return 130 if isinstance(exc, KeyboardInterrupt) else 1
     episodes = r.episodes
     failed = episodes[episodes["status"] != "finished"]
     print(f"run directory: {r.dir}  ({len(episodes) - len(failed)} finished, {len(failed)} failed)")

@@ -54,6 +54,11 @@ class DivergedError(TeachsimError, ArithmeticError):
     being scored."""
 
 
+class ClusterLost(TeachsimError):
+    """The Ray cluster a run was using went away mid-run (its last node's raylet stopped:
+    killed, out of memory, a lost machine). Finished episodes are kept; ``--resume`` goes on."""
+
+
 class EpisodeTimeout(TeachsimError):
     """An episode ran past its time limit (``time_limit`` in the config, ``--time-limit``):
     a protocol turn that never returns, or a ``learn()`` of a huge number of steps."""

@@ -411,6 +411,40 @@ def test_ctrl_c_stops_cleanly_keeps_finished_episodes_and_resume_finishes(tmp_pa
 
 @pytest.mark.slow
 @needs_proc
+def test_losing_the_local_ray_node_mid_run_says_so_keeps_results_and_resumes(tmp_path):
+    """The embedded Ray's raylet killed mid-run once left the run waiting for ever for a
+    worker that could never start (Ray marks the node dead ~15 s later): now the run ends
+    with one line saying what happened and the full resume command, exit 1."""
+    cfg = _write(_config(seeds=list(range(8)), protocols=[{"name": "passive"}], **{"student.steps": 2500}),
+                 tmp_path / "long.toml")
+    out = tmp_path / "run"
+    proc = _popen(["run", str(cfg), "--out", str(out), "--executor", "ray", "--workers", "1", "--quiet"], _env(),
+                  tmp_path)
+    try:
+        _wait_for_finished(out, proc)
+        raylets = [p for p in _session(proc.pid) if Path(f"/proc/{p}/comm").read_text().strip() == "raylet"]
+        assert len(raylets) == 1
+        os.kill(raylets[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        left = _reap(proc.pid)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("teachsim: error: the Ray cluster was lost mid-run: no live node left"), err
+    assert last.endswith(f"--out {out} --executor ray --workers 1 --resume"), err
+    assert not left, f"processes left behind: {left}"
+    kept = _rows(out, "SELECT key, started_at FROM episodes WHERE status = 'finished'")
+    assert 1 <= len(kept) < 8
+    res, _ = _cli(["run", str(cfg), "--out", str(out), "--resume", "--executor", "serial", "--quiet"], _env(),
+                  tmp_path)
+    assert res.returncode == 0, res.stderr
+    after = _rows(out, "SELECT key, started_at FROM episodes WHERE status = 'finished'")
+    assert len(after) == 8 and set(kept) <= set(after)
+
+
+@pytest.mark.slow
+@needs_proc
 def test_kill_9_of_the_driver_then_resume_keeps_every_finished_episode(tmp_path):
     cfg, out = _write(LONG, tmp_path / "long.toml"), tmp_path / "run"
     proc = _popen(["run", str(cfg), "--out", str(out), "--executor", "ray", "--quiet"], _env(), tmp_path)

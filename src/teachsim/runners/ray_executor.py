@@ -35,13 +35,14 @@ from typing import Any, Self
 import ray
 import ray.exceptions
 
-from ..errors import ConfigError, RunError
+from ..errors import ClusterLost, ConfigError, RunError
 from ..platform.episode import EpisodeResult, now
 from ..platform.spec import EpisodeSpec
 
 LOST_RETRIES = 3
 """Resubmissions of an episode whose worker died, before it is recorded as failed."""
 
+HEALTH_S = 5.0     # how often the driver asks whether the cluster still has a live node
 STOP_GRACE = 30.0  # seconds past the time limit before the driver stops a worker itself
 _WAIT_S = 0.5   # ray.wait timeout: how often the driver wakes up (and can be interrupted)
 
@@ -451,10 +452,26 @@ class RayExecutor:
             except Exception:  # noqa: BLE001, S110 - it may be gone already
                 pass
 
+        def check_alive() -> None:
+            """A cluster whose last node died never starts the workers the run waits for:
+            say so instead of waiting for ever (Ray notices a dead node in ~15 s)."""
+            try:
+                alive = any(n.get("Alive") for n in ray.nodes())
+                why = "no live node left"
+            except Exception as exc:  # noqa: BLE001 - the head itself is gone
+                alive, why = False, f"its head does not answer ({_first_line(exc)})"
+            if not alive:
+                raise ClusterLost(f"the Ray cluster was lost mid-run: {why} (a raylet killed or out of memory, "
+                                  "or a lost machine)")
+
+        checked = time.monotonic()
         try:
             for _ in range(self.workers):
                 spawn()
             while queue or running:
+                if starting and time.monotonic() - checked > HEALTH_S:
+                    checked = time.monotonic()
+                    check_alive()
                 dispatch()
                 if not starting and not running:   # every worker is gone and none is coming
                     spawn()
