@@ -137,3 +137,50 @@ def test_a_damaged_run_directory_is_one_line_and_untouched(made, tmp_path, capsy
     line = _one_line(capsys)
     assert needle in line or "not a readable teachsim database" in line, line
     assert _digest(run) == before
+
+
+class _Payload:
+    """What a hostile file would carry: unpickling it would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "executed"))
+
+
+def test_pickle_payloads_in_saved_files_never_execute(made, tmp_path, capsys):
+    """students/*.pt load with weights_only and transcripts never unpickle: a crafted file is
+    one line, exit 2, and its code never runs."""
+    import numpy as np
+    import torch
+
+    run = tmp_path / "copy"
+    shutil.copytree(made, run)
+    key = teachsim.open_run(run).episodes["key"].iloc[0]
+    marker = tmp_path / "pwned"
+    torch.save({"0/w": _Payload(marker)}, run / "students" / f"{key}.pt")
+    np.savez(run / "transcripts" / f"{key}.npz", **{"0.points": np.array([_Payload(marker)], dtype=object)})
+    assert main(["judge", str(run), "--attacks", "fgsm", "--name", "x", "--quiet"]) == 2
+    assert "cannot be loaded as saved students" in _one_line(capsys)
+    assert main(["transcript", str(run), "1"]) == 2
+    assert "cannot be read as a transcript" in _one_line(capsys)
+    assert not marker.exists()
+
+
+def test_html_in_labels_descriptions_and_errors_is_escaped_in_the_report(tmp_path, tiny_config, restore_registry):
+    plugin = tmp_path / "boom.py"
+    plugin.write_text(
+        "import teachsim\n"
+        "from teachsim.protocols.passive import Passive\n"
+        "class Boom(Passive):\n"
+        "    def student_turn(self, student, inbox, ctx):\n"
+        "        raise RuntimeError('<script>alert(1)</script>')\n"
+        "teachsim.register_protocol('boom', Boom)\n")
+    tiny_config.update(seeds=[0], description="<img src=x onerror=alert(1)>")
+    tiny_config["protocols"] = [{"name": "passive", "label": "<b>bold</b>"}, {"name": "boom"}]
+    run = teachsim.run(tiny_config, out=tmp_path / "run", executor="serial", progress=False, plugins=(str(plugin),))
+    page = run.report().read_text()
+    for raw in ("<script>", "<img src=x", "<b>bold</b>"):
+        assert raw not in page, raw
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;bold&lt;/b&gt;" in page

@@ -7,6 +7,7 @@ import json
 import math
 import re
 import sqlite3
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .summary import auc, budget_to, curve_table, summarize
 
 
 _KEY = re.compile(r"[0-9a-f]{16}")
+
 
 
 def _saved_models(spec: EpisodeSpec, path: Path, task) -> dict[float, Any]:
@@ -417,12 +419,18 @@ class Run:
     def transcript(self, episode: int | str) -> list[dict[str, Any]]:
         """The episode's messages in order, each with its payload arrays."""
         row = self._row(episode)
-        msgs = self._query(f"SELECT * FROM messages WHERE episode_id = {int(row['episode_id'])} ORDER BY idx")
+        msgs = self._query("SELECT * FROM messages WHERE episode_id = ? ORDER BY idx", (int(row["episode_id"]),))
         path = self.file("transcripts", row["key"])
-        arrays = np.load(path) if path.exists() else {}
+        payload = {}
+        if path.exists():
+            try:   # plain arrays only: a transcript never unpickles anything
+                with np.load(path, allow_pickle=False) as arrays:
+                    payload = {k: arrays[k] for k in arrays.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                raise RunError(f"{path} cannot be read as a transcript ({type(exc).__name__}: {exc})") from None
         out = []
         for rec in msgs.to_dict("records"):
-            rec["payload"] = {k.split(".", 1)[1]: arrays[k] for k in getattr(arrays, "files", [])
+            rec["payload"] = {k.split(".", 1)[1]: v for k, v in payload.items()
                               if k.split(".", 1)[0] == str(rec["idx"])}
             out.append(rec)
         return out

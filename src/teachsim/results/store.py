@@ -340,9 +340,17 @@ def _students_bytes(snapshots: dict[float, dict[str, Any]]) -> bytes:
 
 def load_students(path: Path) -> dict[float, dict[str, Any]]:
     """Read ``students/KEY.pt`` (no code is executed: ``weights_only=True``)."""
+    import pickle
+
     import torch
 
-    flat = torch.load(path, weights_only=True)
+    try:
+        flat = torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise RunError(f"{path} cannot be loaded as saved students ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else ''}); only tensors are ever loaded") from None
+    if not isinstance(flat, dict):
+        raise RunError(f"{path} holds no saved students (a {type(flat).__name__}, not a dict of tensors)")
     out: dict[float, dict[str, Any]] = {}
     for k, v in flat.items():
         budget, _, name = k.partition("/")
