@@ -57,6 +57,11 @@ BAD = [
     ("seed-too-large", _edit("seeds = [0, 1]", f"seeds = [0, {2**63}]"), "seeds", [f"from 0 to {2**63 - 1}"]),
     ("time-limit-zero", "time_limit = 0\n" + TINY, "time_limit", ["a number of seconds > 0", "got 0"]),
     ("time-limit-string", 'time_limit = "1h"\n' + TINY, "time_limit", ["a number of seconds > 0", "'1h'"]),
+    # validation once built the model: a typo'd dim now stops here, sized, instead of deep in an episode
+    ("dim-huge", _edit("dim = 6", "dim = 1000000000"), "student",
+     ["at most 268435456 parameters", "task dim 1000000000"]),
+    ("test-set-huge", _edit("dim = 6", "dim = 300000").replace("hidden = [16]", "hidden = [2]")
+     .replace("test_points = 100", "test_points = 1000"), "judge.test_points", ["1000 points of dim 300000"]),
     ("seed-negative", _edit("seeds = [0, 1]", "seeds = [-1]"), "seeds", ["integers from 0"]),
     ("unknown-method", _edit("steps = 30", 'steps = 30\nmethod = "ermm"'), "student.method",
      ["unknown method", "did you mean 'erm'"]),

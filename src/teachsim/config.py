@@ -293,7 +293,8 @@ def _key(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _validate_task(task: Mapping[str, Any], student: Mapping[str, Any] | None = None) -> None:
+def _validate_task(task: Mapping[str, Any], student: Mapping[str, Any] | None = None,
+                   test_points: int | None = None) -> None:
     # Cross-field rules (manifold_dim <= dim, a cnn needs square images, ...) without
     # building anything where the task was registered with a ``check``: checking a config
     # never trains a teacher or imports torch. A task without one is built once.
@@ -309,6 +310,9 @@ def _validate_task(task: Mapping[str, Any], student: Mapping[str, Any] | None = 
     if student is None:
         return
     dim, classes = shape if shape is not None else (built.dim, built.classes)
+    from .agents.rules import check_size
+
+    check_size(dim, classes, list(student["hidden"]), student["model"], test_points or 0)
     if student["model"] == "cnn":   # the one built-in model with a rule of its own, checked without torch
         from .agents.rules import check_square_images
 
@@ -360,7 +364,7 @@ def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:
                 continue
             try:
                 student = resolve_student({**tables["student"], **proto["student"]})
-                _validate_task(out["task"], student)
+                _validate_task(out["task"], student, out["judge"]["test_points"])
             except ConfigError as exc:
                 field = exc.field.replace("student", f"protocols[{i}].student", 1)
                 raise ConfigError(field, exc.detail) from None
@@ -368,7 +372,7 @@ def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:
         return out
 
     plain = resolved(base)
-    _validate_task(plain["task"], plain["student"])
+    _validate_task(plain["task"], plain["student"], plain["judge"]["test_points"])
     variants: list[tuple[str, dict[str, Any]]] = []
     keys = list(sweep)
     for combo in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
@@ -378,7 +382,7 @@ def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:
         label = ", ".join(f"{k}={v}" for k, v in zip(keys, combo))
         try:
             res = resolved(tables)
-            _validate_task(res["task"], res["student"])
+            _validate_task(res["task"], res["student"], res["judge"]["test_points"])
         except ConfigError as exc:
             path = next((p for p in keys if exc.field.startswith(p)), None)
             if path is not None:

@@ -31,6 +31,26 @@ MAIL: dict[str, Param] = {
     "mail_bias": Float(-1.5, doc="bias added to the probabilistic margin")}
 
 
+MAX_FLOATS = 2**28
+"""The most float32 numbers (1 GiB) one student copy or one test set may hold: an episode
+keeps a student per checkpoint, so a larger one is a typo (``dim = 1000000000``) that
+would otherwise fail deep inside the episode, or exhaust the machine."""
+
+
+def check_size(dim: int, classes: int, hidden: list[int], model: str, test_points: int) -> None:
+    """Refuse, before anything is built, an MLP or linear student, or a judge test set,
+    too large for any machine this runs on."""
+    sizes = [dim, *([] if model == "linear" else hidden), classes]
+    params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+    if model in ("mlp", "linear") and params > MAX_FLOATS:
+        raise ConfigError("student", f"expected a student of at most {MAX_FLOATS} parameters (1 GiB), got a "
+                          f"{model} of {params} ({4 * params / 2**30:.3g} GiB per copy, one per checkpoint) "
+                          f"for task dim {dim} and hidden {list(hidden)}")
+    if test_points * dim > MAX_FLOATS:
+        raise ConfigError("judge.test_points", f"expected a test set of at most {MAX_FLOATS} numbers (1 GiB), got "
+                          f"{test_points} points of dim {dim}")
+
+
 def check_square_images(dim: int) -> int:
     """The side of the square single-channel images a ``cnn`` student reads as flat
     vectors of ``dim = side^2`` (side >= 4); anything else is a config error."""
