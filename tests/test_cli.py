@@ -331,14 +331,15 @@ def test_failing_plugin_protocol_is_recorded_and_exit_1(tmp_path):
     assert len(_episodes(run_dir)) == 2
 
 
-def test_a_plugin_that_calls_sys_exit_fails_its_episode_alone(tmp_path):
+@pytest.mark.parametrize("executor", ["serial", pytest.param("ray", marks=pytest.mark.slow)])
+def test_a_plugin_that_calls_sys_exit_fails_its_episode_alone(tmp_path, executor):
     """SystemExit (any BaseException but Ctrl-C) inside a turn once ended a serial run with
-    exit 0, that episode unrecorded and the rest never run."""
+    exit 0, that episode unrecorded and the rest never run; on every executor it fails alone."""
     (tmp_path / "exit_plugin.py").write_text(BOOM_PLUGIN.replace('raise RuntimeError("boom from the plugin")',
                                                                  "import sys; sys.exit(3)"))
     cfg = TINY.replace("seeds = [0, 1]", "seeds = [0]").replace('name = "passive"\nbatch = 5', 'name = "boom-test"')
     (tmp_path / "exit.toml").write_text(cfg)
-    proc = _cli("--plugin", "exit_plugin.py", "run", "exit.toml", "--out", "run", "--quiet", "--executor", "serial",
+    proc = _cli("--plugin", "exit_plugin.py", "run", "exit.toml", "--out", "run", "--quiet", "--executor", executor,
                 cwd=tmp_path)
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "1 failed" in proc.stdout

@@ -138,6 +138,17 @@ def test_a_dotdot_name_writes_nothing_anywhere(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "config.toml"]
 
 
+@pytest.mark.parametrize("name", ['"a\\u0000b"', f'"{"n" * 300}"', '"a/b"'], ids=["nul", "300-chars", "separator"])
+def test_a_bad_name_without_out_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, name):
+    """Without --out the name becomes runs/NAME: a NUL or an over-long name once gave a traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.toml").write_text(_edit('name = "tiny"', f"name = {name}"))
+    assert main(["run", "bad.toml", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    _check_one_line(captured.err, captured.out, "name", ["safe file name"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]
+
+
 def test_every_bad_case_is_distinct():
     texts = [c[1] for c in BAD]
     assert len(set(texts)) == len(texts) >= 12

@@ -94,20 +94,21 @@ def _garbage(run: Path) -> None:
 
 
 def _bad_toml(run: Path) -> None:
-    """An older run directory (no config recorded in the database) whose config.toml is garbage."""
-    con = sqlite3.connect(run / "results.sqlite")
-    with con:
-        con.execute("DELETE FROM meta WHERE name = 'config'")
-    con.close()
     (run / "config.toml").write_text("this is [[ not toml\n")
 
 
 def _crafted_report(run: Path) -> None:
-    con = sqlite3.connect(run / "results.sqlite")
-    with con:
-        text = con.execute("SELECT value FROM meta WHERE name = 'config'").fetchone()[0]
-        con.execute("UPDATE meta SET value = ? WHERE name = 'config'", (text + '\n[report]\ntarget = "nope"\n',))
-    con.close()
+    path = run / "config.toml"
+    path.write_text(path.read_text() + '\n[report]\ntarget = "nope"\n')
+
+
+def test_without_config_toml_the_store_s_copy_is_read(made, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(made, run)
+    (run / "config.toml").unlink()
+    assert main(["show", str(run)]) == 0
+    assert main(["judge", str(run), "--attacks", "fgsm", "--name", "again", "--quiet"]) == 0
+    assert "again" in teachsim.open_run(run).judges
 
 
 @pytest.mark.parametrize("damage, needle", [

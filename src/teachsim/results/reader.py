@@ -69,20 +69,22 @@ class Run:
 
     @property
     def config(self) -> dict[str, Any]:
-        """The resolved config: the one the store recorded with the episodes (it cannot
-        drift from them), else ``config.toml`` (run directories from before that record).
-        What the reader relies on is checked: a damaged or crafted file is a RunError."""
+        """The resolved config: ``config.toml`` (a user may edit its ``[report]`` table), or,
+        where that file is gone, the copy the store recorded with the episodes. What the
+        reader relies on is checked: a damaged or crafted config is a RunError."""
         import tomllib
 
-        rows = self._query("SELECT value FROM meta WHERE name = 'config'") if self._has_table("meta") else None
-        if rows is not None and len(rows):
-            text, where = rows["value"].iloc[0], self.dir / "results.sqlite"
-        else:
-            where = self.dir / "config.toml"
+        where = self.dir / "config.toml"
+        if where.is_file():
             try:
                 text = where.read_text()
             except (OSError, UnicodeDecodeError) as exc:
                 raise RunError(f"{where} cannot be read ({exc}); it holds the run's config") from None
+        else:
+            rows = self._query("SELECT value FROM meta WHERE name = 'config'") if self._has_table("meta") else []
+            if not len(rows):
+                raise RunError(f"{where} is missing and {self.dir / 'results.sqlite'} holds no copy of the config")
+            text, where = rows["value"].iloc[0], self.dir / "results.sqlite"
         try:
             cfg = tomllib.loads(text)
             if not isinstance(cfg.get("name", ""), str) or not isinstance(cfg.get("budgets", []), list) \
