@@ -426,17 +426,25 @@ def test_a_config_that_adds_protocols_or_seeds_extends_the_run(tmp_path, tiny_co
     assert set(r.summary()["protocol"]) == {"passive", "small batches"}
 
 
-@pytest.mark.parametrize("change", ["other-setting", "relabel", "dropped-protocol"])
-def test_a_config_that_changes_recorded_episodes_is_refused(tmp_path, tiny_config, change):
+@pytest.mark.parametrize("change, says", [
+    ("other-setting", "ran with student.steps = 30, this config has 31"),
+    ("budgets", "ran with budgets = [0.0, 10.0, 20.0], this config has [0.0, 10.0, 40.0]"),
+    ("relabel", "are not in this config"),
+    ("dropped-protocol", "are not in this config")])
+def test_a_config_that_changes_recorded_episodes_is_refused(tmp_path, tiny_config, change, says):
+    """The refusal names the setting that differs, not only that something does."""
     run_dir = tmp_path / "run"
     teachsim.run(tiny_config, out=run_dir, executor="serial", progress=False)
     other = copy.deepcopy(tiny_config)
     if change == "other-setting":
         other["student"]["steps"] = 31                  # every key changes
+    elif change == "budgets":
+        other["budgets"] = [0, 10, 40]
     elif change == "relabel":
         other["protocols"][0]["label"] = "renamed"      # same key, another label
     else:
         other["protocols"] = other["protocols"][:1]
-    with pytest.raises(teachsim.RunError, match="holds a different experiment"):
+    with pytest.raises(teachsim.RunError, match="holds a different experiment") as info:
         teachsim.run(other, out=run_dir, executor="serial", progress=False)
+    assert says in str(info.value), str(info.value)
     assert len(teachsim.open_run(run_dir).episodes) == 4   # nothing lost

@@ -243,6 +243,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     s = r.summary(args.judge)
     if s.empty:
         print("no scores yet")
+        _show_problems(r, episodes)
         return 0
     if args.metric and args.metric not in set(s["metric"]):
         from .errors import ConfigError
@@ -302,11 +303,25 @@ def _cmd_show(args: argparse.Namespace) -> int:
     for flag, g in flags.groupby("flag"):
         print(f"\nwarning: sanity flag {flag} is set in {g['episode_id'].nunique()} episode(s) "
               f"(max {g['value'].max():.3g}); attack-based numbers may be unreliable there")
+    _show_problems(r, episodes)
+    return 0
+
+
+def _show_problems(r, episodes) -> None:
+    """What a table of means does not show: episodes that stopped short of the final
+    budget, and failed ones (their first error line and where to read the rest)."""
+    short = r.underspent()
+    if not short.empty:
+        print(f"\nwarning: {len(short)} episode(s) ended having spent less than the final budget "
+              f"{short['budget'].iloc[0]:g}; their scores at that budget are those of the last student:")
+        for row in short.itertuples():
+            print(f"  episode {row.episode_id} ({row.protocol}, seed {row.seed}): spent {row.spent:g} / {row.budget:g}")
     failed = episodes[episodes["status"] != "finished"]
     for row in failed.itertuples():
         print(f"\nfailed: episode {row.episode_id} ({row.protocol}, seed {row.seed}): "
               f"{row.error.splitlines()[0] if row.error else ''}")
-    return 0
+    if not failed.empty:
+        print(f"(the whole error, and what was delivered before it: teachsim transcript {r.dir} ID)")
 
 
 def _show_matrix(r, metric: str) -> int:
@@ -423,11 +438,15 @@ def _cmd_transcript(args: argparse.Namespace) -> int:
 
     r = open_run(args.run_dir)
     ep = int(args.episode) if args.episode.isdigit() else args.episode
+    row = r._row(ep)
     for rec in r.transcript(ep):
         payload = ", ".join(f"{k}{tuple(v.shape)}" for k, v in rec["payload"].items())
         reason = f" reason={rec['reason']}" if rec["reason"] else ""
+        cut = f" cut={rec['cut']}" if rec.get("cut") else ""   # points cut away to fit, never delivered
         print(f"{rec['idx']:>5} {rec['phase']:<8} {rec['kind']:<11} {rec['sender']:>7} -> {rec['receiver']:<7} "
-              f"size={rec['size']:<5} cost={rec['cost']:<6g} cum={rec['cum_cost']:<8g}{reason} {payload}")
+              f"size={rec['size']:<5} cost={rec['cost']:<6g} cum={rec['cum_cost']:<8g}{cut}{reason} {payload}")
+    if row["status"] != "finished":
+        print(f"episode {row['episode_id']} failed after the messages above:\n{row['error'].rstrip()}")
     return 0
 
 

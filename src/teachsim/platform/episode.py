@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import EpisodeTimeout
 from ..protocols.channel import Delivery
 from .build import build_model, build_protocol, build_student, build_task
-from .loop import converse
+from .loop import Loop
 from .spec import EpisodeSpec
 
 
@@ -56,7 +56,7 @@ def transcript_rows(log: list[Delivery]) -> tuple[list[dict[str, Any]], dict[str
         msg = d.message
         rows.append({"idx": d.idx, "kind": msg.kind, "sender": msg.sender, "receiver": msg.receiver,
                      "size": msg.size, "cost": d.cost, "cum_cost": d.cum_cost, "phase": d.phase,
-                     "reason": msg.reason})
+                     "reason": msg.reason, "cut": d.cut})
         for name in ("points", "labels", "probs", "vectors", "mask"):
             value = getattr(msg, name)
             if value is not None:
@@ -133,6 +133,7 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # episodes are small: one thread each is fastest and keeps runs reproducible
     stats: dict[str, Any] = {}
+    loop = None
     try:
         with time_limit(limit):
             dev = resolve_device(device)
@@ -140,8 +141,11 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
             task = build_task(spec.task, spec.seed)
             student = build_student(spec.student, task, spec.seed)
             student.model.to(dev)
-            conv = converse(build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets,
-                            seed=spec.seed, initial_labels=spec.student["initial_labels"])
+            loop = Loop(build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets,
+                        seed=spec.seed, initial_labels=spec.student["initial_labels"])
+            while not loop.over:
+                loop.step()
+            conv = loop.close()
             models = {}
             for budget, weights in conv.snapshots.items():
                 models[budget] = build_model(spec.student, task, spec.seed)
@@ -154,7 +158,7 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
             result.snapshots = {b: {k: v.cpu().numpy() for k, v in s.items()} for b, s in conv.snapshots.items()}
             result.checkpoints = conv.checkpoints
             result.stats = {**stats, "spent": conv.channel.spent, "probed": conv.channel.probed,
-                            "refused": conv.channel.refused, "turns": conv.turns,
+                            "refused": conv.channel.refused, "cut": conv.channel.cut, "turns": conv.turns,
                             "labelled": student.n_labelled, "initial_labels": spec.student["initial_labels"]}
         result.status = "finished"
     except KeyboardInterrupt:
@@ -164,6 +168,10 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
         # serial run with exit 0, the episode unrecorded and the rest never run.
         result.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-8)}"
         result.stats = stats
+        if loop is not None:   # what was delivered before the failure: `teachsim transcript` shows it
+            ch = loop.channel
+            result.messages, result.payloads = transcript_rows(ch.log)
+            result.stats.update(spent=ch.spent, probed=ch.probed, refused=ch.refused, cut=ch.cut, turns=loop.turn)
     finally:
         torch.set_num_threads(threads)
     result.finished_at = now()

@@ -88,7 +88,13 @@ class Loop:
             raise ProtocolError(f"the protocol did not end within {MAX_TURNS} turns")
         role = self.role
         inbox = self.channel.take(role)
-        sent = (move or self.moves[role])(self.agents[role], inbox, self.context()) or []
+        sent = (move or self.moves[role])(self.agents[role], inbox, self.context())
+        if sent is None:
+            sent = []
+        if isinstance(sent, m.Message) or not isinstance(sent, (list, tuple)):
+            what = f"a {sent.kind!r} Message" if isinstance(sent, m.Message) else f"a {type(sent).__name__}"
+            raise ProtocolError(f"the {role}'s turn returned {what}; a turn returns a list of messages "
+                                f"(return [msg], or [] to pass)")
         delivered = 0
         for msg in sent:
             if isinstance(msg, m.Message) and msg.sender != role:

@@ -25,6 +25,7 @@ class Delivery:
     cost: float
     cum_cost: float
     phase: str  # "initial" (before the protocol; free) or "protocol"
+    cut: int = 0  # points the sender sent that were cut away to fit (budget or probe limit)
 
 
 class Channel:
@@ -53,6 +54,7 @@ class Channel:
         self.spent = 0.0
         self.probed = 0
         self.refused = 0
+        self.cut = 0          # points cut away from messages to fit (never delivered)
         self.ended = False
         self.log: list[Delivery] = []
         self.inbox: dict[str, list[m.Message]] = {m.STUDENT: [], m.TEACHER: []}
@@ -88,12 +90,14 @@ class Channel:
         return 0.0
 
     # -- delivery ----------------------------------------------------------------------
-    def send(self, msg: m.Message, phase: str = "protocol") -> list[m.Message]:
+    def send(self, msg: m.Message, phase: str = "protocol", *, cut: int = 0) -> list[m.Message]:
         """Charge and deliver ``msg``; returns what was delivered (maybe split or cut; [] if refused).
 
         A divisible message (labelled points) is cut to what fits the final budget and
         split at checkpoints, so the snapshot for a checkpoint sees exactly the points
-        that reached it. An indivisible message that does not fit is refused.
+        that reached it. An indivisible message that does not fit is refused. Points cut
+        away are counted on the delivery (``Delivery.cut``) and in :attr:`cut`, never
+        silently dropped. (``cut``: carried to the last piece of a split message.)
         """
         self._check(msg, phase)
         if self.ended:
@@ -106,7 +110,9 @@ class Channel:
             if fit <= 0:
                 self.refused += 1
                 return []
-            msg = msg.head(fit) if msg.size > fit else msg
+            if msg.size > fit:
+                cut += msg.size - fit
+                msg = msg.head(fit)
         cost = self.cost(msg)
         if self.spent + cost > self.final + EPS:
             if msg.kind not in m.DIVISIBLE:
@@ -116,13 +122,14 @@ class Channel:
             if fit <= 0:
                 self.refused += 1
                 return []
+            cut += msg.size - fit
             msg = msg.head(fit)
             cost = float(fit)
         if msg.kind in m.DIVISIBLE:
             step = int(math.ceil(self.to_checkpoint - EPS))
             if 0 < step < msg.size:
-                return self.send(msg.head(step)) + self.send(msg.tail(step))
-        out = [self._deliver(msg, cost, phase)]
+                return self.send(msg.head(step)) + self.send(msg.tail(step), cut=cut)
+        out = [self._deliver(msg, cost, phase, cut)]
         if msg.kind == "done":
             self.ended = True
         return out
@@ -138,11 +145,12 @@ class Channel:
         unreached, self.pending = self.pending, []
         return unreached
 
-    def _deliver(self, msg: m.Message, cost: float, phase: str) -> m.Message:
+    def _deliver(self, msg: m.Message, cost: float, phase: str, cut: int = 0) -> m.Message:
         self.spent += cost
+        self.cut += cut
         if msg.kind == "probe":
             self.probed += msg.size
-        self.log.append(Delivery(len(self.log), msg, cost, self.spent, phase))
+        self.log.append(Delivery(len(self.log), msg, cost, self.spent, phase, cut))
         self.inbox[msg.receiver].append(msg)
         self.observers[msg.receiver](msg)
         return msg

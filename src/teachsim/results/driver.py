@@ -16,14 +16,14 @@ from .reader import Run
 from .store import different_experiment, read_only, version_column
 
 
-def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str]]:
-    """(key, status, protocol, variant) of the episodes an existing run directory holds (read-only)."""
+def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str, str]]:
+    """(key, status, protocol, variant, spec) of the episodes an existing run directory holds (read-only)."""
     path = run_dir / "results.sqlite"
     if not path.is_file():
         return []
     con = read_only(path, timeout=30)
     try:
-        return list(con.execute("SELECT key, status, protocol, variant FROM episodes"))
+        return list(con.execute("SELECT key, status, protocol, variant, spec FROM episodes"))
     except sqlite3.OperationalError:   # created but never written
         return []
     finally:
@@ -32,7 +32,7 @@ def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str]]:
 
 def _recorded(run_dir: Path) -> dict[str, str]:
     """key -> status of the episodes an existing run directory holds (read-only)."""
-    return {key: status for key, status, _, _ in _recorded_rows(run_dir)}
+    return {key: status for key, status, *_ in _recorded_rows(run_dir)}
 
 
 def _stale_judge(run_dir: Path) -> set[int]:
@@ -62,8 +62,7 @@ def _check_same_or_extended(run_dir: Path, exp: Experiment, note) -> None:
     only); one that the new config only adds to is extended: its recorded episodes are
     kept and only the new ones run. The store checks the same again under its lock."""
     rows = _recorded_rows(run_dir)
-    refused = different_experiment(run_dir, [(key, p, v) for key, _, p, v in rows],
-                                   {s.key: (s.label, s.variant) for s in exp.episodes})
+    refused = different_experiment(run_dir, [(key, p, v, spec) for key, _, p, v, spec in rows], exp.episodes)
     if refused is not None:
         raise refused
     if note is not None and rows:

@@ -54,6 +54,16 @@ class Run:
         if not (self.dir / "results.sqlite").is_file():
             raise RunError(f"{self.dir} is not a run directory (no results.sqlite)")
 
+    def __repr__(self) -> str:
+        try:
+            status = self._query("SELECT status, COUNT(*) AS n FROM episodes GROUP BY status")
+            counts = dict(zip(status["status"], status["n"]))
+            judges = ", ".join(self.judges)
+        except RunError as exc:
+            return f"Run({str(self.dir)!r}: unreadable: {exc})"
+        return (f"Run({str(self.dir)!r}: {counts.get('finished', 0)} finished, {counts.get('failed', 0)} failed "
+                f"episodes; judges: {judges or 'none yet'})")
+
     def _connect(self) -> sqlite3.Connection:
         return read_only(self.dir / "results.sqlite")
 
@@ -103,8 +113,13 @@ class Run:
 
     @property
     def episodes(self) -> pd.DataFrame:
-        """One row per episode (the README's columns and a few more)."""
-        return self._query("SELECT * FROM episodes ORDER BY episode_id")
+        """One row per episode (the README's columns and a few more). ``protocol`` is the
+        protocol's label in this experiment, ``protocol_name`` the registered name."""
+        eps = self._query("SELECT * FROM episodes ORDER BY episode_id")
+        if "protocol_name" not in eps or eps["protocol_name"].isna().any():   # rows from before the column
+            names = [json.loads(s)["protocol_cfg"]["name"] for s in eps["spec"]]
+            eps["protocol_name"] = eps.get("protocol_name", pd.Series(names)).fillna(pd.Series(names))
+        return eps
 
     @property
     def scores(self) -> pd.DataFrame:
@@ -114,10 +129,14 @@ class Run:
 
     def scores_of(self, judge: str) -> pd.DataFrame:
         """Scores recorded under a judge name (``"default"``, or one given to ``teachsim judge``)."""
-        return self._query(
+        scores = self._query(
             "SELECT s.episode_id, s.budget, s.metric, s.value, e.protocol, e.variant, e.seed"
             " FROM scores s JOIN episodes e USING (episode_id) WHERE e.status = 'finished'"
             " AND s.judge = ? ORDER BY s.episode_id, s.budget, s.metric", (judge,))
+        names = self.episodes.set_index("episode_id")["protocol_name"]   # the registered name beside the label
+        scores.insert(scores.columns.get_loc("protocol") + 1, "protocol_name",
+                      scores["episode_id"].map(names).to_numpy())
+        return scores
 
     @property
     def judge_versions(self) -> dict[str, list[int]]:
@@ -313,6 +332,15 @@ class Run:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise RunError(f"episode {row.episode_id} ({row.protocol}, seed {row.seed}) has no saved students: "
                            f"{self.file('students', row.key)} is missing{more}; nothing was judged")
+
+    def underspent(self) -> pd.DataFrame:
+        """Finished episodes that ended (``done``, or both sides silent) having spent less
+        than the final budget: their "final budget" scores are the last student's, not at
+        that budget. Columns episode_id, protocol, seed, spent, budget."""
+        budget = float(max(self.config.get("budgets") or [0]))
+        eps = self.episodes
+        short = eps[(eps["status"] == "finished") & (eps["spent"].astype(float) < budget - 1e-9)]
+        return short.assign(budget=budget)[["episode_id", "protocol", "seed", "spent", "budget"]]
 
     def judge_coverage(self, name: str = "default") -> tuple[int, int]:
         """(episodes the judge ``name`` scored, finished episodes): a judging that stopped part

@@ -516,7 +516,15 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
                    "(e.g. zero_grad_share: share of test points with an all-zero input gradient).</p>\n")
         out.append(html_table(["protocol", "flag", "episodes", "mean (where set)", "max"], rows))
 
-    # 7. failed episodes
+    # 7. episodes that stopped short of the final budget, and failed ones
+    short = run.underspent()
+    if not short.empty:
+        out.append("<h2>Episodes that spent less than the final budget</h2>\n<p class=\"note\">They ended (a "
+                   "<code>done</code>, or both sides silent) before the final budget: their scores at that budget "
+                   "are those of their last student.</p>\n")
+        out.append(html_table(["episode", "protocol", "seed", "spent / budget"],
+                              [[(esc(r.episode_id), "num"), (esc(r.protocol), ""), (esc(r.seed), "num"),
+                                (esc(f"{r.spent:g} / {r.budget:g}"), "num")] for r in short.itertuples()]))
     out.append("<h2>Failed episodes</h2>\n")
     if failed_eps.empty:
         out.append('<p class="note">none</p>\n')

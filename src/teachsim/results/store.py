@@ -92,7 +92,8 @@ CREATE TABLE IF NOT EXISTS episodes (
     task TEXT NOT NULL, variant TEXT NOT NULL DEFAULT '', seed INTEGER NOT NULL,
     status TEXT NOT NULL, error TEXT NOT NULL DEFAULT '', started_at TEXT, finished_at TEXT,
     host TEXT, seconds REAL, attempts INTEGER NOT NULL DEFAULT 1, initial_labels INTEGER,
-    spent REAL, probed INTEGER, refused INTEGER, spec TEXT NOT NULL, device TEXT);
+    spent REAL, probed INTEGER, refused INTEGER, spec TEXT NOT NULL, device TEXT, cut INTEGER,
+    protocol_name TEXT);
 CREATE TABLE IF NOT EXISTS scores (
     episode_id INTEGER NOT NULL, budget REAL NOT NULL, metric TEXT NOT NULL, value REAL,
     judge TEXT NOT NULL DEFAULT 'default', version INTEGER NOT NULL DEFAULT 1,
@@ -104,7 +105,8 @@ CREATE TABLE IF NOT EXISTS judges (name TEXT PRIMARY KEY, config TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
     episode_id INTEGER NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL, sender TEXT NOT NULL,
     receiver TEXT NOT NULL, size INTEGER NOT NULL, cost REAL NOT NULL, cum_cost REAL NOT NULL,
-    phase TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (episode_id, idx));
+    phase TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', cut INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (episode_id, idx));
 CREATE TABLE IF NOT EXISTS planned (key TEXT PRIMARY KEY, label TEXT NOT NULL, variant TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -162,19 +164,44 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def different_experiment(run_dir: Path, recorded, wanted: dict[str, tuple[str, str]]) -> RunError | None:
-    """The refusal for a run directory whose ``recorded`` episodes (key, label, variant rows)
-    are not all among the ``wanted`` ones (key -> (label, variant)), else None. An
-    experiment may grow (more protocols, seeds, sweep values), never change: episode keys
-    hash each episode's resolved settings and seed, so a kept result is exactly what the
-    new config would compute."""
-    for key, label, variant in recorded:
+def different_experiment(run_dir: Path, recorded, episodes) -> RunError | None:
+    """The refusal for a run directory whose ``recorded`` episodes (key, label, variant,
+    spec JSON rows) are not all among the new ``episodes`` (``EpisodeSpec``s), else None.
+    An experiment may grow (more protocols, seeds, sweep values), never change: episode
+    keys hash each episode's resolved settings and seed, so a kept result is exactly what
+    the new config would compute. The refusal names the first setting that differs."""
+    wanted = {s.key: (s.label, s.variant) for s in episodes}
+    for key, label, variant, spec in recorded:
         if wanted.get(key) != (label, variant):
             where = f"{label!r}" + (f" in {variant}" if variant else "")
-            return RunError(f"{run_dir} holds a different experiment (its recorded episodes of {where} are not "
-                            "in this config, or ran with other settings or another version of a protocol, task, "
-                            "method or model); choose another --out or remove that directory")
+            return RunError(f"{run_dir} holds a different experiment: its recorded episodes of {where} "
+                            f"{_what_differs(json.loads(spec), episodes)}; choose another --out or remove that "
+                            "directory")
     return None
+
+
+def _what_differs(old: dict[str, Any], episodes) -> str:
+    """How the new config differs for a recorded episode: the first differing setting."""
+    same = [s for s in episodes if (s.label, s.variant) == (old["protocol"], old["variant"])]
+    if not same:
+        return "are not in this config (a protocol renamed or dropped, or a sweep value gone)"
+    new = next((s for s in same if s.seed == old["seed"]), same[0]).as_dict()
+    for part in ("budgets", "task", "student", "protocol_cfg", "judge"):
+        a, b = old.get(part), new.get(part)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                if a.get(k) != b.get(k):
+                    name = "protocol" if part == "protocol_cfg" else part
+                    return f"ran with {name}.{k} = {_short(a.get(k))}, this config has {_short(b.get(k))}"
+        return f"ran with {part} = {_short(a)}, this config has {_short(b)}"
+    return "ran with other settings (another version of a protocol, task, method or model)"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class Store:
@@ -200,10 +227,13 @@ class Store:
             if isinstance(exc, OSError):
                 raise RunError(f"{self.dir} cannot be written ({exc.strerror})") from None
             raise
-        columns = {row[1] for row in self.con.execute("PRAGMA table_info(episodes)")}
-        if "device" not in columns:   # a run directory from before the column
-            with self.con:
-                self.con.execute("ALTER TABLE episodes ADD COLUMN device TEXT")
+        # columns added since the first run directories: older ones gain them (empty)
+        for table, column, decl in (("episodes", "device", "TEXT"), ("episodes", "cut", "INTEGER"),
+                                    ("episodes", "protocol_name", "TEXT"),
+                                    ("messages", "cut", "INTEGER NOT NULL DEFAULT 0")):
+            if column not in {row[1] for row in self.con.execute(f"PRAGMA table_info({table})")}:
+                with self.con:
+                    self.con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         if "version" not in {row[1] for row in self.con.execute("PRAGMA table_info(scores)")}:
             with self.con:   # scores from before the column were made by judge version 1
                 self.con.execute("ALTER TABLE scores ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
@@ -227,8 +257,8 @@ class Store:
         experiment may grow, never change)."""
         wanted = {s.key: (s.label, s.variant) for s in episodes}
         with self.con:
-            refused = different_experiment(self.dir, self.con.execute("SELECT key, protocol, variant FROM episodes"),
-                                           wanted)
+            refused = different_experiment(
+                self.dir, self.con.execute("SELECT key, protocol, variant, spec FROM episodes"), episodes)
             if refused is not None:
                 raise refused
             if config is not None:
@@ -248,10 +278,11 @@ class Store:
         if planned is None and self.con.execute("SELECT COUNT(*) FROM planned").fetchone()[0]:
             raise RunError(f"{self.dir}: episode {spec.key} ({spec.label}, seed {spec.seed}) is not one of the "
                            "episodes of the experiment this directory holds; nothing was written")
-        if result.status == "finished":
+        if result.status == "finished" or result.payloads:   # a failed episode keeps what it delivered
             buf = io.BytesIO()
             np.savez_compressed(buf, **result.payloads)
             _atomic_write(self.dir / "transcripts" / f"{spec.key}.npz", buf.getvalue())
+        if result.status == "finished":
             _atomic_write(self.dir / "students" / f"{spec.key}.pt", _students_bytes(result.snapshots))
         stats = result.stats
         with self.con:  # one transaction per episode, finished or failed
@@ -261,12 +292,13 @@ class Store:
                     self.con.execute(f"DELETE FROM {table} WHERE episode_id = ?", old)
             cur = self.con.execute(
                 "INSERT INTO episodes (episode_id, key, protocol, task, variant, seed, status, error, started_at,"
-                " finished_at, host, seconds, attempts, initial_labels, spent, probed, refused, spec, device)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " finished_at, host, seconds, attempts, initial_labels, spent, probed, refused, spec, device, cut,"
+                " protocol_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (old[0] if old else None, spec.key, spec.label, spec.task["name"], spec.variant, spec.seed,
                  result.status, result.error, result.started_at, result.finished_at, result.host, result.seconds,
                  attempts, spec.student["initial_labels"], stats.get("spent"), stats.get("probed"),
-                 stats.get("refused"), json.dumps(spec.as_dict(), sort_keys=True), _device_text(stats)))
+                 stats.get("refused"), json.dumps(spec.as_dict(), sort_keys=True), _device_text(stats),
+                 stats.get("cut"), spec.protocol_cfg["name"]))
             eid = cur.lastrowid if not old else old[0]
             self.con.executemany(SCORE_ROW, [(eid, b, metric, v, "default", result.judge_version)
                                              for b, metric, v in result.scores])
@@ -279,9 +311,10 @@ class Store:
                 self.con.executemany("INSERT INTO flags VALUES (?, ?, ?, ?, ?)",
                                      [(eid, b, f, v, name) for b, f, v in j["flags"]])
             self.con.executemany(
-                "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (episode_id, idx, kind, sender, receiver, size, cost, cum_cost, phase, reason,"
+                " cut) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(eid, r["idx"], r["kind"], r["sender"], r["receiver"], r["size"], r["cost"], r["cum_cost"],
-                  r["phase"], r["reason"]) for r in result.messages])
+                  r["phase"], r["reason"], r.get("cut", 0)) for r in result.messages])
             self.con.executemany("INSERT INTO checkpoints VALUES (?, ?, ?, ?)",
                                  [(eid, b, c, int(r)) for b, c, r in result.checkpoints])
         return eid
