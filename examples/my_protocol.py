@@ -7,19 +7,19 @@ import numpy as np
 
 import teachsim
 from teachsim import messages as m
-from teachsim.protocols.base import Protocol
-from teachsim.schema import Float, Int
+from teachsim.protocols.base import ROUND_PARAMS, Protocol
+from teachsim.schema import Float
 
 
 class NoisyTeacher(Protocol):
     """Passive labels, a share of them flipped to another class (robustness to label noise)."""
 
-    PARAMS = {"batch": Int(25, lo=1, doc="labels per round"),
+    PARAMS = {**ROUND_PARAMS,                            # batch (labels per round) and steps, as the built-ins
               "flip": Float(0.1, lo=0.0, hi=1.0, doc="share of labels the teacher gets wrong")}
     legal = {m.STUDENT: {"query"}, m.TEACHER: {"answer"}}
 
     def student_turn(self, student, inbox, ctx):
-        student.learn()                                  # learn what the last answer brought
+        self.train(student)                              # learn what the last answer brought, `steps` steps
         n = min(self.batch, ctx.labels_to_checkpoint)    # a round never straddles a checkpoint
         if n <= 0:
             return [m.done(m.STUDENT, "budget spent")]

@@ -197,15 +197,18 @@ def test_bad_analysis_options_are_one_line_and_write_nothing(tiny_run, capsys, a
 
 
 def test_a_plugin_whose_params_are_plain_values_is_named_in_one_line(tmp_path):
-    """PARAMS = {"batch": 25} (values, not Params) once gave a traceback in list, check-protocol and run."""
+    """PARAMS = {"flip": 0.1} (values, not Params) once gave a traceback in list, check-protocol and run."""
     plugin = tmp_path / "plain.py"
-    plugin.write_text((ROOT / "examples" / "my_protocol.py").read_text().replace(
-        'PARAMS = {"batch": Int(25, lo=1, doc="labels per round"),', 'PARAMS = {"batch": 25,'))
+    example = (ROOT / "examples" / "my_protocol.py").read_text()
+    flip = '"flip": Float(0.1, lo=0.0, hi=1.0, doc="share of labels the teacher gets wrong")'
+    assert flip in example
+    plugin.write_text(example.replace(flip, '"flip": 0.1'))
     for args in (["list", "protocols"], ["check-protocol", "noisy-teacher"]):
         proc = _cli("--plugin", str(plugin), *args, cwd=tmp_path)
         assert proc.returncode == 2
         line = _one_line_error(proc.stderr, proc.stdout)
-        assert "protocol 'noisy-teacher': PARAMS['batch'] is 25, expected a parameter such as Int(25" in line
+        assert "protocol 'noisy-teacher': PARAMS['flip'] is 0.1, expected a parameter from teachsim.schema such " \
+               "as Float(0.1, doc=...)" in line
 
 
 # -- re-run, resume, a different config -------------------------------------------------------

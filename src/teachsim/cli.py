@@ -115,7 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("protocol", help="registered protocol name")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a protocol parameter, VALUE in TOML syntax (repeatable), e.g. --param push=\"boundary\"")
+    p.add_argument("--task", default=None, metavar="TASK",
+                   help="the task to check it on (default: hidden-feature of dimension 8; others at their defaults)")
+    p.add_argument("--budgets", type=float, nargs="+", default=None, metavar="B",
+                   help="checkpoints of the check episodes (default: 0 10 30 60)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--traceback", action="store_true", help="print the whole traceback of a turn that raised")
 
     p = sub.add_parser("check-task", help="conformance checks on a task (built-in or --plugin)")
     p.add_argument("task", help="registered task name")
@@ -411,12 +416,21 @@ def _cmd_check_protocol(args: argparse.Namespace) -> int:
     from .checks.protocol import check_protocol
     from .errors import ConfigError
 
+    from .checks.protocol import SMALL_TASK
+
+    task = None if args.task in (None, SMALL_TASK["name"]) else {"name": args.task}
+    budgets = tuple(args.budgets) if args.budgets else (0, 10, 30, 60)
     try:
-        report = check_protocol(args.protocol, params=_parse_params(args.param), seed=args.seed)
+        report = check_protocol(args.protocol, params=_parse_params(args.param), seed=args.seed, task=task,
+                                budgets=budgets)
     except ConfigError as exc:   # name the argument the user typed, not the config path used inside
-        field = exc.field.replace("protocols[0].name", "PROTOCOL").replace("protocols[0].", "--param ")
+        field = (exc.field.replace("protocols[0].name", "PROTOCOL").replace("protocols[0].", "--param ")
+                 .replace("task.name", "--task").replace("budgets", "--budgets"))
         raise ConfigError(field, exc.detail) from None
     print(report)
+    if report.trace:
+        print(report.trace.rstrip() if args.traceback else "(the whole traceback: add --traceback)",
+              file=sys.stderr)
     return 0 if report.ok else 1
 
 

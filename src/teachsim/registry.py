@@ -254,8 +254,13 @@ def check_params(owner: str, table: Any) -> dict[str, Param]:
         raise PluginError(f"{owner}: PARAMS must be a dict of parameters, got {type(table).__name__}")
     for key, value in table.items():
         if not isinstance(value, Param):
-            raise PluginError(f"{owner}: PARAMS[{key!r}] is {value!r}, expected a parameter such as "
-                              f"Int({value!r}, lo=0) or Float(...) from teachsim.schema")
+            kind = {bool: "Bool", int: "Int", float: "Float", str: "Str"}.get(type(value), "Table")
+            raise PluginError(f"{owner}: PARAMS[{key!r}] is {value!r}, expected a parameter from teachsim.schema "
+                              f"such as {kind}({value!r}, doc=...)")
+        if value.default is not None and not value.ok(value.default):
+            # the plugin's own default, found as it loads: never blamed on --param or a config
+            raise PluginError(f"{owner}: the default of PARAMS[{key!r}] is {value.default!r}, which is not "
+                              f"{value.expect}")
     return dict(table)
 
 

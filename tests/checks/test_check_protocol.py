@@ -210,3 +210,108 @@ teachsim.register_strategy("nearest", nearest)
     proc = _cli("--plugin", str(plugin), "check-protocol", "active-student", "--param", "strategy=nearest",
                 "--param", "pool=60", cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
+
+
+# -- a checker that teaches: every mistake below once passed silently or as a bare traceback
+MISTAKES = '''
+import teachsim
+from teachsim import messages as m
+from teachsim.protocols.base import ROUND_PARAMS, Protocol
+from teachsim.schema import Int
+
+
+class Misspelt(Protocol):
+    PARAMS = ROUND_PARAMS
+
+    def student_turn(self, student, inbox, ctx):
+        self.train(student)
+        n = min(self.bacth, ctx.labels_to_checkpoint)
+        return [m.query(student.data.sample(n, ctx.rng))]
+
+
+class Bare(Protocol):
+    def student_turn(self, student, inbox, ctx):
+        return m.query(student.data.sample(5, ctx.rng))
+
+
+class Greedy(Protocol):
+    """Asks for everything at once and never learns between rounds."""
+
+    PARAMS = ROUND_PARAMS
+
+    def student_turn(self, student, inbox, ctx):
+        n = min(2 * self.batch, ctx.labels_left)
+        return [m.query(student.data.sample(n, ctx.rng))] if n else [m.done(m.STUDENT)]
+
+    def teacher_turn(self, teacher, inbox, ctx):
+        return [teacher.answer(q) for q in inbox if q.kind == "query"]
+
+
+class OwnSchedule(Greedy):
+    """Learns on the student's schedule, whatever its own steps say."""
+
+    def student_turn(self, student, inbox, ctx):
+        student.learn()
+        n = min(self.batch, ctx.labels_to_checkpoint)
+        return [m.query(student.data.sample(n, ctx.rng))] if n else [m.done(m.STUDENT)]
+
+
+for name, cls in (("misspelt", Misspelt), ("bare", Bare), ("greedy", Greedy), ("own-schedule", OwnSchedule)):
+    teachsim.register_protocol(name, cls)
+'''
+
+
+@pytest.fixture
+def mistakes(tmp_path):
+    path = tmp_path / "mistakes.py"
+    path.write_text(MISTAKES)
+    return path
+
+
+def test_the_checker_says_which_world_it_used_and_takes_task_and_budgets(tmp_path):
+    proc = _cli("check-protocol", "passive", "--task", "spheres", "--budgets", "0", "5", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    world = proc.stdout.splitlines()[1]
+    assert world.startswith("  in: task spheres (") and "budgets 0, 5;" in world, world
+    proc = _cli("check-protocol", "passive", "--task", "spherez", cwd=tmp_path)
+    assert proc.returncode == 2 and "--task" in _one_line_error(proc.stderr) and "did you mean 'spheres'" in proc.stderr
+
+
+def test_an_exception_in_a_turn_names_file_line_side_and_the_attribute_meant(tmp_path, mistakes):
+    proc = _cli("--plugin", str(mistakes), "check-protocol", "misspelt", cwd=tmp_path)
+    assert proc.returncode == 1
+    runs = next(line for line in proc.stdout.splitlines() if "runs" in line)
+    assert "AttributeError: 'Misspelt' has no attribute 'bacth' (did you mean 'batch'?)" in runs
+    assert "in the student's turn (student_turn), at mistakes.py:13" in runs
+    assert proc.stderr.strip() == "(the whole traceback: add --traceback)"
+    proc = _cli("--plugin", str(mistakes), "check-protocol", "misspelt", "--traceback", cwd=tmp_path)
+    assert proc.stderr.startswith("Traceback (most recent call last):") and "line 13, in student_turn" in proc.stderr
+
+
+def test_a_turn_that_returns_a_bare_message_is_told_to_return_a_list(tmp_path, mistakes):
+    proc = _cli("--plugin", str(mistakes), "check-protocol", "bare", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert ("the student's turn returned a 'query' Message; a turn returns a list of messages "
+            "(return [msg], or [] to pass)") in proc.stdout
+
+
+def test_silent_round_mistakes_are_warnings(tmp_path, mistakes):
+    proc = _cli("--plugin", str(mistakes), "check-protocol", "greedy", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout          # it conforms: these are warnings, not failures
+    warnings = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("warning:")]
+    assert any("delivered more labelled points than batch = 25 (up to 50)" in w for w in warnings), warnings
+    assert any("the student did not learn them" in w for w in warnings), warnings
+    proc = _cli("--plugin", str(mistakes), "check-protocol", "own-schedule", "--param", "steps=5", cwd=tmp_path)
+    assert "declares steps = 5 (so 5 steps per round) but trained with [20]" in proc.stdout
+    for builtin in ("passive", "active-student", "membership", "active-teacher"):
+        assert "warning:" not in _cli("check-protocol", builtin, cwd=tmp_path).stdout, builtin
+
+
+def test_a_bad_default_in_params_is_the_plugin_s_error_when_it_loads(tmp_path):
+    plugin = tmp_path / "baddefault.py"
+    plugin.write_text(MISTAKES.replace("class Bare(Protocol):",
+                                       "class Bare(Protocol):\n    PARAMS = {'rounds': Int(0, lo=1)}\n"))
+    proc = _cli("--plugin", str(plugin), "list", "protocols", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "protocol 'bare': the default of PARAMS['rounds'] is 0, which is not an integer >= 1" in \
+        _one_line_error(proc.stderr)

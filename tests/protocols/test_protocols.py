@@ -567,3 +567,21 @@ def test_run_episode_transcripts_are_deterministic(tiny_config, proto):
     for k in a.payloads:
         np.testing.assert_array_equal(a.payloads[k], b.payloads[k])
     assert a.scores == b.scores
+
+
+def test_the_base_class_example_is_the_real_passive():
+    """The example in the protocol base class's docstring (a doctest) is the built-in
+    passive line for line, so what a new author copies is what runs."""
+    import inspect
+    import re
+
+    from teachsim.protocols import base, passive
+
+    example = [re.sub(r"^    (>>>|\.\.\.) ?", "", line) for line in base.__doc__.splitlines()
+               if re.match(r"^    (>>>|\.\.\.)", line)]
+    start = next(i for i, line in enumerate(example) if line.startswith("class Passive"))
+    body = [line for line in example[start + 1:] if line.strip()]
+    body = body[:next(i for i, line in enumerate(body) if not line.startswith(" "))]
+    real = [line for line in inspect.getsource(passive.Passive).splitlines()[1:]
+            if line.strip() and not line.strip().startswith('"""')]
+    assert body == real

@@ -5,18 +5,32 @@ each side does on its turn. It never delivers anything itself: it returns messag
 the channel charges, checks, delivers and records them. A side's turn sees only its own
 agent and its inbox, so the rules cannot leak the teacher's mechanism to the student.
 
-The smallest protocol::
+The smallest protocol is the built-in ``passive`` (``protocols/passive.py``; a test keeps
+the two the same). It declares the shared round schedule (``batch`` labels per round,
+``steps`` of training after each), learns at the start of the student's turn, and sizes
+each round so that it never straddles a checkpoint:
 
-    class Passive(Protocol):
-        legal = {STUDENT: {"query"}, TEACHER: {"answer"}}
+    >>> from teachsim import messages as m, registry
+    >>> from teachsim.checks.protocol import check_protocol
+    >>> class Passive(Protocol):
+    ...     PARAMS = ROUND_PARAMS
+    ...
+    ...     def student_turn(self, student, inbox, ctx):
+    ...         self.train(student)
+    ...         n = min(self.batch, ctx.labels_to_checkpoint)
+    ...         if n <= 0:
+    ...             return [m.done(m.STUDENT, "budget spent")]
+    ...         return [m.query(student.data.sample(n, ctx.rng))]
+    ...
+    ...     def teacher_turn(self, teacher, inbox, ctx):
+    ...         return [teacher.answer(q) for q in inbox if q.kind == "query"]
+    >>> with registry.scoped():
+    ...     registry.protocols.register("my-passive", Passive)
+    ...     check_protocol("my-passive", budgets=(0, 10)).ok
+    True
 
-        def student_turn(self, student, inbox, ctx):
-            student.learn()
-            n = min(25, ctx.labels_to_checkpoint)
-            return [query(student.data.sample(n, ctx.rng))] if n else []
-
-        def teacher_turn(self, teacher, inbox, ctx):
-            return [teacher.answer(q) for q in inbox if q.kind == "query"]
+The whole reference (messages and their costs, the channel's rules, the round schedule,
+what a turn may call) is ``docs/protocols.md``.
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ from typing import Any, Mapping, Protocol as Structural, runtime_checkable
 import numpy as np
 
 from ..messages import STUDENT, TEACHER, Message
-from ..schema import Int, Param, resolve
+from ..schema import Int, Param, resolve, suggest
 
 ROUND_PARAMS: Mapping[str, Param] = {
     "batch": Int(25, lo=1, doc="labels (cost units) per round; the student learns after each round"),
@@ -131,7 +145,11 @@ class Protocol:
         params = self.__dict__.get("params", {})
         if name in params:
             return params[name]
-        raise AttributeError(name)
+        if name.startswith("__"):   # copy, pickle and friends probe for these
+            raise AttributeError(name)
+        known = sorted(set(params) | {n for n in dir(type(self)) if not n.startswith("_")} | set(self.__dict__))
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}{suggest(name, known)}; "
+                             f"its parameters: {', '.join(sorted(params)) or 'none'}")
 
     def channel_rules(self) -> ChannelRules:
         """The rules this protocol's channel enforces; by default from the parameters
