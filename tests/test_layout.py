@@ -8,6 +8,7 @@ hidden). Built-ins named in the registry as ``"module:attr"`` strings are not im
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +130,8 @@ def _used_attributes(path: Path, side: str) -> set[str]:
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == side}
 
 
-PROTOCOL_FILES = sorted((SRC / "teachsim" / "protocols").glob("*.py")) + [ROOT / "examples" / "my_protocol.py"]
+PROTOCOL_FILES = sorted((SRC / "teachsim" / "protocols").glob("*.py")) + [ROOT / "examples" / "my_protocol.py",
+                                                                      ROOT / "examples" / "show_and_correct.py"]
 
 
 @pytest.mark.parametrize("path", PROTOCOL_FILES, ids=lambda p: p.name)
@@ -167,3 +169,33 @@ def test_the_tests_mirror_the_package():
     assert folders <= packages, f"test folders without a package: {sorted(folders - packages)}"
     for folder in folders:
         assert list((tests / folder).glob("test_*.py")), f"tests/{folder} holds no tests"
+
+
+# Paths a user's clone does not have: the team's working notes live beside the repository.
+OUTSIDE = re.compile(r"\.\./shared|(?<![\w.])shared/(research|seeds)|\b(SPEC|DESIGN)\.md|SPEC section|"
+                     r"research/(papers|ecosystem|style)\.md|/work/")
+
+
+def _tracked_files() -> list[Path]:
+    try:
+        out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return [ROOT / line for line in out.splitlines()]
+    except (OSError, subprocess.CalledProcessError):   # not a git checkout: every file but the venv
+        return [p for p in ROOT.rglob("*") if p.is_file() and ".venv" not in p.parts and ".git" not in p.parts]
+
+
+def test_no_file_names_a_path_outside_the_repository():
+    found = []
+    for path in _tracked_files():
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        found += [f"{path.relative_to(ROOT)}:{n}: {line.strip()[:80]}" for n, line in enumerate(text.splitlines(), 1)
+                  if OUTSIDE.search(line) and path.name != "test_layout.py"]
+    assert not found, "\n".join(found)
+
+
+def test_the_outside_path_check_sees_one():
+    assert OUTSIDE.search("see ../shared/SPEC.md section 3") and OUTSIDE.search("research/papers.md 4.2")
+    assert not OUTSIDE.search("docs/science.md and examples/shared_helpers.py")

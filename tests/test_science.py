@@ -70,11 +70,13 @@ def final(tmp_path_factory):
 
 @pytest.mark.slow
 def test_active_teacher_beats_passive_on_strong_robustness(final):
+    """The teacher that states its invariance does; counterexample pushes do not (the
+    paper suite finds the same at every dimension: benchmarks/RESULTS.md)."""
     passive = final[("passive", "strong_robust_acc")]
-    best = max(final[(p, "strong_robust_acc")] for p in ("teacher: counterexamples", "teacher: invariance"))
-    assert best >= passive + 0.5, (best, passive)
+    invariance = final[("teacher: invariance", "strong_robust_acc")]
+    assert invariance >= passive + 0.5, (invariance, passive)
     # ... and beats the active student there too
-    assert best >= final[("student: adversarial queries", "strong_robust_acc")] + 0.3
+    assert invariance >= final[("student: adversarial queries", "strong_robust_acc")] + 0.3
 
 
 @pytest.mark.slow
