@@ -157,7 +157,7 @@ def _run_flags(args: argparse.Namespace) -> str:
     flags = [("--executor", args.executor), ("--address", args.address), ("--workers", args.workers),
              ("--cpus-per-episode", args.cpus_per_episode), ("--gpus-per-episode", args.gpus_per_episode),
              ("--retries", args.retries or None), ("--time-limit", args.time_limit)]
-    return "".join(f" {flag} {shlex.quote(f'{value:g}' if isinstance(value, float) else str(value))}"
+    return "".join(f" {flag} {shlex.quote(repr(value) if isinstance(value, float) else str(value))}"
                    for flag, value in flags if value is not None)
 
 
@@ -516,8 +516,27 @@ def _cmd_interactions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warnings_in_one_line() -> None:
+    """teachsim's own warnings (a plugin's odd default, a name registered twice) as one
+    line each, like its errors; anyone else's as Python prints them."""
+    import warnings
+
+    from .registry import TeachsimWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, TeachsimWarning):
+            print(f"teachsim: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``teachsim`` console script."""
+    _warnings_in_one_line()
     args = build_parser().parse_args(argv)
     try:
         for plugin in [*args.plugin, *getattr(args, "plugin_sub", [])]:

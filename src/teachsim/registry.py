@@ -68,7 +68,8 @@ class Entry:
         if self._params is None:
             declared = _load(self.declared, self.name) if isinstance(self.declared, str) else self.declared
             table = declared if declared is not None else getattr(self.factory, "PARAMS", {})
-            self._params = check_params(repr(self.name), table)
+            lazy = isinstance(self.declared, str) or isinstance(self.target, str)   # else checked at register()
+            self._params = check_params(repr(self.name), table) if lazy else dict(table)
         return self._params
 
     @property
@@ -241,7 +242,7 @@ def Registered(kind: str, default: str, doc: str = "") -> Param:
         return isinstance(v, str) and v in REGISTRIES[kind]
 
     plural = "strategies" if kind == "strategy" else kind + "s"
-    return Param(default, f"a registered {kind} (see: teachsim list {plural})", ok, doc)
+    return Param(default, f"a registered {kind} (see: teachsim list {plural})", ok, doc, late=True)
 
 PLUGINS: list[str] = []
 """Plugins loaded in this process, in order (file paths made absolute): what a Ray worker
@@ -257,10 +258,12 @@ def check_params(owner: str, table: Any) -> dict[str, Param]:
             kind = {bool: "Bool", int: "Int", float: "Float", str: "Str"}.get(type(value), "Table")
             raise PluginError(f"{owner}: PARAMS[{key!r}] is {value!r}, expected a parameter from teachsim.schema "
                               f"such as {kind}({value!r}, doc=...)")
-        if value.default is not None and not value.ok(value.default):
-            # the plugin's own default, found as it loads: never blamed on --param or a config
-            raise PluginError(f"{owner}: the default of PARAMS[{key!r}] is {value.default!r}, which is not "
-                              f"{value.expect}")
+        if value.default is not None and not value.late and not value.ok(value.default):
+            # the plugin's own default, said as it loads, never blamed on --param or a config;
+            # a warning: a sentinel default ("" or 0 for "unset") may be meant
+            warnings.warn(f"{owner}: the default of PARAMS[{key!r}] is {value.default!r}, which is not "
+                          f"{value.expect} (the plugin's own default: a config that leaves {key} out gets it)",
+                          TeachsimWarning, stacklevel=3)
     return dict(table)
 
 

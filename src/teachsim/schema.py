@@ -24,6 +24,7 @@ class Param:
     ok: Callable[[Any], bool]
     doc: str = ""
     convert: Callable[[Any], Any] = lambda v: v
+    late: bool = False   # valid values depend on what is registered: checked when used, not when declared
 
 
 def _is_int(v: Any) -> bool:

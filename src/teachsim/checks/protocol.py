@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import sysconfig
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ class Report:
 
 
 _PACKAGE = Path(__file__).resolve().parents[1]
+_STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
 
 
 def where_it_raised(exc: BaseException) -> str:
@@ -68,7 +70,9 @@ def where_it_raised(exc: BaseException) -> str:
     a protocol turn: the side, and the deepest line of the author's own code ("" when no
     line of it is involved: the channel or the loop refused what a turn returned)."""
     frames = traceback.extract_tb(exc.__traceback__)
-    own = [f for f in frames if not Path(f.filename).resolve().is_relative_to(_PACKAGE)]
+    own = [f for f in frames if not Path(f.filename).resolve().is_relative_to(_PACKAGE)
+           and not Path(f.filename).resolve().is_relative_to(_STDLIB) and "site-packages" not in f.filename
+           and not f.filename.startswith("<")]
     if not own:
         return ""
     side = next((f.name for f in reversed(frames) if f.name in ("student_turn", "teacher_turn")), None)

@@ -102,15 +102,15 @@ def time_limit(seconds: float | None):
             raise EpisodeTimeout(f"the episode ran past its time limit of {seconds:g} s (time_limit)")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
-    finally:
-        armed = False
+        signal.setitimer(signal.ITIMER_REAL, seconds)
         try:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            yield
         finally:
-            signal.signal(signal.SIGALRM, previous)
+            armed = False
+    finally:   # runs even if the alarm struck as the block ended: the handler never outlives it
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None = None) -> EpisodeResult:

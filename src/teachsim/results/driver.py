@@ -13,7 +13,7 @@ from ..config import Experiment
 from ..errors import ConfigError, RunError
 from ..runners import EXECUTORS  # noqa: F401 - the executors run() accepts
 from .reader import Run
-from .store import different_experiment, read_only, version_column
+from .store import unreadable, different_experiment, read_only, version_column
 
 
 def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str, str]]:
@@ -24,8 +24,12 @@ def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str, str]]:
     con = read_only(path, timeout=30)
     try:
         return list(con.execute("SELECT key, status, protocol, variant, spec FROM episodes"))
-    except sqlite3.OperationalError:   # created but never written
-        return []
+    except sqlite3.OperationalError as exc:   # created but never written
+        if "no such table" in str(exc):
+            return []
+        raise unreadable(path, exc) from None
+    except sqlite3.DatabaseError as exc:
+        raise unreadable(path, exc) from None
     finally:
         con.close()
 
@@ -50,8 +54,12 @@ def _stale_judge(run_dir: Path) -> set[int]:
             return set()
         rows = con.execute(f"SELECT DISTINCT {version} FROM scores s JOIN episodes e USING (episode_id)"
                            " WHERE s.judge = 'default' AND e.status = 'finished'").fetchall()
-    except sqlite3.OperationalError:
-        return set()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return set()
+        raise unreadable(path, exc) from None
+    except sqlite3.DatabaseError as exc:
+        raise unreadable(path, exc) from None
     finally:
         con.close()
     return {int(v) for (v,) in rows} - {VERSION}

@@ -17,7 +17,7 @@ import pandas as pd
 from .. import config as config_mod
 from ..errors import ConfigError, RunError
 from ..platform.spec import EpisodeSpec
-from .store import read_only, version_column
+from .store import unreadable, read_only, version_column
 from .summary import auc, budget_to, curve_table, summarize
 
 
@@ -59,7 +59,7 @@ class Run:
             status = self._query("SELECT status, COUNT(*) AS n FROM episodes GROUP BY status")
             counts = dict(zip(status["status"], status["n"]))
             judges = ", ".join(self.judges)
-        except RunError as exc:
+        except (RunError, sqlite3.Error) as exc:
             return f"Run({str(self.dir)!r}: unreadable: {exc})"
         return (f"Run({str(self.dir)!r}: {counts.get('finished', 0)} finished, {counts.get('failed', 0)} failed "
                 f"episodes; judges: {judges or 'none yet'})")
@@ -71,7 +71,7 @@ class Run:
         con = self._connect()
         try:
             return pd.read_sql_query(sql, con, params=params)
-        except sqlite3.DatabaseError as exc:   # a truncated file opens, then fails here
+        except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:   # a damaged file opens, then fails here
             raise RunError(f"{self.dir / 'results.sqlite'} cannot be read ({exc}); it may be truncated or "
                            "corrupt: nothing was changed") from None
         finally:
@@ -147,6 +147,8 @@ class Run:
         try:
             version = version_column(con) or "1"
             rows = con.execute(f"SELECT judge, {version} FROM scores GROUP BY judge, {version}").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise unreadable(self.dir / "results.sqlite", exc) from None
         finally:
             con.close()
         out: dict[str, list[int]] = {}
@@ -339,7 +341,8 @@ class Run:
         that budget. Columns episode_id, protocol, seed, spent, budget."""
         budget = float(max(self.config.get("budgets") or [0]))
         eps = self.episodes
-        short = eps[(eps["status"] == "finished") & (eps["spent"].astype(float) < budget - 1e-9)]
+        # a whole label unspent: an episode stuck at 99.5 of 100 could not have spent more
+        short = eps[(eps["status"] == "finished") & (budget - eps["spent"].astype(float) >= 1 - 1e-9)]
         return short.assign(budget=budget)[["episode_id", "protocol", "seed", "spent", "budget"]]
 
     def judge_coverage(self, name: str = "default") -> tuple[int, int]:
@@ -374,6 +377,8 @@ class Run:
                 f"SELECT DISTINCT s.episode_id FROM scores s JOIN episodes e USING (episode_id) WHERE "
                 f"e.status = 'finished' AND s.judge = 'default' AND {version} != ? ORDER BY s.episode_id",
                 (VERSION,))]
+        except sqlite3.DatabaseError as exc:
+            raise unreadable(self.dir / "results.sqlite", exc) from None
         finally:
             con.close()
         if not stale:   # up to date: nothing to write, so nothing is opened for writing

@@ -125,7 +125,7 @@ def connect(path: Path) -> sqlite3.Connection:
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=FULL")
     except sqlite3.DatabaseError as exc:
-        raise _unreadable(path, exc) from None
+        raise unreadable(path, exc) from None
     return con
 
 
@@ -143,14 +143,20 @@ def read_only(path: Path, timeout: float = 5) -> sqlite3.Connection:
             con.close()
             if "unable to open" not in str(exc) and "readonly" not in str(exc):
                 raise
+            wal = Path(f"{path}-wal")
+            if wal.is_file() and wal.stat().st_size > 0:   # immutable would not see those results
+                raise RunError(f"{path} has results not yet folded into it ({wal.name}, left by a run that was "
+                               "stopped) and cannot be read where it cannot be written: copy the run directory "
+                               "somewhere writable and read the copy") from None
             con = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=timeout)
             con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
-        raise _unreadable(path, exc) from None
+        raise unreadable(path, exc) from None
     return con
 
 
-def _unreadable(path: Path, exc: Exception) -> RunError:
+def unreadable(path: Path, exc: Exception) -> RunError:
+    """The one-line error for a results database that cannot be read (changes nothing)."""
     return RunError(f"{path} is not a readable teachsim database ({exc}); it may be truncated or corrupt: "
                     "nothing was changed")
 
@@ -184,8 +190,17 @@ def _what_differs(old: dict[str, Any], episodes) -> str:
     """How the new config differs for a recorded episode: the first differing setting."""
     same = [s for s in episodes if (s.label, s.variant) == (old["protocol"], old["variant"])]
     if not same:
+        name = old["protocol_cfg"]["name"]
+        other = next((s.protocol_cfg["name"] for s in episodes
+                      if s.protocol_cfg["name"].split("@")[0] == name.split("@")[0] and s.protocol_cfg["name"] != name),
+                     None)
+        if other is not None:
+            return f"ran with protocol {name!r}, this config has {other!r} (another version of it)"
         return "are not in this config (a protocol renamed or dropped, or a sweep value gone)"
-    new = next((s for s in same if s.seed == old["seed"]), same[0]).as_dict()
+    twin = next((s for s in same if s.seed == old["seed"]), None)
+    if twin is None:
+        return f"include seed {old['seed']}, which this config does not"
+    new = twin.as_dict()
     for part in ("budgets", "task", "student", "protocol_cfg", "judge"):
         a, b = old.get(part), new.get(part)
         if a == b:
@@ -220,23 +235,23 @@ class Store:
             (self.dir / "students").mkdir(exist_ok=True)
             self.con = connect(self.dir / "results.sqlite")
             self.con.executescript(SCHEMA)
+            # columns added since the first run directories: older ones gain them (empty)
+            for table, column, decl in (("episodes", "device", "TEXT"), ("episodes", "cut", "INTEGER"),
+                                        ("episodes", "protocol_name", "TEXT"),
+                                        ("messages", "cut", "INTEGER NOT NULL DEFAULT 0")):
+                if column not in {row[1] for row in self.con.execute(f"PRAGMA table_info({table})")}:
+                    with self.con:
+                        self.con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            if "version" not in {row[1] for row in self.con.execute("PRAGMA table_info(scores)")}:
+                with self.con:   # scores from before the column were made by judge version 1
+                    self.con.execute("ALTER TABLE scores ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
         except BaseException as exc:
             self.lock.release()
             if isinstance(exc, sqlite3.DatabaseError):
-                raise _unreadable(self.dir / "results.sqlite", exc) from None
+                raise unreadable(self.dir / "results.sqlite", exc) from None
             if isinstance(exc, OSError):
                 raise RunError(f"{self.dir} cannot be written ({exc.strerror})") from None
             raise
-        # columns added since the first run directories: older ones gain them (empty)
-        for table, column, decl in (("episodes", "device", "TEXT"), ("episodes", "cut", "INTEGER"),
-                                    ("episodes", "protocol_name", "TEXT"),
-                                    ("messages", "cut", "INTEGER NOT NULL DEFAULT 0")):
-            if column not in {row[1] for row in self.con.execute(f"PRAGMA table_info({table})")}:
-                with self.con:
-                    self.con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-        if "version" not in {row[1] for row in self.con.execute("PRAGMA table_info(scores)")}:
-            with self.con:   # scores from before the column were made by judge version 1
-                self.con.execute("ALTER TABLE scores ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
 
     def close(self) -> None:
         # leave one self-contained file, no -wal/-shm beside it: a copy, an archive or a

@@ -397,8 +397,10 @@ class RayExecutor:
         """Yield ``(result, attempts)`` for every spec, in the order episodes finish.
 
         ``time_limit``: seconds an episode may take. The worker enforces it (the episode
-        fails with ``EpisodeTimeout``); one that has not answered :data:`STOP_GRACE` seconds
-        later (stuck in native code) is stopped from here and recorded the same way."""
+        fails with ``EpisodeTimeout``, and ``retries`` apply as to any failure); one that has
+        not answered :data:`STOP_GRACE` seconds later (stuck in native code) is stopped from
+        here and recorded failed with ``EpisodeTimeout``, without a retry (its worker would
+        only have to be stopped again)."""
         from .. import registry
 
         queue = _Queue(_Item(s) for s in specs)
