@@ -135,9 +135,10 @@ class Registry:
         try:
             entry = self._entries[base]
         except (KeyError, TypeError):
+            close = suggest(str(base), self.names())
+            hint = "" if PLUGINS or close else PLUGIN_HINT
             raise ConfigError(field_name or self.kind,
-                              f"unknown {self.kind} {name!r}{suggest(str(base), self.names())}; "
-                              f"known: {', '.join(self.names())}") from None
+                              f"unknown {self.kind} {name!r}{close}; known: {', '.join(self.names())}{hint}") from None
         if version is not None and version != entry.version:
             raise ConfigError(field_name or self.kind,
                               f"{self.kind} {base!r} installed here is version {entry.version}, the config "
@@ -267,19 +268,30 @@ def check_params(owner: str, table: Any) -> dict[str, Param]:
     return dict(table)
 
 
+PLUGIN_HINT = "; from a plugin? load it with --plugin FILE_OR_MODULE"
+
+PROVIDED: dict[str, list[tuple[str, str]]] = {}
+"""Plugin -> the (kind, name) entries it registered as it loaded."""
+
+
 def load_plugin(spec: str) -> None:
     """Import a plugin given as a ``.py`` file path or a dotted module name.
 
-    The plugin registers what it provides with ``teachsim.register_*`` at import time.
+    The plugin registers what it provides with ``teachsim.register_*`` at import time. A
+    file plugin's folder goes on ``sys.path``, so it may import sibling modules of its own.
     """
     import importlib.util
     import os
     import sys
 
+    before = {(kind, name): entry for kind, reg in REGISTRIES.items() for name, entry in reg._entries.items()}
     try:
         if spec.endswith(".py") or os.path.sep in spec:
             if not os.path.isfile(spec):
                 raise PluginError(f"--plugin: no such file {spec!r}")
+            folder = os.path.dirname(os.path.abspath(spec))
+            if folder not in sys.path:
+                sys.path.append(folder)
             name = "teachsim_plugin_" + os.path.splitext(os.path.basename(spec))[0].replace("-", "_")
             module_spec = importlib.util.spec_from_file_location(name, spec)
             module = importlib.util.module_from_spec(module_spec)
@@ -294,3 +306,24 @@ def load_plugin(spec: str) -> None:
         raise
     except Exception as exc:  # a plugin's own bug must still end in one clear line
         raise PluginError(f"--plugin {spec}: {type(exc).__name__}: {exc}") from exc
+    PROVIDED[spec] = sorted((kind, name) for kind, reg in REGISTRIES.items()
+                            for name, entry in reg._entries.items() if before.get((kind, name)) is not entry)
+
+
+def plugin_records() -> list[dict[str, Any]]:
+    """The plugins loaded in this process, as a run directory records them: the plugin (a
+    file path or a module name), the file it was read from, that file's SHA-256, and what
+    it provided."""
+    import hashlib
+    import importlib.util
+    import os
+
+    out = []
+    for spec in PLUGINS:
+        path = spec if os.path.isfile(spec) else getattr(importlib.util.find_spec(spec), "origin", None)
+        digest = hashlib.sha256(open(path, "rb").read()).hexdigest() if path and os.path.isfile(path) else None
+        provides: dict[str, list[str]] = {}
+        for kind, name in PROVIDED.get(spec, []):
+            provides.setdefault(kind, []).append(name)
+        out.append({"plugin": spec, "file": path, "sha256": digest, "provides": provides})
+    return out

@@ -108,3 +108,28 @@ def test_the_lock_is_exclusive_within_a_process_too(tmp_path):
             RunLock(tmp_path).acquire()
     with RunLock(tmp_path):   # released: free again
         pass
+
+
+def test_episode_ids_follow_the_config_order_and_new_ones_come_after(tmp_path, one_seed):
+    """Ids do not depend on which episode finished first; an extension's new episodes get
+    the next ids in its config order, and recorded ones keep theirs."""
+    from teachsim.config import resolve_experiment
+
+    exp = resolve_experiment(one_seed)
+    store = Store(tmp_path / "run")
+    try:
+        store.plan(exp.episodes)
+        for spec in reversed(exp.episodes):          # finishing in the opposite order
+            store.write(EpisodeResult(spec, "failed", error="x"))
+        got = dict(store.con.execute("SELECT key, episode_id FROM episodes"))
+        assert got == {s.key: i for i, s in enumerate(exp.episodes, 1)}
+        more = copy.deepcopy(one_seed)
+        more["seeds"] = [0, 1]
+        grown = resolve_experiment(more)
+        store.plan(grown.episodes)
+        planned = dict(store.con.execute("SELECT key, episode_id FROM planned"))
+        assert {k: planned[k] for k in got} == got
+        new = [s.key for s in grown.episodes if s.key not in got]
+        assert [planned[k] for k in new] == [3, 4]
+    finally:
+        store.close()

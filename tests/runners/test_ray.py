@@ -85,7 +85,7 @@ teachsim.register_task("faulty-hidden", make, params={
 
 # -- helpers -------------------------------------------------------------------------------
 def _scores(run_dir: Path) -> pd.DataFrame:
-    """Scores keyed by what they mean (episode ids follow finishing order, so drop them)."""
+    """Scores keyed by what they mean (without the episode id)."""
     s = teachsim.open_run(run_dir).scores.drop(columns="episode_id")
     return s.sort_values(["variant", "protocol", "seed", "budget", "metric"]).reset_index(drop=True)
 
@@ -305,6 +305,11 @@ def test_ray_run_equals_the_serial_run(local_ray, serial_run, tmp_path, capsys):
     assert list(eps["status"]) == ["finished"] * 4 and set(eps["attempts"]) == {1}
     assert set(eps["device"]) == {"cpu"}
     pd.testing.assert_frame_equal(_scores(r.dir), _scores(serial_run.dir))
+    # episode ids follow the config's order whatever the executor or finishing order: the
+    # same id names the same episode, so `teachsim transcript RUN ID` means one thing
+    ids = [run.episodes[["episode_id", "key", "protocol", "seed"]] for run in (r, serial_run)]
+    pd.testing.assert_frame_equal(*ids)
+    pd.testing.assert_frame_equal(r.scores, serial_run.scores)
     key = ["protocol", "seed", "idx"]
     msgs = [run.messages.merge(run.episodes[["episode_id", "protocol", "seed"]]).drop(columns="episode_id")
             .sort_values(key).reset_index(drop=True) for run in (r, serial_run)]

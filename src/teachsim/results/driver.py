@@ -13,7 +13,7 @@ from ..config import Experiment
 from ..errors import ConfigError, RunError
 from ..runners import EXECUTORS  # noqa: F401 - the executors run() accepts
 from .reader import Run
-from .store import unreadable, different_experiment, read_only, version_column
+from .store import different_experiment, plugin_hint, read_only, unreadable, version_column
 
 
 def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str, str]]:
@@ -78,6 +78,23 @@ def _check_same_or_extended(run_dir: Path, exp: Experiment, note) -> None:
              f"{len(exp.episodes) - len(rows)} are new")
 
 
+def _guess_run_dir(config: Any, out: str | Path | None) -> Path:
+    """The run directory a config would go to, without resolving it (it may not resolve)."""
+    if out is not None:
+        return Path(out)
+    name = None
+    if isinstance(config, Mapping):
+        name = config.get("name")
+    else:
+        try:
+            import tomllib
+
+            name = tomllib.loads(Path(config).read_text()).get("name") or Path(config).stem
+        except (OSError, ValueError):
+            pass
+    return Path("runs") / (name if isinstance(name, str) and name else "experiment")
+
+
 def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path | None = None,
         executor: str | None = None, address: str | None = None, workers: int | None = None,
         cpus_per_episode: float | None = None, gpus_per_episode: float | None = None,
@@ -128,7 +145,13 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
                            gpus_per_episode=gpus_per_episode, note=note)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ConfigError.expected("--retries", "an integer >= 0", retries)
-    exp = config if isinstance(config, Experiment) else config_mod.load(config)
+    try:
+        exp = config if isinstance(config, Experiment) else config_mod.load(config)
+    except ConfigError as exc:   # a plugin's name: say which plugin the run directory used
+        hint = plugin_hint(_guess_run_dir(config, out), exc) if "unknown " in exc.detail else ""
+        if hint:
+            raise ConfigError(exc.field, exc.detail.replace(registry.PLUGIN_HINT, "") + hint) from None
+        raise
     limit = (config_mod.check_time_limit("--time-limit", time_limit) if time_limit is not None
              else exp.config.get("time_limit"))
     run_dir = Path(out) if out is not None else Path("runs") / exp.name
@@ -157,7 +180,7 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         if store.lock.took_over and note is not None:
             note(f"{run_dir}: taking over the lock left by {store.lock.took_over}, which is gone")
         try:
-            store.plan(exp.episodes, config=text)
+            store.plan(exp.episodes, config=text, plugins=registry.plugin_records())
             cfg_path.write_text(text)
             status = store.status_by_key()
             todo = [s for s in exp.episodes if status.get(s.key) != "finished"]

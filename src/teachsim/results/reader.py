@@ -269,7 +269,6 @@ class Run:
         """
         import sys
 
-        from ..platform.build import build_task
         from ..platform.judge import VERSION, attack_set_name, judge_all
         from .store import Store
 
@@ -303,7 +302,7 @@ class Run:
             for i, row in enumerate(todo, 1):
                 spec = self.spec(int(row.episode_id))
                 cfg = config_mod.resolve_judge({**spec.judge, **overrides})
-                task = build_task(spec.task, spec.seed)
+                task = self._build_task(spec)
                 models = _saved_models(spec, self.file("students", row.key), task)
                 scores, flags = judge_all(models, task, cfg, spec.seed)
                 store.write_judgement(name, cfg, int(row.episode_id), scores, flags, VERSION)
@@ -323,6 +322,21 @@ class Run:
             raise RunError(f"{self.dir}: {key!r} is not an episode key teachsim writes (16 hex digits); "
                            "results.sqlite was altered, refusing to use it as a file name")
         return self.dir / kind / (key + {"students": ".pt", "transcripts": ".npz"}[kind])
+
+    def _build_task(self, spec: EpisodeSpec):
+        """The episode's task, naming the plugin it needs when it is a plugin's."""
+        from ..platform.build import build_task
+        from .store import plugin_hint
+
+        try:
+            return build_task(spec.task, spec.seed)
+        except ConfigError as exc:
+            hint = plugin_hint(self.dir, exc) if "unknown " in exc.detail else ""
+            if not hint:
+                raise
+            from .. import registry
+
+            raise ConfigError(exc.field, exc.detail.replace(registry.PLUGIN_HINT, "") + hint) from None
 
     def _check_students(self, episodes: pd.DataFrame) -> None:
         """Refuse, before any work, a judging that would stop part way: every episode it
@@ -366,7 +380,6 @@ class Run:
         """
         import sys
 
-        from ..platform.build import build_task
         from ..platform.judge import VERSION, judge_episode
         from .store import Store
 
@@ -390,7 +403,7 @@ class Run:
             for i, eid in enumerate(stale, 1):
                 spec = self.spec(eid)
                 path = self.file("students", spec.key)
-                task = build_task(spec.task, spec.seed)
+                task = self._build_task(spec)
                 models = _saved_models(spec, path, task)
                 scores, flags, judged = judge_episode(models, task, spec.judge, spec.seed)
                 # the attack sets first: the run's own judge at the new version marks it done
@@ -420,10 +433,7 @@ class Run:
 
     def task(self, episode: int | str):
         """The episode's task (teacher mechanism included)."""
-        from ..platform.build import build_task
-
-        spec = self.spec(episode)
-        return build_task(spec.task, spec.seed)
+        return self._build_task(self.spec(episode))
 
     def student(self, episode: int | str, budget: float):
         """The saved student at checkpoint ``budget``: a torch module in eval mode (inputs -> logits)."""

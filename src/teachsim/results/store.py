@@ -107,7 +107,8 @@ CREATE TABLE IF NOT EXISTS messages (
     receiver TEXT NOT NULL, size INTEGER NOT NULL, cost REAL NOT NULL, cum_cost REAL NOT NULL,
     phase TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', cut INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (episode_id, idx));
-CREATE TABLE IF NOT EXISTS planned (key TEXT PRIMARY KEY, label TEXT NOT NULL, variant TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS planned (key TEXT PRIMARY KEY, label TEXT NOT NULL, variant TEXT NOT NULL,
+    episode_id INTEGER);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     episode_id INTEGER NOT NULL, budget REAL NOT NULL, cum_cost REAL NOT NULL, reached INTEGER NOT NULL,
@@ -153,6 +154,37 @@ def read_only(path: Path, timeout: float = 5) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         raise unreadable(path, exc) from None
     return con
+
+
+def recorded_plugins(run_dir: Path) -> list[dict[str, Any]]:
+    """The plugins the last run in ``run_dir`` loaded (file, SHA-256, what each provided);
+    [] when none were recorded or the directory cannot be read."""
+    path = Path(run_dir) / "results.sqlite"
+    if not path.is_file():
+        return []
+    try:
+        con = read_only(path)
+        try:
+            row = con.execute("SELECT value FROM meta WHERE name = 'plugins'").fetchone()
+        finally:
+            con.close()
+        return json.loads(row[0]) if row else []
+    except (sqlite3.Error, RunError, ValueError):
+        return []
+
+
+def plugin_hint(run_dir: Path, exc: Exception) -> str:
+    """For an unknown protocol, task, ... name: which recorded plugin provided it last time
+    (it replaces the generic "from a plugin?" hint of the error)."""
+    text = str(exc)
+    for record in recorded_plugins(run_dir):
+        for kind, names in record.get("provides", {}).items():
+            if any(f"unknown {kind} {name!r}" in text for name in names):
+                where = record.get("file") or record["plugin"]
+                digest = (record.get("sha256") or "")[:12]
+                return (f"; the run in {run_dir} loaded it from the plugin {where}"
+                        + (f" (sha256 {digest}...)" if digest else "") + f": pass --plugin {where}")
+    return ""
 
 
 def unreadable(path: Path, exc: Exception) -> RunError:
@@ -238,7 +270,8 @@ class Store:
             # columns added since the first run directories: older ones gain them (empty)
             for table, column, decl in (("episodes", "device", "TEXT"), ("episodes", "cut", "INTEGER"),
                                         ("episodes", "protocol_name", "TEXT"),
-                                        ("messages", "cut", "INTEGER NOT NULL DEFAULT 0")):
+                                        ("messages", "cut", "INTEGER NOT NULL DEFAULT 0"),
+                                        ("planned", "episode_id", "INTEGER")):
                 if column not in {row[1] for row in self.con.execute(f"PRAGMA table_info({table})")}:
                     with self.con:
                         self.con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
@@ -265,11 +298,12 @@ class Store:
         self.con.close()
         self.lock.release()
 
-    def plan(self, episodes, config: str | None = None) -> None:
-        """Record the experiment's episodes (``EpisodeSpec``s) and its resolved ``config``
-        (TOML text, table ``meta``): from now on only these episodes may be written. Every
-        episode already recorded must be one of them, with the same label and variant (an
-        experiment may grow, never change)."""
+    def plan(self, episodes, config: str | None = None, plugins: list[dict[str, Any]] | None = None) -> None:
+        """Record the experiment's episodes (``EpisodeSpec``s), its resolved ``config``
+        (TOML text) and the ``plugins`` it loaded (``registry.plugin_records()``; table
+        ``meta``): from now on only these episodes may be written. Every episode already
+        recorded must be one of them, with the same label and variant (an experiment may
+        grow, never change)."""
         wanted = {s.key: (s.label, s.variant) for s in episodes}
         with self.con:
             refused = different_experiment(
@@ -278,9 +312,23 @@ class Store:
                 raise refused
             if config is not None:
                 self.con.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (config,))
+            if plugins is not None:
+                self.con.execute("INSERT OR REPLACE INTO meta VALUES ('plugins', ?)", (json.dumps(plugins),))
+            # episode ids follow the config's episode order, whatever the executor or the order
+            # episodes finish in; recorded episodes keep theirs, new ones come after
+            ids = dict(self.con.execute("SELECT key, episode_id FROM episodes"))
+            ids |= {k: i for k, i in self.con.execute("SELECT key, episode_id FROM planned") if k not in ids and i}
+            taken = set(ids.values())
+            nxt = max(taken, default=0) + 1
+            for s in episodes:
+                if s.key not in ids:
+                    while nxt in taken:
+                        nxt += 1
+                    ids[s.key] = nxt
+                    taken.add(nxt)
             self.con.execute("DELETE FROM planned")
-            self.con.executemany("INSERT INTO planned VALUES (?, ?, ?)",
-                                 [(k, lab, var) for k, (lab, var) in wanted.items()])
+            self.con.executemany("INSERT INTO planned (key, label, variant, episode_id) VALUES (?, ?, ?, ?)",
+                                 [(k, lab, var, ids[k]) for k, (lab, var) in wanted.items()])
 
     def status_by_key(self) -> dict[str, str]:
         """key -> status of every recorded episode."""
@@ -289,7 +337,8 @@ class Store:
     def write(self, result: EpisodeResult, attempts: int = 1) -> int:
         """Record one episode (replacing an earlier failed record of the same key)."""
         spec = result.spec
-        planned = self.con.execute("SELECT label, variant FROM planned WHERE key = ?", (spec.key,)).fetchone()
+        planned = self.con.execute("SELECT label, variant, episode_id FROM planned WHERE key = ?",
+                                   (spec.key,)).fetchone()
         if planned is None and self.con.execute("SELECT COUNT(*) FROM planned").fetchone()[0]:
             raise RunError(f"{self.dir}: episode {spec.key} ({spec.label}, seed {spec.seed}) is not one of the "
                            "episodes of the experiment this directory holds; nothing was written")
@@ -309,7 +358,8 @@ class Store:
                 "INSERT INTO episodes (episode_id, key, protocol, task, variant, seed, status, error, started_at,"
                 " finished_at, host, seconds, attempts, initial_labels, spent, probed, refused, spec, device, cut,"
                 " protocol_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (old[0] if old else None, spec.key, spec.label, spec.task["name"], spec.variant, spec.seed,
+                (old[0] if old else (planned[2] if planned else None), spec.key, spec.label, spec.task["name"],
+                 spec.variant, spec.seed,
                  result.status, result.error, result.started_at, result.finished_at, result.host, result.seconds,
                  attempts, spec.student["initial_labels"], stats.get("spent"), stats.get("probed"),
                  stats.get("refused"), json.dumps(spec.as_dict(), sort_keys=True), _device_text(stats),

@@ -48,30 +48,39 @@ _WAIT_S = 0.5   # ray.wait timeout: how often the driver wakes up (and can be in
 
 
 class _Worker:
-    """One reused worker process (a Ray actor). Loads plugins once, then runs episodes."""
+    """One reused worker process (a Ray actor). Takes the driver's user code once (plugins
+    and registrations, by value: nothing is read from the node's disk), then runs episodes."""
 
-    def __init__(self, plugins: list[str], paths: list[str], registrations: list[tuple[str, str, bytes]],
-                 gpu_share: float):
+    def __init__(self, plugins: list[tuple[str, str, dict[str, bytes]]],
+                 registrations: list[tuple[str, str, str, bytes]], gpu_share: float):
         from ray import cloudpickle
 
         from .. import registry
 
-        for path in paths:
-            if path not in sys.path:
-                sys.path.append(path)
-        # Best effort: a plugin or registration these episodes do not use must not stop the
-        # worker; an episode that needs a missing one fails with "unknown ..." plus this note.
+        self.node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+        # Best effort: a plugin or entry these episodes do not use must not stop the worker;
+        # an episode that needs a missing one fails with "unknown ..." plus this note.
         self.problems: list[str] = []
-        for plugin in plugins:
+        for spec, how, files in plugins:
             try:
-                registry.load_plugin(plugin)
-            except Exception as exc:  # noqa: BLE001
-                self.problems.append(f"plugin {plugin}: {exc}")
-        for kind, name, blob in registrations:
+                if how == "file":   # its source, written where this worker can read it
+                    here = tempfile.mkdtemp(prefix="teachsim-plugin-")
+                    for fname, data in files.items():
+                        with open(os.path.join(here, fname), "wb") as f:
+                            f.write(data)
+                    registry.load_plugin(os.path.join(here, os.path.basename(spec)))
+                else:
+                    registry.load_plugin(spec)
+            except Exception as exc:  # noqa: BLE001 - e.g. a package it imports is not installed here
+                cause = exc.__cause__ or exc
+                self.problems.append(f"plugin {spec} could not be loaded on node {self.node}: "
+                                     f"{type(cause).__name__}: {cause}")
+        for kind, name, source, blob in registrations:
             try:
                 target, params, check, version = cloudpickle.loads(blob)
-            except Exception as exc:  # noqa: BLE001
-                self.problems.append(f"{kind} {name!r} registered by the driver: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - e.g. a package the plugin imports is not installed here
+                self.problems.append(f"{source} could not be loaded on node {self.node}: its {kind} {name!r}: "
+                                     f"{type(exc).__name__}: {exc}")
             else:
                 registry.REGISTRIES[kind].add(registry.Entry(name, target, params, check, version))
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
@@ -85,8 +94,8 @@ class _Worker:
                     torch.cuda.set_per_process_memory_fraction(gpu_share, 0)
 
     def info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "gpu_ids": self.gpu_ids, "device": self.device,
-                "problems": self.problems}
+        return {"pid": os.getpid(), "host": socket.gethostname(), "node": self.node, "gpu_ids": self.gpu_ids,
+                "device": self.device, "problems": self.problems}
 
     def run(self, spec: EpisodeSpec, time_limit: float | None = None) -> EpisodeResult:
         from ..platform.episode import run_episode
@@ -94,7 +103,8 @@ class _Worker:
         result = run_episode(spec, device=self.device, limit=time_limit)
         result.stats.update(gpu_ids=self.gpu_ids, worker_pid=os.getpid())
         if result.status != "finished" and self.problems:
-            result.error += "\n(on this Ray worker: " + "; ".join(self.problems) + ")"
+            first, _, rest = result.error.partition("\n")
+            result.error = f"{first} [{'; '.join(self.problems)}]\n{rest}"   # the first line says it too
         return result
 
 
@@ -246,28 +256,52 @@ def _stderr_captured() -> Iterator[Callable[[], list[str]]]:
             lines.extend(tmp.read().decode(errors="replace").splitlines())
 
 
-def _user_registrations() -> list[tuple[str, str, bytes]]:
-    """Registry entries the driver's own code made (``teachsim.register_*`` in a script or a
-    notebook, or in a module it imported), pickled one by one for the workers, so that
-    they know the same names. Built-ins and the entries of plugin files are not sent (workers
-    load the plugins themselves)."""
+def _user_code() -> tuple[list[tuple[str, str, dict[str, bytes]]], list[tuple[str, str, str, bytes]], list[str]]:
+    """The user code the workers need, sent with the job (nothing is read from a node's
+    disk, so a node that cannot see the plugin's folder, any other machine of a cluster,
+    runs it all the same):
+
+    - plugins: ``(plugin, module, files)``: a file plugin travels as source, the plugin
+      file with every module of its own folder it imported (its helpers), and is loaded
+      on the worker exactly as on the driver; a module plugin (``--plugin pkg.mod``) is
+      imported there (it must be installed on every node);
+    - registrations the driver's own code made (``teachsim.register_*`` in a script or a
+      notebook), pickled by value: ``(kind, name, source, blob)``;
+    - the problems met (what cannot be sent), for the run's output.
+    """
     from ray import cloudpickle
 
     from .. import registry
 
-    out = []
+    plugins, shipped = [], set()
+    for spec in registry.PLUGINS:
+        if not os.path.isfile(spec):
+            plugins.append((spec, spec, {}))
+            continue
+        folder = os.path.dirname(spec)
+        files = {os.path.basename(spec): open(spec, "rb").read()}
+        for mod in list(sys.modules.values()):   # its helpers: the modules of its folder it imported
+            file = getattr(mod, "__file__", None)
+            if file and os.path.isabs(file) and file.endswith(".py") and os.path.dirname(file) == folder:
+                files.setdefault(os.path.basename(file), open(file, "rb").read())
+        plugins.append((spec, "file", files))
+    for entries in registry.PROVIDED.values():
+        shipped |= set(entries)
+    registrations, problems = [], []
     for kind, reg in registry.REGISTRIES.items():
         for name, entry in reg.entries().items():
             target = entry.target
             module = getattr(target, "__module__", "") or ""
-            if isinstance(target, str) or module.split(".")[0] == "teachsim" or module.startswith("teachsim_plugin_"):
+            if isinstance(target, str) or module.split(".")[0] == "teachsim" or (kind, name) in shipped:
                 continue
             try:
                 blob = cloudpickle.dumps((target, entry.declared, entry.check, entry.version))
-            except Exception:  # noqa: BLE001, S112 - cannot be shipped: an episode that needs it fails saying so
+            except Exception as exc:  # noqa: BLE001 - the episodes that need it fail saying so
+                problems.append(f"the {kind} {name!r} registered by the driver's own code cannot be sent to Ray "
+                                f"workers ({type(exc).__name__}: {exc}); put it in a plugin file")
                 continue
-            out.append((kind, name, blob))
-    return out
+            registrations.append((kind, name, "the driver's own code", blob))
+    return plugins, registrations, problems
 
 
 class RayExecutor:
@@ -342,6 +376,11 @@ class RayExecutor:
                             f"({cpus:g} CPUs, {gpus:g} GPUs)")
 
     def _init(self) -> None:
+        # The driver writes the students with torch. Loaded after ray.init inside a `ray job
+        # submit` entrypoint, torch's MKL failed to load ("Intel oneMKL FATAL ERROR: Cannot
+        # load libtorch_cpu.so", then a segfault): load it before Ray starts its threads.
+        import torch  # noqa: F401
+
         address = self.address or os.environ.get("RAY_ADDRESS") or None
         field = "--address" if self.address else "RAY_ADDRESS"
         quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
@@ -388,9 +427,9 @@ class RayExecutor:
                 pass
 
     # -- running -----------------------------------------------------------------------
-    def _new_worker(self, plugins: list[str], paths: list[str], registrations: list[tuple[str, str, bytes]]):
+    def _new_worker(self, plugins, registrations):
         return _RemoteWorker.options(num_cpus=self.cpus, num_gpus=self.gpus).remote(
-            plugins, paths, registrations, min(1.0, self.gpus) if self.gpus else 1.0)
+            plugins, registrations, min(1.0, self.gpus) if self.gpus else 1.0)
 
     def run(self, specs: Iterable[EpisodeSpec], *, retries: int = 0,
             time_limit: float | None = None) -> Iterator[tuple[EpisodeResult, int]]:
@@ -401,16 +440,16 @@ class RayExecutor:
         not answered :data:`STOP_GRACE` seconds later (stuck in native code) is stopped from
         here and recorded failed with ``EpisodeTimeout``, without a retry (its worker would
         only have to be stopped again)."""
-        from .. import registry
 
         queue = _Queue(_Item(s) for s in specs)
         if not queue:
             return
         if not self.workers:
             self.start(len(queue))
-        plugins = list(registry.PLUGINS)
-        paths = [os.getcwd(), *sorted({os.path.dirname(p) for p in plugins if os.path.isfile(p)})]
-        registrations = _user_registrations()
+        plugins, registrations, problems = _user_code()
+        said = set(problems)
+        for problem in problems:
+            self.note(f"ray: {problem}")
         starting: dict[Any, Any] = {}        # ready ref -> actor
         running: dict[Any, tuple[Any, _Item]] = {}   # run ref -> (actor, item)
         since: dict[Any, tuple[float, str]] = {}     # run ref -> (monotonic start, ISO start)
@@ -419,7 +458,7 @@ class RayExecutor:
         failed_starts = 0
 
         def spawn() -> None:
-            actor = self._new_worker(plugins, paths, registrations)
+            actor = self._new_worker(plugins, registrations)
             actors.append(actor)
             starting[actor.info.remote()] = actor
 
@@ -483,7 +522,11 @@ class RayExecutor:
                     if ref in starting:
                         actor = starting.pop(ref)
                         try:
-                            self.worker_info.append(ray.get(ref))
+                            info = ray.get(ref)
+                            self.worker_info.append(info)
+                            for problem in set(info["problems"]) - said:   # once per run, not per worker
+                                said.add(problem)
+                                self.note(f"ray: {problem}")
                         except ray.exceptions.RayError as exc:
                             retire(actor)
                             failed_starts += 1
