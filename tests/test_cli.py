@@ -165,6 +165,16 @@ def test_transcript(tiny_run, capsys):
     assert capsys.readouterr().out.splitlines() == lines
 
 
+def test_show_episodes_lists_ids_and_keys_for_transcript(tiny_run, capsys):
+    assert main(["show", str(tiny_run), "--episodes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[2:]]
+    assert [r[0] for r in rows] == ["1", "2", "3", "4"] and all(r[4] == "finished" for r in rows)
+    keys = dict(_rows(tiny_run, "SELECT episode_id, key FROM episodes"))
+    assert {int(r[0]): r[1] for r in rows} == keys
+    assert main(["transcript", str(tiny_run), rows[2][0]]) == 0
+
+
 @pytest.mark.parametrize("argv", [["transcript", "{run}", "99"], ["show", "{tmp}/nowhere"],
                                   ["transcript", "{tmp}/nowhere", "1"]], ids=["no-episode", "show", "transcript"])
 def test_bad_run_dir_or_episode_is_exit_2(tiny_run, tmp_path, capsys, argv):

@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", default="default", help="show the scores of a re-judging (teachsim judge)")
     p.add_argument("--matrix", action="store_true",
                    help="train-method x test-attack matrix of --metric (default lp_robust_acc) at the final budget")
+    p.add_argument("--episodes", action="store_true",
+                   help="one line per episode: id, key, protocol, seed, status, spent, variant (for `transcript`)")
 
     p = sub.add_parser("report", help="(re)build report.html and plots/*.png of a run")
     p.add_argument("run_dir")
@@ -234,6 +236,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
         from .errors import ConfigError
 
         raise ConfigError("--judge", f"expected one of {', '.join(r.judges)}, got {args.judge!r}")
+    if args.episodes:
+        width = max([len("protocol"), *(len(p) for p in episodes["protocol"])])
+        print(f"{'id':>4}  {'key':<16}  {'protocol':<{width}}  {'seed':>6}  {'status':<8}  {'spent':>8}  variant")
+        for row in episodes.itertuples():
+            spent = "-" if row.spent is None or row.spent != row.spent else f"{row.spent:g}"
+            print(f"{row.episode_id:>4}  {row.key:<16}  {row.protocol:<{width}}  {row.seed:>6}  {row.status:<8}  "
+                  f"{spent:>8}  {row.variant}")
+        return 0
     if args.matrix:
         return _show_matrix(r, args.metric or "lp_robust_acc")
     if args.target is None:

@@ -136,7 +136,7 @@ class Registry:
             entry = self._entries[base]
         except (KeyError, TypeError):
             close = suggest(str(base), self.names())
-            hint = "" if PLUGINS or close else PLUGIN_HINT
+            hint = "" if PLUGINS else PLUGIN_HINT
             raise ConfigError(field_name or self.kind,
                               f"unknown {self.kind} {name!r}{close}; known: {', '.join(self.names())}{hint}") from None
         if version is not None and version != entry.version:

@@ -147,10 +147,21 @@ def test_run_a_config_that_uses_a_plugin_protocol(tmp_path, noisy_config):
     assert (eps["status"] == "finished").all()
     assert any(p.startswith("noisy-teacher") for p in eps["protocol"])
 
-    # without the plugin the same config is bad input, named in one line
+    # without the plugin the same config is bad input, named in one line that suggests --plugin
     proc = _cli("run", "noisy.toml", "--out", "run2", "--executor", "serial", "--quiet", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "noisy-teacher" in _one_line_error(proc.stderr, proc.stdout)
+    line = _one_line_error(proc.stderr, proc.stdout)
+    assert "unknown protocol 'noisy-teacher'" in line and "from a plugin? load it with --plugin" in line
+    # ... and resuming the run that used it says which plugin file it was, and its hash
+    import hashlib
+
+    digest = hashlib.sha256(PLUGIN.read_bytes()).hexdigest()
+    proc = _cli("run", "noisy.toml", "--out", "run", "--executor", "serial", "--quiet", "--resume", cwd=tmp_path)
+    assert proc.returncode == 2
+    line = _one_line_error(proc.stderr, proc.stdout)
+    assert f"the run in run loaded it from the plugin {PLUGIN} (sha256 {digest[:12]}...): pass --plugin {PLUGIN}" \
+        in line, line
+    assert "from a plugin?" not in line
 
 
 def test_bench_a_user_suite_that_uses_a_plugin_protocol(tmp_path, noisy_config):
