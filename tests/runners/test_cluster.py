@@ -219,3 +219,32 @@ def test_ray_job_submit_runs_and_leaves_results_on_the_driver_side(cluster):
     assert "succeeded" in done.stdout.lower(), done.stdout
     eps = teachsim.open_run(out).episodes
     assert list(eps["status"]) == ["finished", "finished"]
+
+
+DRIVER = '''
+import sys
+
+import numpy as np
+
+import teachsim
+
+
+def nearest(model, X_pool, n, *, rng):
+    """The pool points nearest the origin (defined in the driver script itself)."""
+    return np.argsort(np.linalg.norm(X_pool, axis=1), kind="stable")[:n]
+
+
+teachsim.register_strategy("nearest-in-script", nearest)
+run = teachsim.run(sys.argv[1], out=sys.argv[2], address="127.0.0.1:6379", progress=False)
+print(sorted(run.episodes["status"]))
+'''
+
+
+def test_registrations_made_in_a_driver_script_reach_the_node(cluster):
+    run, base = cluster
+    script = base / "plugins" / "driver.py"        # the node cannot read it either
+    script.write_text(DRIVER)
+    cfg = _config(base, protocols=[{"name": "active-student", "strategy": "nearest-in-script", "pool": 60}])
+    done = run([sys.executable, str(script), str(cfg), str(base / "scripted")])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "['finished']"

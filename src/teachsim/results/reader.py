@@ -3,13 +3,14 @@ tabulate it, re-judge it)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import sqlite3
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -303,7 +304,8 @@ class Run:
                 spec = self.spec(int(row.episode_id))
                 cfg = config_mod.resolve_judge({**spec.judge, **overrides})
                 task = self._build_task(spec)
-                models = _saved_models(spec, self.file("students", row.key), task)
+                with self._needs_plugins():
+                    models = _saved_models(spec, self.file("students", row.key), task)
                 scores, flags = judge_all(models, task, cfg, spec.seed)
                 store.write_judgement(name, cfg, int(row.episode_id), scores, flags, VERSION)
                 if progress:
@@ -323,20 +325,27 @@ class Run:
                            "results.sqlite was altered, refusing to use it as a file name")
         return self.dir / kind / (key + {"students": ".pt", "transcripts": ".npz"}[kind])
 
-    def _build_task(self, spec: EpisodeSpec):
-        """The episode's task, naming the plugin it needs when it is a plugin's."""
-        from ..platform.build import build_task
+    @contextlib.contextmanager
+    def _needs_plugins(self) -> Iterator[None]:
+        """Building an episode's task or model: an unknown name names the plugin this run
+        directory recorded for it."""
+        from .. import registry
         from .store import plugin_hint
 
         try:
-            return build_task(spec.task, spec.seed)
+            yield
         except ConfigError as exc:
             hint = plugin_hint(self.dir, exc) if "unknown " in exc.detail else ""
             if not hint:
                 raise
-            from .. import registry
-
             raise ConfigError(exc.field, exc.detail.replace(registry.PLUGIN_HINT, "") + hint) from None
+
+    def _build_task(self, spec: EpisodeSpec):
+        """The episode's task, naming the plugin it needs when it is a plugin's."""
+        from ..platform.build import build_task
+
+        with self._needs_plugins():
+            return build_task(spec.task, spec.seed)
 
     def _check_students(self, episodes: pd.DataFrame) -> None:
         """Refuse, before any work, a judging that would stop part way: every episode it
@@ -404,7 +413,8 @@ class Run:
                 spec = self.spec(eid)
                 path = self.file("students", spec.key)
                 task = self._build_task(spec)
-                models = _saved_models(spec, path, task)
+                with self._needs_plugins():
+                    models = _saved_models(spec, path, task)
                 scores, flags, judged = judge_episode(models, task, spec.judge, spec.seed)
                 # the attack sets first: the run's own judge at the new version marks it done
                 for name, j in judged.items():
@@ -449,7 +459,9 @@ class Run:
         if not match:
             raise RunError(f"episode {row['episode_id']} has no checkpoint {budget}; "
                            f"checkpoints: {', '.join(f'{b:g}' for b in sorted(saved))}")
-        model = build_model(spec.student, self.task(episode), spec.seed)
+        task = self.task(episode)
+        with self._needs_plugins():
+            model = build_model(spec.student, task, spec.seed)
         model.load_state_dict(saved[match[0]])
         return model.eval()
 

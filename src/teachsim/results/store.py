@@ -351,9 +351,12 @@ class Store:
         stats = result.stats
         with self.con:  # one transaction per episode, finished or failed
             old = self.con.execute("SELECT episode_id FROM episodes WHERE key = ?", (spec.key,)).fetchone()
-            if old:
+            # the id this episode gets: its old record's, else the one planned for it; rows
+            # under that id without an episode (orphans) go first, so nothing is mixed in
+            eid_planned = old or ((planned[2],) if planned and planned[2] else None)
+            if eid_planned:
                 for table in ("scores", "flags", "messages", "checkpoints", "episodes"):
-                    self.con.execute(f"DELETE FROM {table} WHERE episode_id = ?", old)
+                    self.con.execute(f"DELETE FROM {table} WHERE episode_id = ?", eid_planned)
             cur = self.con.execute(
                 "INSERT INTO episodes (episode_id, key, protocol, task, variant, seed, status, error, started_at,"
                 " finished_at, host, seconds, attempts, initial_labels, spent, probed, refused, spec, device, cut,"
