@@ -290,8 +290,8 @@ def load_plugin(spec: str) -> None:
             if not os.path.isfile(spec):
                 raise PluginError(f"--plugin: no such file {spec!r}")
             folder = os.path.dirname(os.path.abspath(spec))
-            if folder not in sys.path:
-                sys.path.append(folder)
+            if folder not in sys.path:   # first, as for `python plugin.py`: its own helpers win
+                sys.path.insert(0, folder)
             name = "teachsim_plugin_" + os.path.splitext(os.path.basename(spec))[0].replace("-", "_")
             module_spec = importlib.util.spec_from_file_location(name, spec)
             module = importlib.util.module_from_spec(module_spec)
@@ -306,8 +306,10 @@ def load_plugin(spec: str) -> None:
         raise
     except Exception as exc:  # a plugin's own bug must still end in one clear line
         raise PluginError(f"--plugin {spec}: {type(exc).__name__}: {exc}") from exc
-    PROVIDED[spec] = sorted((kind, name) for kind, reg in REGISTRIES.items()
-                            for name, entry in reg._entries.items() if before.get((kind, name)) is not entry)
+    provided = sorted((kind, name) for kind, reg in REGISTRIES.items()
+                      for name, entry in reg._entries.items() if before.get((kind, name)) is not entry)
+    if provided or spec not in PROVIDED:   # a module loaded again (a cache hit) keeps its record
+        PROVIDED[spec] = provided
 
 
 def plugin_records() -> list[dict[str, Any]]:

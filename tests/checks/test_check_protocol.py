@@ -329,3 +329,21 @@ def test_a_bad_default_in_params_is_said_as_the_plugin_loads(tmp_path):
     assert proc.stderr.splitlines() == [
         "teachsim: warning: protocol 'bare': the default of PARAMS['rounds'] is 0, which is not an integer >= 1 "
         "(the plugin's own default: a config that leaves rounds out gets it)"]
+
+
+def test_resuming_without_a_plugin_strategy_names_the_plugin(tmp_path, tiny_config):
+    """A strategy is a parameter of a protocol ("a registered strategy"), not a name of
+    its own table: its plugin is named all the same."""
+    plugin = tmp_path / "farthest.py"
+    plugin.write_text("import numpy as np\nimport teachsim\n\n\ndef farthest(model, X_pool, n, *, rng):\n"
+                      "    return np.argsort(-np.linalg.norm(X_pool, axis=1), kind='stable')[:n]\n\n\n"
+                      "teachsim.register_strategy('farthest', farthest)\n")
+    tiny_config.update(seeds=[0], protocols=[{"name": "active-student", "strategy": "farthest", "pool": 40}])
+    (tmp_path / "cfg.toml").write_text(to_toml(tiny_config))
+    first = _cli("--plugin", str(plugin), "run", "cfg.toml", "--out", "run", "--executor", "serial", "--quiet",
+                 "--no-report", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = _cli("run", "cfg.toml", "--out", "run", "--executor", "serial", "--resume", cwd=tmp_path)
+    assert again.returncode == 2
+    line = _one_line_error(again.stderr, again.stdout)
+    assert "got 'farthest'" in line and f"loaded it from the plugin {plugin}" in line, line

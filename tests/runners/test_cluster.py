@@ -44,6 +44,7 @@ from teachsim import messages as m
 from teachsim.protocols.base import ROUND_PARAMS, Protocol
 
 import noise_level            # a module of its own folder
+from noisepkg.flip import other   # and a package of its folder
 
 
 class Noisy(Protocol):
@@ -59,7 +60,7 @@ class Noisy(Protocol):
         for q in (x for x in inbox if x.kind == "query"):
             y = teacher.label(q.points)
             flip = (ctx.rng.random(len(y)) < noise_level.FLIP) & (y != m.ABSTAIN)
-            out.append(m.answer(q.points, np.where(flip, 1 - y, y)))
+            out.append(m.answer(q.points, np.where(flip, other(y), y)))
         return out
 
 
@@ -111,6 +112,9 @@ def cluster(tmp_path_factory):
     hidden = base / "plugins"
     hidden.mkdir()
     (hidden / "noise_level.py").write_text("FLIP = 0.2\n")
+    (hidden / "noisepkg").mkdir()
+    (hidden / "noisepkg" / "__init__.py").write_text("")
+    (hidden / "noisepkg" / "flip.py").write_text("def other(y):\n    return 1 - y\n")
     (hidden / "noisy_sibling.py").write_text(SIBLING_PROTOCOL)
     (hidden / "farthest.py").write_text(STRATEGY)
     shutil.copy(ROOT / "examples" / "my_task.py", hidden / "my_task.py")
@@ -209,6 +213,7 @@ def test_ray_job_submit_runs_and_leaves_results_on_the_driver_side(cluster):
     job.mkdir()
     shutil.copy(base / "plugins" / "noisy_sibling.py", job)
     shutil.copy(base / "plugins" / "noise_level.py", job)
+    shutil.copytree(base / "plugins" / "noisepkg", job / "noisepkg")
     (job / "cfg.toml").write_bytes(tomli_w.dumps({**TINY, "seeds": [0, 1],
                                                   "protocols": [{"name": "noisy-sibling"}]}).encode())
     out = base / "submitted"

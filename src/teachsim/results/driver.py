@@ -148,7 +148,7 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
     try:
         exp = config if isinstance(config, Experiment) else config_mod.load(config)
     except ConfigError as exc:   # a plugin's name: say which plugin the run directory used
-        hint = plugin_hint(_guess_run_dir(config, out), exc) if "unknown " in exc.detail else ""
+        hint = plugin_hint(_guess_run_dir(config, out), exc)
         if hint:
             raise ConfigError(exc.field, exc.detail.replace(registry.PLUGIN_HINT, "") + hint) from None
         raise

@@ -335,7 +335,7 @@ class Run:
         try:
             yield
         except ConfigError as exc:
-            hint = plugin_hint(self.dir, exc) if "unknown " in exc.detail else ""
+            hint = plugin_hint(self.dir, exc)
             if not hint:
                 raise
             raise ConfigError(exc.field, exc.detail.replace(registry.PLUGIN_HINT, "") + hint) from None

@@ -179,7 +179,8 @@ def plugin_hint(run_dir: Path, exc: Exception) -> str:
     text = str(exc)
     for record in recorded_plugins(run_dir):
         for kind, names in record.get("provides", {}).items():
-            if any(f"unknown {kind} {name!r}" in text for name in names):
+            if any(f"unknown {kind} {name!r}" in text or f"unknown {kind} '{name}@" in text
+                   or (f"a registered {kind}" in text and f"got {name!r}" in text) for name in names):
                 where = record.get("file") or record["plugin"]
                 digest = (record.get("sha256") or "")[:12]
                 return (f"; the run in {run_dir} loaded it from the plugin {where}"

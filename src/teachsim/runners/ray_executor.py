@@ -19,11 +19,13 @@ CPU. ``result.stats`` records ``device``, ``gpu_ids`` and ``worker_pid``.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import logging
 import math
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -47,6 +49,15 @@ STOP_GRACE = 30.0  # seconds past the time limit before the driver stops a worke
 _WAIT_S = 0.5   # ray.wait timeout: how often the driver wakes up (and can be interrupted)
 
 
+def _same_file(path: str, data: bytes) -> bool:
+    """Whether ``path`` is readable here and holds exactly ``data``."""
+    try:
+        with open(path, "rb") as f:
+            return f.read() == data
+    except OSError:
+        return False
+
+
 class _Worker:
     """One reused worker process (a Ray actor). Takes the driver's user code once (plugins
     and registrations, by value: nothing is read from the node's disk), then runs episodes."""
@@ -63,13 +74,17 @@ class _Worker:
         self.problems: list[str] = []
         for spec, how, files in plugins:
             try:
-                if how == "file":   # its source, written where this worker can read it
+                if how == "file" and not _same_file(spec, files[os.path.basename(spec)]):
+                    # this node cannot read the plugin (or reads another version): its source,
+                    # written where this worker can read it
                     here = tempfile.mkdtemp(prefix="teachsim-plugin-")
+                    atexit.register(shutil.rmtree, here, True)
                     for fname, data in files.items():
+                        os.makedirs(os.path.join(here, os.path.dirname(fname)), exist_ok=True)
                         with open(os.path.join(here, fname), "wb") as f:
                             f.write(data)
                     registry.load_plugin(os.path.join(here, os.path.basename(spec)))
-                else:
+                else:   # the same file is here (one machine, a shared folder): load it where it is
                     registry.load_plugin(spec)
             except Exception as exc:  # noqa: BLE001 - e.g. a package it imports is not installed here
                 cause = exc.__cause__ or exc
@@ -280,10 +295,23 @@ def _user_code() -> tuple[list[tuple[str, str, dict[str, bytes]]], list[tuple[st
             continue
         folder = os.path.dirname(spec)
         files = {os.path.basename(spec): open(spec, "rb").read()}
-        for mod in list(sys.modules.values()):   # its helpers: the modules of its folder it imported
+        for mod in list(sys.modules.values()):   # its helpers: the modules under its folder it imported
             file = getattr(mod, "__file__", None)
-            if file and os.path.isabs(file) and file.endswith(".py") and os.path.dirname(file) == folder:
-                files.setdefault(os.path.basename(file), open(file, "rb").read())
+            if not (file and os.path.isabs(file) and file.endswith(".py")):
+                continue
+            try:
+                inside = os.path.commonpath([folder, file]) == folder
+            except ValueError:
+                inside = False
+            if inside:
+                rel = os.path.relpath(file, folder)
+                files.setdefault(rel, open(file, "rb").read())
+                parent = os.path.dirname(rel)
+                while parent:   # a sub-package's __init__ files travel with it
+                    init = os.path.join(folder, parent, "__init__.py")
+                    if os.path.isfile(init):
+                        files.setdefault(os.path.join(parent, "__init__.py"), open(init, "rb").read())
+                    parent = os.path.dirname(parent)
         plugins.append((spec, "file", files))
     for entries in registry.PROVIDED.values():
         shipped |= set(entries)
