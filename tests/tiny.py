@@ -98,3 +98,31 @@ class Stuck(Protocol):
 
 teachsim.register_protocol("stuck", Stuck)
 '''
+
+
+def train_mlp(task, n: int, steps: int, seed: int):
+    """A 64-64 ReLU MLP trained by Adam (lr 1e-2, batches of 128) on ``n`` labelled draws
+    of ``task`` (abstentions dropped); returns ``(model, rng, labels)``: the rng ready for
+    more draws, the labels it trained on."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from teachsim.agents.models import mlp
+    from teachsim.messages import ABSTAIN
+
+    rng = np.random.default_rng(seed)
+    x = task.data.sample(n, rng)
+    y = task.label(x)
+    keep = y != ABSTAIN
+    x, y = torch.from_numpy(x[keep]), torch.from_numpy(y[keep])
+    g = torch.Generator().manual_seed(seed)
+    model = mlp(task.dim, task.classes, hidden=[64, 64], init_std=0.0, generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (128,), generator=g)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, rng, y

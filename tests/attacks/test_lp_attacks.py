@@ -17,10 +17,12 @@ from teachsim.attacks.pgd import fgsm, pgd
 from teachsim.attacks.teacher import teacher_attack
 from teachsim.messages import ABSTAIN
 from teachsim.tasks.hidden_feature import HiddenFeature
+from tiny import train_mlp
 
 NORMS = ("linf", "l2")
 ATTACKS = {"fgsm": fgsm, "pgd": pgd, "apgd-ce": apgd_ce, "beta": beta}   # every l_p attack: the same checks
 ITERATIVE = ("pgd", "apgd-ce", "beta")                                  # the ones with a generator and steps
+
 
 
 def gen(seed: int) -> torch.Generator:
@@ -52,21 +54,8 @@ def small_mlp() -> nn.Module:
 def _fit(task, n_train: int, steps: int, *, min_share: float = 0.0):
     """An MLP trained on ``task``'s labelled data and a held-out test set: (model, x, y),
     checked to be what the fixtures claim (accurate; every class present when asked)."""
-    rng = np.random.default_rng(0)
-    xtr = task.data.sample(n_train, rng)
-    ytr = task.label(xtr)
-    keep = ytr != ABSTAIN
-    xtr, ytr = torch.from_numpy(xtr[keep]), torch.from_numpy(ytr[keep])
-    assert torch.bincount(ytr, minlength=task.classes).min() >= min_share * len(ytr)
-    g = gen(0)
-    model = mlp(task.dim, task.classes, hidden=[64, 64], init_std=0.0, generator=g)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        idx = torch.randint(0, len(xtr), (128,), generator=g)
-        loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model, rng, labels = train_mlp(task, n_train, steps, seed=0)
+    assert torch.bincount(labels, minlength=task.classes).min() >= min_share * len(labels)
     frozen(model)
     xte = task.data.sample(600, rng)
     yte = task.label(xte)

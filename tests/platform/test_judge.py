@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from teachsim.agents.models import mlp
@@ -17,12 +16,14 @@ from teachsim.messages import ABSTAIN
 from teachsim.platform import judge as J
 from teachsim.schema import resolve
 from teachsim.tasks.hidden_feature import HiddenFeature
+from tiny import train_mlp
 
 CONTRACT_METRICS = {"clean_acc", "broad_acc", "lp_robust_acc", "weak_robust_acc", "weak_coverage", "strong_robust_acc"}
 
 
 def config(**given) -> dict:
     return resolve(J.PARAMS, {"test_points": 200, **given}, "judge")
+
 
 
 def gen(seed: int) -> torch.Generator:
@@ -38,21 +39,7 @@ def untrained(task) -> nn.Module:
 
 
 def trained(task, steps: int = 200) -> nn.Module:
-    rng = np.random.default_rng(1)
-    x = task.data.sample(2000, rng)
-    y = task.label(x)
-    keep = y != ABSTAIN
-    x, y = torch.from_numpy(x[keep]), torch.from_numpy(y[keep])
-    g = gen(1)
-    model = mlp(task.dim, task.classes, hidden=[64, 64], init_std=0.0, generator=g)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (128,), generator=g)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model
+    return train_mlp(task, 2000, steps, seed=1)[0]
 
 
 class Shifted(nn.Module):
