@@ -438,9 +438,8 @@ def _cmd_check_protocol(args: argparse.Namespace) -> int:
                  .replace("task.name", "--task").replace("budgets", "--budgets"))
         raise ConfigError(field, exc.detail) from None
     print(report)
-    if report.trace:
-        print(report.trace.rstrip() if args.traceback else "(the whole traceback: add --traceback)",
-              file=sys.stderr)
+    if report.trace:   # the traceback is the report's too: on stdout, after it
+        print(report.trace.rstrip() if args.traceback else "(the whole traceback: add --traceback)")
     return 0 if report.ok else 1
 
 

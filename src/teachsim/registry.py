@@ -74,9 +74,9 @@ class Entry:
 
     @property
     def summary(self) -> str:
-        """First line of the factory's docstring."""
-        doc = getattr(self.factory, "__doc__", None) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """The first paragraph of the factory's docstring, on one line."""
+        doc = (getattr(self.factory, "__doc__", None) or "").strip()
+        return " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
 
 
 class Registry:

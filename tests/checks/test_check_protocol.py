@@ -161,7 +161,7 @@ def test_run_a_config_that_uses_a_plugin_protocol(tmp_path, noisy_config):
     line = _one_line_error(proc.stderr, proc.stdout)
     assert f"the run in run loaded it from the plugin {PLUGIN} (sha256 {digest[:12]}...): pass --plugin {PLUGIN}" \
         in line, line
-    assert "from a plugin?" not in line
+    assert "from a plugin?" not in line and "did you mean" not in line   # no guess at a built-in: it was a plugin's
 
 
 def test_bench_a_user_suite_that_uses_a_plugin_protocol(tmp_path, noisy_config):
@@ -294,9 +294,10 @@ def test_an_exception_in_a_turn_names_file_line_side_and_the_attribute_meant(tmp
     runs = next(line for line in proc.stdout.splitlines() if "runs" in line)
     assert "AttributeError: 'Misspelt' has no attribute 'bacth' (did you mean 'batch'?)" in runs
     assert "in the student's turn (student_turn), at mistakes.py:13" in runs
-    assert proc.stderr.strip() == "(the whole traceback: add --traceback)"
+    assert proc.stdout.splitlines()[-1] == "(the whole traceback: add --traceback)" and proc.stderr == ""
     proc = _cli("--plugin", str(mistakes), "check-protocol", "misspelt", "--traceback", cwd=tmp_path)
-    assert proc.stderr.startswith("Traceback (most recent call last):") and "line 13, in student_turn" in proc.stderr
+    trace = proc.stdout[proc.stdout.index("Traceback (most recent call last):"):]
+    assert "line 13, in student_turn" in trace
 
 
 def test_a_turn_that_returns_a_bare_message_is_told_to_return_a_list(tmp_path, mistakes):
@@ -347,3 +348,17 @@ def test_resuming_without_a_plugin_strategy_names_the_plugin(tmp_path, tiny_conf
     assert again.returncode == 2
     line = _one_line_error(again.stderr, again.stdout)
     assert "got 'farthest'" in line and f"loaded it from the plugin {plugin}" in line, line
+
+
+def test_resuming_with_a_changed_plugin_file_says_so(tmp_path, noisy_config):
+    plugin = tmp_path / "noisy.py"
+    plugin.write_text(PLUGIN.read_text())
+    noisy_config["seeds"] = [0]
+    (tmp_path / "noisy.toml").write_text(to_toml(noisy_config))
+    args = ("--plugin", str(plugin), "run", "noisy.toml", "--out", "run", "--executor", "serial", "--no-report")
+    assert _cli(*args, cwd=tmp_path).returncode == 0
+    plugin.write_text(PLUGIN.read_text() + "\n# edited after the run\n")
+    again = _cli(*args, "--resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"note: the plugin {plugin} changed since this run directory recorded it" in again.stderr
+    assert "raise the plugin's VERSION" in again.stderr

@@ -228,7 +228,7 @@ def check_protocol(protocol: str, *, params: Mapping[str, Any] | None = None, ta
     try:
         conv, trained, task_obj, finished = _run(spec, max_turns, watch)
     except ProtocolError as exc:
-        res["runs"] = (False, " ".join(["stopped by a rule violation", where_it_raised(exc)]).strip())
+        res["runs"] = (False, " ".join(["stopped by a rule violation (see legal)", where_it_raised(exc)]).strip())
         res["legal"] = (False, str(exc))
         report.trace = traceback.format_exc()
         return report
@@ -258,7 +258,9 @@ def check_protocol(protocol: str, *, params: Mapping[str, Any] | None = None, ta
         problems.append(f"snapshots at {sorted(conv.snapshots)}, checkpoints are {list(budgets)}")
     if spec.student["initial_labels"] and (not log or log[0].phase != "initial"):
         problems.append("the initial labels were not delivered first")
-    res["budget"] = (not problems, "; ".join(problems[:3]) or f"spent {conv.channel.spent:g} of {final:g}")
+    early = " (it ended before the final budget; show and the report flag such episodes)" \
+        if final - conv.channel.spent >= 1 - 1e-9 else ""
+    res["budget"] = (not problems, "; ".join(problems[:3]) or f"spent {conv.channel.spent:g} of {final:g}{early}")
     res["terminates"] = (finished, f"ended after {conv.turns} turns" if finished
                          else f"still going after {max_turns} turns")
 

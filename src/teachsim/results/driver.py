@@ -13,7 +13,8 @@ from ..config import Experiment
 from ..errors import ConfigError, RunError
 from ..runners import EXECUTORS  # noqa: F401 - the executors run() accepts
 from .reader import Run
-from .store import different_experiment, plugin_hint, read_only, unreadable, version_column
+from .store import (different_experiment, plugin_hint, read_only, recorded_plugins, unreadable, version_column,
+                    with_plugin_hint)
 
 
 def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str, str]]:
@@ -150,7 +151,7 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
     except ConfigError as exc:   # a plugin's name: say which plugin the run directory used
         hint = plugin_hint(_guess_run_dir(config, out), exc)
         if hint:
-            raise ConfigError(exc.field, exc.detail.replace(registry.PLUGIN_HINT, "") + hint) from None
+            raise ConfigError(exc.field, with_plugin_hint(exc.detail, hint)) from None
         raise
     limit = (config_mod.check_time_limit("--time-limit", time_limit) if time_limit is not None
              else exp.config.get("time_limit"))
@@ -180,7 +181,16 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         if store.lock.took_over and note is not None:
             note(f"{run_dir}: taking over the lock left by {store.lock.took_over}, which is gone")
         try:
-            store.plan(exp.episodes, config=text, plugins=registry.plugin_records())
+            plugins = registry.plugin_records()
+            if note is not None:
+                before = {r.get("file") or r["plugin"]: r.get("sha256") for r in recorded_plugins(run_dir)}
+                for r in plugins:
+                    old = before.get(r.get("file") or r["plugin"])
+                    if old and r.get("sha256") and old != r["sha256"]:
+                        note(f"note: the plugin {r.get('file') or r['plugin']} changed since this run directory "
+                             f"recorded it (sha256 {old[:12]}... -> {r['sha256'][:12]}...); its recorded episodes "
+                             "are kept: if the change alters results, raise the plugin's VERSION")
+            store.plan(exp.episodes, config=text, plugins=plugins)
             cfg_path.write_text(text)
             status = store.status_by_key()
             todo = [s for s in exp.episodes if status.get(s.key) != "finished"]

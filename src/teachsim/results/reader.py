@@ -329,8 +329,7 @@ class Run:
     def _needs_plugins(self) -> Iterator[None]:
         """Building an episode's task or model: an unknown name names the plugin this run
         directory recorded for it."""
-        from .. import registry
-        from .store import plugin_hint
+        from .store import plugin_hint, with_plugin_hint
 
         try:
             yield
@@ -338,7 +337,7 @@ class Run:
             hint = plugin_hint(self.dir, exc)
             if not hint:
                 raise
-            raise ConfigError(exc.field, exc.detail.replace(registry.PLUGIN_HINT, "") + hint) from None
+            raise ConfigError(exc.field, with_plugin_hint(exc.detail, hint)) from None
 
     def _build_task(self, spec: EpisodeSpec):
         """The episode's task, naming the plugin it needs when it is a plugin's."""

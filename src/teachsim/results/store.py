@@ -188,6 +188,16 @@ def plugin_hint(run_dir: Path, exc: Exception) -> str:
     return ""
 
 
+def with_plugin_hint(detail: str, hint: str) -> str:
+    """An unknown-name error's text with the recorded plugin's hint in place of the generic
+    one and of a guess at a built-in name (the name was the plugin's, not a typo)."""
+    import re
+
+    from ..registry import PLUGIN_HINT
+
+    return re.sub(r" \(did you mean '[^']*'\?\)", "", detail.replace(PLUGIN_HINT, "")) + hint
+
+
 def unreadable(path: Path, exc: Exception) -> RunError:
     """The one-line error for a results database that cannot be read (changes nothing)."""
     return RunError(f"{path} is not a readable teachsim database ({exc}); it may be truncated or corrupt: "
