@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=20, metavar="P", help="player pairs per point (default 20)")
     p.add_argument("--grid", type=int, default=None, metavar="C",
                    help="cell size for square images (default: 2 for digits, features otherwise)")
+    p.add_argument("--split", choices=["strong"], default=None,
+                   help="a profile per group of points: strong = where the judge's teacher-relative search "
+                        "found a counterexample, and where it did not")
 
     for p in sub.choices.values():
         p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
@@ -510,8 +513,16 @@ def _cmd_interactions(args: argparse.Namespace) -> int:
     keep = correct if correct.any() else ~correct   # the paper keeps correctly classified points
     x, y = x[keep][:args.points], y[keep][:args.points]
     grid = args.grid if args.grid is not None else default_grid(task)
+    groups = None
+    if args.split == "strong":   # the judge's own split of these points, with its own settings
+        from .platform.judge import strong_counterexamples
+
+        found = strong_counterexamples(model, task, x, spec.judge, spec.seed)
+        groups = {"counterexample found": found, "no counterexample": ~found}
+        print(f"strong split: a teacher-certain counterexample within strong_radius {spec.judge['strong_radius']:g} "
+              f"for {int(found.sum())} of {len(found)} points")
     table = interaction_profile(model, task, x, y=y, ratios=args.ratios or RATIOS, judge=spec.judge,
-                                grid=grid, samples=args.samples, num_pairs=args.pairs, seed=spec.seed)
+                                grid=grid, samples=args.samples, num_pairs=args.pairs, seed=spec.seed, groups=groups)
     table.insert(0, "budget", budget)
     table.insert(0, "episode_id", int(r._row(episode)["episode_id"]))
     csv = r.dir / "interactions.csv"
@@ -519,7 +530,7 @@ def _cmd_interactions(args: argparse.Namespace) -> int:
     png = plot_profile(table, r.dir / "plots" / "interactions.png",
                        title=f"episode {table['episode_id'].iloc[0]}, budget {budget:g}, "
                              f"n = {table['n_players'].iloc[0]} players")
-    cols = ["input", "ratio", "order", "mean_abs", "sem_abs", "mean", "coef"]
+    cols = ["group", "input", "ratio", "order", "mean_abs", "sem_abs", "mean", "coef", "points"]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"wrote {csv} and {png}")
     return 0

@@ -258,3 +258,32 @@ def test_on_a_trained_student_the_estimator_matches_exact_and_the_orders_sum_to_
         err = (R.mean - exact).abs()
         assert torch.all(err <= 5 * R.sem + 1e-6), (err / (R.sem + 1e-12)).max()
         assert exact.abs().mean() > 5 * R.sem.mean()           # a trained student interacts: not vacuous
+
+
+def test_the_strong_split_is_the_judge_s_and_profiles_each_group(tmp_path, tiny_base, capsys):
+    """Interactions under the teacher-relative view: the points where the judge's search
+    found a teacher-certain counterexample, and those where it did not, profiled apart.
+    The split is the judge's own: on the test set it gives exactly strong_robust_acc."""
+    from teachsim.platform.judge import strong_counterexamples
+
+    cfg = {**tiny_base, "seeds": [0], "protocols": [{"name": "passive"}],
+           "judge": {**tiny_base["judge"], "strong_radius": 0.6}}   # some points robust, some not
+    run = teachsim.run(cfg, out=tmp_path / "run", executor="serial", progress=False)
+    spec, final = run.spec(1), max(cfg["budgets"])
+    model = run.student(1, final)
+    x, _ = run.test_set(1)
+    found = strong_counterexamples(model, run.task(1), x, spec.judge, spec.seed)
+    scores = run.scores
+    judged = scores[(scores["budget"] == final) & (scores["metric"] == "strong_robust_acc")]["value"].item()
+    assert int((~found).sum()) == round(judged * len(found))   # the same points, not merely a close share
+    assert 0 < found.sum() < len(found)                     # both groups exist here: the test means something
+
+    assert main(["interactions", str(run.dir), "--split", "strong", "--points", "40", "--samples", "10",
+                 "--pairs", "4", "--ratios", "0.2", "0.8"]) == 0
+    out = capsys.readouterr().out
+    assert "strong split: a teacher-certain counterexample within strong_radius" in out
+    table = pd.read_csv(run.dir / "interactions.csv")
+    groups = table.groupby("group")["points"].first()
+    assert set(groups.index) <= {"counterexample found", "no counterexample"}
+    assert groups.sum() == 40 or groups.sum() == table["points"].max()   # every kept point in one group
+    assert set(table["input"]) == {"clean", "attacked"} and set(table["ratio"]) == {0.2, 0.8}

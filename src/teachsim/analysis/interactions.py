@@ -319,7 +319,8 @@ def attack_points(model, task, x: np.ndarray, y: np.ndarray, judge: Mapping[str,
 def interaction_profile(model, task, X, *, y=None, ratios: Sequence[float] = RATIOS, attacked=None,
                         judge: Mapping[str, Any] | None = None, grid: int | None | str = "auto",
                         baseline=None, samples: int = 100, num_pairs: int = 20, output: str = "log_prob",
-                        seed: int = 0, generator: torch.Generator | None = None):
+                        seed: int = 0, generator: torch.Generator | None = None,
+                        groups: Mapping[str, Any] | None = None):
     """Mean |I^(m)| per order ratio r over points and pairs, clean and attacked (as the
     paper compares them).
 
@@ -335,9 +336,14 @@ def interaction_profile(model, task, X, *, y=None, ratios: Sequence[float] = RAT
         baseline: default the data mean (:func:`data_mean`).
         samples, num_pairs, output: see :func:`sampled_interactions`.
         seed: seeds the baseline, the attack and (without ``generator``) pairs and contexts.
+        groups: name -> boolean mask over the points: a profile per group (the same
+            pairs and contexts), e.g. the points where the teacher-relative search found a
+            counterexample and those where it did not (``teachsim interactions --split
+            strong``); a group with no point gives no rows.
 
     Returns:
-        DataFrame, one row per (input, ratio): ``input`` (clean/attacked), ``ratio``,
+        DataFrame, one row per (group, input, ratio): ``group`` ("all" without groups),
+        ``input`` (clean/attacked), ``ratio``,
         ``order`` m, ``n_players``, ``mean_abs`` (mean |I^(m)| over points and pairs),
         ``sem_abs`` (its standard error over points x pairs), ``mean`` (signed mean),
         ``coef`` = (n-1-m)/(n(n-1)), ``points``, ``pairs``, ``samples``.
@@ -361,24 +367,32 @@ def interaction_profile(model, task, X, *, y=None, ratios: Sequence[float] = RAT
     orders = orders_from_ratios(n, ratios)
     g = generator if generator is not None else seeding.torch_generator(seed, "interactions", "contexts")
     pairs = sample_pairs(n, num_pairs, g, adjacent=grid is not None)
+    masks = {"all": np.ones(len(X), bool)} if groups is None else {k: np.asarray(v, bool) for k, v in groups.items()}
+    for name, mask in masks.items():
+        if mask.shape != (len(X),):
+            raise ValueError(f"groups[{name!r}]: expected a mask of {len(X)} points, got shape {mask.shape}")
     rows = []
     for name, xs in inputs.items():
         res = sampled_interactions(model, xs, baseline, orders, pairs, samples=samples, generator=g,
                                    grid=grid, label=y, output=output)
-        flat = res.mean.permute(1, 0, 2).reshape(len(orders), -1)       # (orders, points*pairs)
-        for k, (r, m) in enumerate(zip(ratios, orders)):
-            a = flat[k].abs()
-            rows.append({"input": name, "ratio": float(r), "order": m, "n_players": n,
-                         "mean_abs": a.mean().item(),
-                         "sem_abs": (a.std().item() / math.sqrt(a.numel())) if a.numel() > 1 else 0.0,
-                         "mean": flat[k].mean().item(), "coef": utility_coef(n, m),
-                         "points": len(xs), "pairs": len(pairs), "samples": samples})
+        for group, mask in masks.items():
+            if not mask.any():
+                continue
+            flat = res.mean[torch.from_numpy(mask)].permute(1, 0, 2).reshape(len(orders), -1)  # (orders, points*pairs)
+            for k, (r, m) in enumerate(zip(ratios, orders)):
+                a = flat[k].abs()
+                rows.append({"group": group, "input": name, "ratio": float(r), "order": m, "n_players": n,
+                             "mean_abs": a.mean().item(),
+                             "sem_abs": (a.std().item() / math.sqrt(a.numel())) if a.numel() > 1 else 0.0,
+                             "mean": flat[k].mean().item(), "coef": utility_coef(n, m),
+                             "points": int(mask.sum()), "pairs": len(pairs), "samples": samples})
     return pd.DataFrame(rows)
 
 
 def plot_profile(table, path: str | Path, title: str = "") -> Path:
-    """Per-order curves of mean |I^(m)|, clean vs attacked, and the per-order share of the
-    attacking utility coef_m (mean I(x) - mean I(x')) when attacked rows exist."""
+    """Per-order curves of mean |I^(m)|, clean vs attacked (one curve per group and input
+    where the table has groups), and the per-order share of the attacking utility coef_m
+    (mean I(x) - mean I(x')) over all points when attacked rows exist."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -386,18 +400,28 @@ def plot_profile(table, path: str | Path, title: str = "") -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if "group" not in table:
+        table = table.assign(group="all")
+    grouped = table["group"].nunique() > 1
     both = set(table["input"]) >= {"clean", "attacked"}
     fig, axes = plt.subplots(1, 2 if both else 1, figsize=(10 if both else 5.5, 4), squeeze=False)
     ax = axes[0, 0]
-    for name, part in table.groupby("input", sort=False):
+    for (group, name), part in table.groupby(["group", "input"], sort=False):
         part = part.sort_values("ratio")
-        ax.errorbar(part["ratio"], part["mean_abs"], yerr=part["sem_abs"], marker="o", capsize=2, label=name)
+        ax.errorbar(part["ratio"], part["mean_abs"], yerr=part["sem_abs"], marker="o", capsize=2,
+                    label=f"{group}, {name}" if grouped else name)
     ax.set_xlabel("order ratio r = m / (n - 2)")
     ax.set_ylabel("mean |I^(m)(i, j)|")
     ax.legend()
     if both:
-        c = table[table["input"] == "clean"].sort_values("ratio").reset_index(drop=True)
-        a = table[table["input"] == "attacked"].sort_values("ratio").reset_index(drop=True)
+        whole = table[table["group"] == table["group"].iloc[0]] if not grouped else table
+        if grouped:   # all points: the groups' means weighted by their points
+            whole = (whole.assign(w=whole["mean"] * whole["points"])
+                     .groupby(["input", "ratio"], as_index=False)
+                     .agg(w=("w", "sum"), points=("points", "sum"), coef=("coef", "first")))
+            whole["mean"] = whole["w"] / whole["points"]
+        c = whole[whole["input"] == "clean"].sort_values("ratio").reset_index(drop=True)
+        a = whole[whole["input"] == "attacked"].sort_values("ratio").reset_index(drop=True)
         axes[0, 1].bar(c["ratio"].astype(str), c["coef"] * (c["mean"] - a["mean"]))
         axes[0, 1].set_xlabel("order ratio r")
         axes[0, 1].set_ylabel("coef_m (mean I(x) - mean I(x'))")

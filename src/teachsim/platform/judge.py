@@ -216,22 +216,45 @@ def _judge(model, task, test: TestSet, cfg: Mapping[str, Any], seed: int,
     return out, [_lp_scores(model, task, x, y, correct, s, cfg, seed, cache) for s in sets]
 
 
+def _search(model, task, x: torch.Tensor, cfg: Mapping[str, Any], seed: int) -> torch.Tensor:
+    """The judge's teacher-relative search on ``x``: per point, whether it found a
+    teacher-certain disagreement within ``strong_radius``."""
+    from ..attacks.teacher import teacher_attack
+
+    g = seeding.torch_generator(seed, "judge", "teacher")
+    _, found = teacher_attack(model, task, x, radius=cfg["strong_radius"], norm=cfg["norm"], box=task.box,
+                              generator=g, steps=cfg["strong_steps"], restarts=cfg["strong_restarts"])
+    return found
+
+
+def strong_counterexamples(model, task, x, cfg: Mapping[str, Any], seed: int = 0) -> np.ndarray:
+    """Per point of ``x`` (numpy, (n, dim)): does a teacher-certain disagreement lie within
+    ``strong_radius``? Exactly where the judge scores exactly (an affine student under an
+    affine teacher), else by the judge's search with its settings: the same split that
+    ``strong_robust_acc`` counts."""
+    from ..attacks import exact
+
+    cfg = dict(cfg)
+    if setting(cfg, "strong_exact") and exact.exact_available(model, task):
+        return ~np.asarray(exact.exact_strong(model, task, np.asarray(x, np.float32), radius=cfg["strong_radius"],
+                                              norm=cfg["norm"]).robust, bool)
+    xt = torch.from_numpy(np.asarray(x, np.float32)).to(_device(model))
+    return _search(model, task, xt, cfg, seed).cpu().numpy()
+
+
 def _strong_scores(model, task, x: torch.Tensor, test: TestSet, cfg: Mapping[str, Any], seed: int) -> dict[str, float]:
     """``strong_robust_acc`` (exact where possible, else the search's upper bound) and, where
     a verifier applies, the certified lower bound ``strong_robust_lb``; ``_strong_exact``
     (1/0) says which way the first was made (:func:`judge_episode` records it as the flag
     ``strong_exact``)."""
     from ..attacks import exact
-    from ..attacks.teacher import teacher_attack
 
     radius, norm = cfg["strong_radius"], cfg["norm"]
     if setting(cfg, "strong_exact") and exact.exact_available(model, task):
         robust = exact.exact_strong(model, task, test.x, radius=radius, norm=norm).robust
         value = float(robust.mean())
         return {"strong_robust_acc": value, "strong_robust_lb": value, "_strong_exact": 1.0}
-    g = seeding.torch_generator(seed, "judge", "teacher")
-    _, found = teacher_attack(model, task, x, radius=radius, norm=norm, box=task.box, generator=g,
-                              steps=cfg["strong_steps"], restarts=cfg["strong_restarts"])
+    found = _search(model, task, x, cfg, seed)
     # (~found).mean() rather than 1 - found.mean(): the latter can differ from clean_acc by a
     # float ulp when strong_radius = 0, breaking the invariant that they are equal.
     out = {"strong_robust_acc": (~found).float().mean().item(), "_strong_exact": 0.0}
