@@ -319,11 +319,12 @@ def plugin_records() -> list[dict[str, Any]]:
     import hashlib
     import importlib.util
     import os
+    from pathlib import Path
 
     out = []
     for spec in PLUGINS:
         path = spec if os.path.isfile(spec) else getattr(importlib.util.find_spec(spec), "origin", None)
-        digest = hashlib.sha256(open(path, "rb").read()).hexdigest() if path and os.path.isfile(path) else None
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and os.path.isfile(path) else None
         provides: dict[str, list[str]] = {}
         for kind, name in PROVIDED.get(spec, []):
             provides.setdefault(kind, []).append(name)

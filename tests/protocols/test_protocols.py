@@ -422,9 +422,11 @@ def _gradient_along(model, X, V):
     return total
 
 
-def test_invariance_explanation_flattens_the_student_along_the_ignored_directions():
-    task = ep.build_task({**TASK, "classes": 2}, 0)
-    cfg = resolve_student({"hidden": [16], "steps": 30})
+def _flatness_told_and_not(task_cfg, student_cfg) -> dict[bool, float]:
+    """The student's gradient along the ignored directions, trained on the same labels
+    without (False) and with (True) the teacher's invariance explanation."""
+    task = ep.build_task(task_cfg, 0)
+    cfg = resolve_student(student_cfg)
     X = task.data.sample(60, np.random.default_rng(1))
     y = task.label(X)
     V = task.invariances()
@@ -436,25 +438,18 @@ def test_invariance_explanation_flattens_the_student_along_the_ignored_direction
             student.observe(m.explain("invariance", vectors=V))
         student.learn()
         grads[told] = _gradient_along(student.model, X, V)
+    return grads
+
+
+def test_invariance_explanation_flattens_the_student_along_the_ignored_directions():
+    grads = _flatness_told_and_not({**TASK, "classes": 2}, {"hidden": [16], "steps": 30})
     assert grads[True] < 0.2 * grads[False], grads
 
 
 @pytest.mark.parametrize("scale, penalty", [(2.0, 0.0), (0.0, 1.0)])
 def test_invariance_augmentation_and_penalty_each_help(scale, penalty):
-    task = ep.build_task(TASK, 0)
-    X = task.data.sample(60, np.random.default_rng(1))
-    y = task.label(X)
-    V = task.invariances()
-    grads = {}
-    for told in (False, True):
-        cfg = resolve_student({"hidden": [16], "steps": 30, "invariance_scale": scale,
-                               "invariance_penalty": penalty})
-        student = ep.build_student(cfg, task, 0)
-        student.observe(m.answer(X, y))
-        if told:
-            student.observe(m.explain("invariance", vectors=V))
-        student.learn()
-        grads[told] = _gradient_along(student.model, X, V)
+    grads = _flatness_told_and_not(TASK, {"hidden": [16], "steps": 30, "invariance_scale": scale,
+                                          "invariance_penalty": penalty})
     assert grads[True] < 0.5 * grads[False], grads
 
 

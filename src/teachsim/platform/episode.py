@@ -141,11 +141,10 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
             task = build_task(spec.task, spec.seed)
             student = build_student(spec.student, task, spec.seed)
             student.model.to(dev)
+            # the Loop kept apart from its run: a failure still has what was delivered
             loop = Loop(build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets,
                         seed=spec.seed, initial_labels=spec.student["initial_labels"])
-            while not loop.over:
-                loop.step()
-            conv = loop.close()
+            conv = loop.run()
             models = {}
             for budget, weights in conv.snapshots.items():
                 models[budget] = build_model(spec.student, task, spec.seed)

@@ -107,6 +107,12 @@ class Loop:
         self.role = m.TEACHER if role == m.STUDENT else m.STUDENT
         return delivered
 
+    def run(self) -> Conversation:
+        """Play turns until ``done``, the final budget, or two idle turns; then :meth:`close`."""
+        while not self.over:
+            self.step()
+        return self.close()
+
     def close(self) -> Conversation:
         """End the episode; a checkpoint never reached gets the final student."""
         self.conv.turns = self.turn
@@ -120,8 +126,5 @@ class Loop:
 def converse(protocol: Protocol, teacher, student, budgets, *, seed: int, initial_labels: int = 0,
              explain_cost: float | None = None, probe_limit: int | None = None) -> Conversation:
     """Run the one episode loop (:class:`Loop`) until ``done``, the final budget, or two idle turns."""
-    loop = Loop(protocol, teacher, student, budgets, seed=seed, initial_labels=initial_labels,
-                explain_cost=explain_cost, probe_limit=probe_limit)
-    while not loop.over:
-        loop.step()
-    return loop.close()
+    return Loop(protocol, teacher, student, budgets, seed=seed, initial_labels=initial_labels,
+                explain_cost=explain_cost, probe_limit=probe_limit).run()

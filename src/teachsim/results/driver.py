@@ -3,7 +3,6 @@ holds, refusing what belongs to another experiment or judge version."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,7 @@ from ..config import Experiment
 from ..errors import ConfigError, RunError
 from ..runners import EXECUTORS  # noqa: F401 - the executors run() accepts
 from .reader import Run
-from .store import (different_experiment, plugin_hint, read_only, recorded_plugins, unreadable, version_column,
-                    with_plugin_hint)
+from .store import changed_plugins, different_experiment, has_table, plugin_error, reading, version_column
 
 
 def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str, str]]:
@@ -22,17 +20,10 @@ def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str, str]]:
     path = run_dir / "results.sqlite"
     if not path.is_file():
         return []
-    con = read_only(path, timeout=30)
-    try:
-        return list(con.execute("SELECT key, status, protocol, variant, spec FROM episodes"))
-    except sqlite3.OperationalError as exc:   # created but never written
-        if "no such table" in str(exc):
+    with reading(path, timeout=30) as con:
+        if not has_table(con, "episodes"):   # created but never written
             return []
-        raise unreadable(path, exc) from None
-    except sqlite3.DatabaseError as exc:
-        raise unreadable(path, exc) from None
-    finally:
-        con.close()
+        return list(con.execute("SELECT key, status, protocol, variant, spec FROM episodes"))
 
 
 def _recorded(run_dir: Path) -> dict[str, str]:
@@ -48,21 +39,12 @@ def _stale_judge(run_dir: Path) -> set[int]:
     path = run_dir / "results.sqlite"
     if not path.is_file():
         return set()
-    con = read_only(path, timeout=30)
-    try:
+    with reading(path, timeout=30) as con:
         version = version_column(con, "s.")
-        if version is None:
+        if version is None or not has_table(con, "episodes"):   # nothing scored yet
             return set()
         rows = con.execute(f"SELECT DISTINCT {version} FROM scores s JOIN episodes e USING (episode_id)"
                            " WHERE s.judge = 'default' AND e.status = 'finished'").fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return set()
-        raise unreadable(path, exc) from None
-    except sqlite3.DatabaseError as exc:
-        raise unreadable(path, exc) from None
-    finally:
-        con.close()
     return {int(v) for (v,) in rows} - {VERSION}
 
 
@@ -149,9 +131,9 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
     try:
         exp = config if isinstance(config, Experiment) else config_mod.load(config)
     except ConfigError as exc:   # a plugin's name: say which plugin the run directory used
-        hint = plugin_hint(_guess_run_dir(config, out), exc)
-        if hint:
-            raise ConfigError(exc.field, with_plugin_hint(exc.detail, hint)) from None
+        better = plugin_error(_guess_run_dir(config, out), exc)
+        if better is not None:
+            raise better from None
         raise
     limit = (config_mod.check_time_limit("--time-limit", time_limit) if time_limit is not None
              else exp.config.get("time_limit"))
@@ -182,14 +164,10 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
             note(f"{run_dir}: taking over the lock left by {store.lock.took_over}, which is gone")
         try:
             plugins = registry.plugin_records()
-            if note is not None:
-                before = {r.get("file") or r["plugin"]: r.get("sha256") for r in recorded_plugins(run_dir)}
-                for r in plugins:
-                    old = before.get(r.get("file") or r["plugin"])
-                    if old and r.get("sha256") and old != r["sha256"]:
-                        note(f"note: the plugin {r.get('file') or r['plugin']} changed since this run directory "
-                             f"recorded it (sha256 {old[:12]}... -> {r['sha256'][:12]}...); its recorded episodes "
-                             "are kept: if the change alters results, raise the plugin's VERSION")
+            for where, old, new in changed_plugins(run_dir, plugins) if note is not None else ():
+                note(f"note: the plugin {where} changed since this run directory recorded it (sha256 {old[:12]}... "
+                     f"-> {new[:12]}...); its recorded episodes are kept: if the change alters results, raise the "
+                     "plugin's VERSION")
             store.plan(exp.episodes, config=text, plugins=plugins)
             cfg_path.write_text(text)
             status = store.status_by_key()

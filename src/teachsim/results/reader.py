@@ -18,7 +18,7 @@ import pandas as pd
 from .. import config as config_mod
 from ..errors import ConfigError, RunError
 from ..platform.spec import EpisodeSpec
-from .store import unreadable, read_only, version_column
+from .store import has_table, reading, unreadable, version_column
 from .summary import auc, budget_to, curve_table, summarize
 
 
@@ -65,18 +65,13 @@ class Run:
         return (f"Run({str(self.dir)!r}: {counts.get('finished', 0)} finished, {counts.get('failed', 0)} failed "
                 f"episodes; judges: {judges or 'none yet'})")
 
-    def _connect(self) -> sqlite3.Connection:
-        return read_only(self.dir / "results.sqlite")
-
     def _query(self, sql: str, params: tuple = ()) -> pd.DataFrame:
-        con = self._connect()
-        try:
-            return pd.read_sql_query(sql, con, params=params)
-        except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:   # a damaged file opens, then fails here
-            raise RunError(f"{self.dir / 'results.sqlite'} cannot be read ({exc}); it may be truncated or "
-                           "corrupt: nothing was changed") from None
-        finally:
-            con.close()
+        path = self.dir / "results.sqlite"
+        with reading(path) as con:
+            try:
+                return pd.read_sql_query(sql, con, params=params)
+            except pd.errors.DatabaseError as exc:   # pandas' own wrapping of a damaged page
+                raise unreadable(path, exc) from None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -92,10 +87,12 @@ class Run:
             except (OSError, UnicodeDecodeError) as exc:
                 raise RunError(f"{where} cannot be read ({exc}); it holds the run's config") from None
         else:
-            rows = self._query("SELECT value FROM meta WHERE name = 'config'") if self._has_table("meta") else []
+            with reading(self.dir / "results.sqlite") as con:
+                rows = con.execute("SELECT value FROM meta WHERE name = 'config'").fetchall() \
+                    if has_table(con, "meta") else []
             if not len(rows):
                 raise RunError(f"{where} is missing and {self.dir / 'results.sqlite'} holds no copy of the config")
-            text, where = rows["value"].iloc[0], self.dir / "results.sqlite"
+            text, where = rows[0][0], self.dir / "results.sqlite"
         try:
             cfg = tomllib.loads(text)
             if not isinstance(cfg.get("name", ""), str) or not isinstance(cfg.get("budgets", []), list) \
@@ -108,9 +105,6 @@ class Run:
         except (tomllib.TOMLDecodeError, ConfigError) as exc:
             raise RunError(f"{where}: the run's config is damaged ({exc}); nothing was changed") from None
         return cfg
-
-    def _has_table(self, name: str) -> bool:
-        return bool(len(self._query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))))
 
     @property
     def episodes(self) -> pd.DataFrame:
@@ -144,14 +138,9 @@ class Run:
         """Judge name -> the judge versions its scores were made by
         (``teachsim.platform.judge_params.VERSION`` is this teachsim's; older ones overstate
         ``strong_robust_acc``, see the README)."""
-        con = self._connect()
-        try:
+        with reading(self.dir / "results.sqlite") as con:
             version = version_column(con) or "1"
             rows = con.execute(f"SELECT judge, {version} FROM scores GROUP BY judge, {version}").fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise unreadable(self.dir / "results.sqlite", exc) from None
-        finally:
-            con.close()
         out: dict[str, list[int]] = {}
         for name, v in rows:
             out.setdefault(name, []).append(int(v))
@@ -329,15 +318,15 @@ class Run:
     def _needs_plugins(self) -> Iterator[None]:
         """Building an episode's task or model: an unknown name names the plugin this run
         directory recorded for it."""
-        from .store import plugin_hint, with_plugin_hint
+        from .store import plugin_error
 
         try:
             yield
         except ConfigError as exc:
-            hint = plugin_hint(self.dir, exc)
-            if not hint:
+            better = plugin_error(self.dir, exc)
+            if better is None:
                 raise
-            raise ConfigError(exc.field, with_plugin_hint(exc.detail, hint)) from None
+            raise better from None
 
     def _build_task(self, spec: EpisodeSpec):
         """The episode's task, naming the plugin it needs when it is a plugin's."""
@@ -391,17 +380,12 @@ class Run:
         from ..platform.judge import VERSION, judge_episode
         from .store import Store
 
-        con = self._connect()
-        try:
+        with reading(self.dir / "results.sqlite") as con:
             version = version_column(con, "s.") or "1"
             stale = [int(e) for (e,) in con.execute(
                 f"SELECT DISTINCT s.episode_id FROM scores s JOIN episodes e USING (episode_id) WHERE "
                 f"e.status = 'finished' AND s.judge = 'default' AND {version} != ? ORDER BY s.episode_id",
                 (VERSION,))]
-        except sqlite3.DatabaseError as exc:
-            raise unreadable(self.dir / "results.sqlite", exc) from None
-        finally:
-            con.close()
         if not stale:   # up to date: nothing to write, so nothing is opened for writing
             return 0
         episodes = self.episodes

@@ -13,6 +13,7 @@ an episode that is not one of them is refused at write time, whatever happened t
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import json
@@ -22,11 +23,11 @@ import sqlite3
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import RunError
+from ..errors import ConfigError, RunError
 from ..platform.episode import EpisodeResult
 
 LOCK = ".teachsim.lock"
@@ -156,46 +157,72 @@ def read_only(path: Path, timeout: float = 5) -> sqlite3.Connection:
     return con
 
 
+@contextlib.contextmanager
+def reading(path: Path, timeout: float = 5) -> Iterator[sqlite3.Connection]:
+    """A :func:`read_only` connection to ``path``, closed afterwards; a file that opens but
+    fails as it is read (a damaged page) is :func:`unreadable` too."""
+    con = read_only(path, timeout)
+    try:
+        yield con
+    except sqlite3.DatabaseError as exc:
+        raise unreadable(path, exc) from None
+    finally:
+        con.close()
+
+
+def has_table(con: sqlite3.Connection, name: str) -> bool:
+    """Whether the database has the table ``name`` (a run directory created but never
+    written, or an older one, may not)."""
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
 def recorded_plugins(run_dir: Path) -> list[dict[str, Any]]:
     """The plugins the last run in ``run_dir`` loaded (file, SHA-256, what each provided);
-    [] when none were recorded or the directory cannot be read."""
+    [] when none were recorded or the directory cannot be read (only hints depend on it)."""
     path = Path(run_dir) / "results.sqlite"
     if not path.is_file():
         return []
     try:
-        con = read_only(path)
-        try:
-            row = con.execute("SELECT value FROM meta WHERE name = 'plugins'").fetchone()
-        finally:
-            con.close()
+        with reading(path) as con:
+            row = con.execute("SELECT value FROM meta WHERE name = 'plugins'").fetchone() \
+                if has_table(con, "meta") else None
         return json.loads(row[0]) if row else []
-    except (sqlite3.Error, RunError, ValueError):
+    except (RunError, ValueError):
         return []
 
 
-def plugin_hint(run_dir: Path, exc: Exception) -> str:
-    """For an unknown protocol, task, ... name: which recorded plugin provided it last time
-    (it replaces the generic "from a plugin?" hint of the error)."""
+def _plugin_where(record: dict[str, Any]) -> str:
+    return record.get("file") or record["plugin"]
+
+
+def changed_plugins(run_dir: Path, records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """``(plugin, recorded sha256, current sha256)`` for each of ``records`` (this process's
+    ``registry.plugin_records()``) whose file changed since ``run_dir`` recorded it."""
+    before = {_plugin_where(r): r.get("sha256") for r in recorded_plugins(run_dir)}
+    return [(_plugin_where(r), before[_plugin_where(r)], r["sha256"]) for r in records
+            if before.get(_plugin_where(r)) and r.get("sha256") and before[_plugin_where(r)] != r["sha256"]]
+
+
+def plugin_error(run_dir: Path, exc: ConfigError) -> ConfigError | None:
+    """For an unknown protocol, task, ... name that a plugin recorded in ``run_dir``
+    provided: the error naming that plugin file and its hash, in place of the generic "from
+    a plugin?" hint and of a guess at a built-in name (the name was the plugin's, not a
+    typo). None when no recorded plugin provided it."""
+    import re
+
+    from ..registry import PLUGIN_HINT
+
     text = str(exc)
     for record in recorded_plugins(run_dir):
         for kind, names in record.get("provides", {}).items():
             if any(f"unknown {kind} {name!r}" in text or f"unknown {kind} '{name}@" in text
                    or (f"a registered {kind}" in text and f"got {name!r}" in text) for name in names):
-                where = record.get("file") or record["plugin"]
-                digest = (record.get("sha256") or "")[:12]
-                return (f"; the run in {run_dir} loaded it from the plugin {where}"
+                where, digest = _plugin_where(record), (record.get("sha256") or "")[:12]
+                hint = (f"; the run in {run_dir} loaded it from the plugin {where}"
                         + (f" (sha256 {digest}...)" if digest else "") + f": pass --plugin {where}")
-    return ""
-
-
-def with_plugin_hint(detail: str, hint: str) -> str:
-    """An unknown-name error's text with the recorded plugin's hint in place of the generic
-    one and of a guess at a built-in name (the name was the plugin's, not a typo)."""
-    import re
-
-    from ..registry import PLUGIN_HINT
-
-    return re.sub(r" \(did you mean '[^']*'\?\)", "", detail.replace(PLUGIN_HINT, "")) + hint
+                detail = re.sub(r" \(did you mean '[^']*'\?\)", "", exc.detail.replace(PLUGIN_HINT, ""))
+                return ConfigError(exc.field, detail + hint)
+    return None
 
 
 def unreadable(path: Path, exc: Exception) -> RunError:

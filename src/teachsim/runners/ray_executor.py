@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Self
 
 import ray
@@ -52,15 +53,15 @@ _WAIT_S = 0.5   # ray.wait timeout: how often the driver wakes up (and can be in
 def _same_file(path: str, data: bytes) -> bool:
     """Whether ``path`` is readable here and holds exactly ``data``."""
     try:
-        with open(path, "rb") as f:
-            return f.read() == data
+        return Path(path).read_bytes() == data
     except OSError:
         return False
 
 
 class _Worker:
     """One reused worker process (a Ray actor). Takes the driver's user code once (plugins
-    and registrations, by value: nothing is read from the node's disk), then runs episodes."""
+    as source, registrations by value: a node need not read the driver's folders), then
+    runs episodes."""
 
     def __init__(self, plugins: list[tuple[str, str, dict[str, bytes]]],
                  registrations: list[tuple[str, str, str, bytes]], gpu_share: float):
@@ -276,10 +277,12 @@ def _user_code() -> tuple[list[tuple[str, str, dict[str, bytes]]], list[tuple[st
     disk, so a node that cannot see the plugin's folder, any other machine of a cluster,
     runs it all the same):
 
-    - plugins: ``(plugin, module, files)``: a file plugin travels as source, the plugin
-      file with every module of its own folder it imported (its helpers), and is loaded
-      on the worker exactly as on the driver; a module plugin (``--plugin pkg.mod``) is
-      imported there (it must be installed on every node);
+    - plugins: ``(plugin, "file", files)``: a file plugin travels as source, the plugin
+      file with the modules under its folder that it imported (its helpers, sub-packages
+      with their ``__init__``), relative path -> bytes; the worker loads it where it is if
+      it reads the very same file there, else from a copy. ``(plugin, "module", {})``: a
+      module plugin (``--plugin pkg.mod``) is imported there by name (install it on every
+      node);
     - registrations the driver's own code made (``teachsim.register_*`` in a script or a
       notebook), pickled by value: ``(kind, name, source, blob)``;
     - the problems met (what cannot be sent), for the run's output.
@@ -291,10 +294,10 @@ def _user_code() -> tuple[list[tuple[str, str, dict[str, bytes]]], list[tuple[st
     plugins, shipped = [], set()
     for spec in registry.PLUGINS:
         if not os.path.isfile(spec):
-            plugins.append((spec, spec, {}))
+            plugins.append((spec, "module", {}))
             continue
         folder = os.path.dirname(spec)
-        files = {os.path.basename(spec): open(spec, "rb").read()}
+        files = {os.path.basename(spec): Path(spec).read_bytes()}
         for mod in list(sys.modules.values()):   # its helpers: the modules under its folder it imported
             file = getattr(mod, "__file__", None)
             if not (file and os.path.isabs(file) and file.endswith(".py")):
@@ -305,12 +308,12 @@ def _user_code() -> tuple[list[tuple[str, str, dict[str, bytes]]], list[tuple[st
                 inside = False
             if inside:
                 rel = os.path.relpath(file, folder)
-                files.setdefault(rel, open(file, "rb").read())
+                files.setdefault(rel, Path(file).read_bytes())
                 parent = os.path.dirname(rel)
                 while parent:   # a sub-package's __init__ files travel with it
                     init = os.path.join(folder, parent, "__init__.py")
                     if os.path.isfile(init):
-                        files.setdefault(os.path.join(parent, "__init__.py"), open(init, "rb").read())
+                        files.setdefault(os.path.join(parent, "__init__.py"), Path(init).read_bytes())
                     parent = os.path.dirname(parent)
         plugins.append((spec, "file", files))
     for entries in registry.PROVIDED.values():
