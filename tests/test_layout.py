@@ -31,7 +31,8 @@ LAYERS = [
     {"platform"},                     # the engine: specs, build, loop, episode, judge
     {"config"},
     {"runners"},
-    {"results", "analysis", "checks", "pettingzoo"},
+    {"analysis"},                     # interactions and the findings: the reader profiles runs with them
+    {"results", "checks", "pettingzoo"},
     {"cli"},
     {"__main__", "__init__"},        # ``python -m teachsim`` and the facade
 ]

@@ -28,7 +28,7 @@ def test_suites_are_listed_and_live_in_benchmarks_suites_too():
     assert all(name in out for name in ("quick", "paper", "methods", "real"))
 
 
-@pytest.mark.parametrize("name", ["quick", "paper", "methods", "real"])
+@pytest.mark.parametrize("name", ["quick", "paper", "methods", "real", "interactions", "interactions-hidden"])
 def test_every_suite_resolves_with_a_question(name):
     exp = _load(name)
     assert exp.config["description"].endswith("?") or "?" in exp.config["description"]
@@ -54,10 +54,20 @@ def test_paper_suite_covers_the_claim():
 
 def test_methods_suite_trains_every_method_against_several_attack_sets():
     exp = _load("methods")
-    methods = {s.student["method"] for s in exp.episodes}
+    methods = {s.student["method"].split("@")[0] for s in exp.episodes}
     assert methods == {"erm", "pgd-at", "trades", "beta-at", "lrat", "gairat", "mail"}
     assert len(exp.config["judge"]["attack_sets"]) >= 3
 
 
 def test_real_suite_is_digits():
     assert {s.task["name"] for s in _load("real").episodes} == {"digits"}
+
+
+@pytest.mark.parametrize("name", ["interactions", "interactions-hidden"])
+def test_interaction_suites_compare_erm_with_adversarial_training_and_profile_students(name):
+    exp = _load(name)
+    assert {s.student["method"].split("@")[0] for s in exp.episodes} == {"erm", "pgd-at", "trades"}
+    assert len(exp.config["seeds"]) >= 5 and exp.config["interactions"]["points"] >= 20
+    if name == "interactions":
+        assert {s.task["name"] for s in exp.episodes} == {"digits"}
+        assert {s.student["model"] for s in exp.episodes} == {"cnn"}

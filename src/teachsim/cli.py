@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", default="default", help="show the scores of a re-judging (teachsim judge)")
     p.add_argument("--matrix", action="store_true",
                    help="train-method x test-attack matrix of --metric (default lp_robust_acc) at the final budget")
+    p.add_argument("--findings", action="store_true",
+                   help="the multi-order interaction findings with their intervals and verdicts "
+                        "(runs with an [interactions] table)")
     p.add_argument("--episodes", action="store_true",
                    help="one line per episode: id, key, protocol, seed, status, spent, variant (for `transcript`)")
 
@@ -249,6 +253,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
         return 0
     if args.matrix:
         return _show_matrix(r, args.metric or "lp_robust_acc")
+    if args.findings:
+        from .analysis.findings import text
+
+        found = r.findings()
+        print(text(found) if found else "no interaction profiles in this run: add an [interactions] table to its "
+              f"config and run it again (teachsim run {shlex.quote(str(r.dir / 'config.toml'))} --out "
+              f"{shlex.quote(str(r.dir))}); finished episodes are not re-run")
+        return 0
     if args.target is None:
         args.target = r.config.get("report", {}).get("target", 0.9)
     if args.judge != "default":
@@ -477,9 +489,7 @@ def _cmd_transcript(args: argparse.Namespace) -> int:
 
 
 def _cmd_interactions(args: argparse.Namespace) -> int:
-    import torch
-
-    from .analysis.interactions import RATIOS, default_grid, interaction_profile, plot_profile
+    from .analysis.interactions import RATIOS, default_grid, interaction_profile, plot_profile, profiled_points
     from .errors import ConfigError
     from .results.reader import open_run
 
@@ -507,11 +517,7 @@ def _cmd_interactions(args: argparse.Namespace) -> int:
         raise ConfigError.expected("--budget", f"one of the run's checkpoints {', '.join(f'{b:g}' for b in budgets)}",
                                    budget)
     model, task = r.student(episode, budget), r.task(episode)
-    x, y = r.test_set(episode)
-    with torch.no_grad():
-        correct = model(torch.from_numpy(x)).argmax(1).numpy() == y
-    keep = correct if correct.any() else ~correct   # the paper keeps correctly classified points
-    x, y = x[keep][:args.points], y[keep][:args.points]
+    x, y = profiled_points(model, *r.test_set(episode), args.points)
     grid = args.grid if args.grid is not None else default_grid(task)
     groups = None
     if args.split == "strong":   # the judge's own split of these points, with its own settings

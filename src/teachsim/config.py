@@ -24,12 +24,30 @@ from .platform.spec import EpisodeSpec
 from .schema import Choice, Float, Int, IntList, Param, Str, resolve, suggest, unknown_key
 
 TOP = ("name", "description", "seeds", "budgets", "time_limit", "task", "student", "judge", "protocols", "sweep",
-       "report")
+       "report", "interactions")
 
 REPORT_PARAMS: dict[str, Param] = {
     "target": Float(0.9, lo=0.0, hi=1.0, doc="target of the budget-to tables and the dimension-sweep plot"),
     "metric": Choice("strong_robust_acc", judge_mod.METRICS,
                      doc="metric of the dimension-sweep plot (budget to reach the target)"),
+}
+
+RATIOS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95]
+
+
+def _ratios(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and 0 <= r <= 1 for r in v)
+
+
+INTERACTIONS_PARAMS: dict[str, Param] = {
+    "points": Int(30, lo=1, hi=10_000, doc="correctly classified test points profiled per episode"),
+    "samples": Int(50, lo=1, hi=100_000, doc="contexts per point, order and pair"),
+    "pairs": Int(20, lo=1, hi=10_000, doc="player pairs (adjacent cells on images)"),
+    "ratios": Param(list(RATIOS), "a non-empty list of order ratios in [0, 1]", _ratios,
+                    "order ratios r; order m = int(r (n - 2))", lambda v: [float(r) for r in v]),
+    "low": Float(0.3, lo=0.0, hi=1.0, doc="orders with r <= low form the low band of the findings"),
+    "high": Float(0.7, lo=0.0, hi=1.0, doc="orders with r >= high form the high band of the findings"),
 }
 
 STUDENT_PARAMS: dict[str, Param] = {
@@ -174,6 +192,25 @@ def resolve_report(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         raise ConfigError.expected("report", "a table", raw)
     return resolve(REPORT_PARAMS, raw, "report")
+
+
+def resolve_interactions(raw: Any) -> dict[str, Any] | None:
+    """Check the optional ``[interactions]`` table: after its episodes, a run profiles every
+    finished one's student at the final budget (not part of any episode's key: adding or
+    changing it re-profiles, never re-runs)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError.expected("interactions", "a table", raw)
+    out = resolve(INTERACTIONS_PARAMS, raw, "interactions")
+    if out["low"] >= out["high"]:
+        raise ConfigError("interactions.low", f"expected low < high, got low = {out['low']:g} and "
+                          f"high = {out['high']:g}")
+    for band, pick in (("low", lambda r: r <= out["low"]), ("high", lambda r: r >= out["high"])):
+        if not any(pick(r) for r in out["ratios"]):
+            raise ConfigError("interactions.ratios", f"expected at least one ratio in the {band} band "
+                              f"({'<=' if band == 'low' else '>='} {out[band]:g}), got {out['ratios']}")
+    return out
 
 
 def _protocol_label(p: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
@@ -402,6 +439,9 @@ def resolve_experiment(raw: Mapping[str, Any]) -> Experiment:
     report = resolve_report(raw.get("report"))
     if report is not None:
         config["report"] = report
+    interactions = resolve_interactions(raw.get("interactions"))
+    if interactions is not None:
+        config["interactions"] = interactions
     if sweep:
         config["sweep"] = sweep
     episodes = []

@@ -203,7 +203,8 @@ for _name in ("random", "uncertainty", "margin", "entropy", "qbc", "density"):
 methods.register("erm", "teachsim.agents.methods:erm", params={})
 for _name, _attr in (("pgd-at", "pgd_at"), ("trades", "trades"), ("beta-at", "beta_at"), ("lrat", "lrat"),
                      ("gairat", "gairat"), ("mail", "mail")):
-    methods.register(_name, f"teachsim.agents.methods:{_attr}", params=f"teachsim.agents.rules:{_attr.upper()}")
+    methods.register(_name, f"teachsim.agents.methods:{_attr}", params=f"teachsim.agents.rules:{_attr.upper()}",
+                     version=2 if _name == "trades" else 1)   # trades 2: a KL whose gradient stays finite
 models.register("mlp", "teachsim.agents.models:mlp")
 models.register("linear", "teachsim.agents.models:linear")
 models.register("cnn", "teachsim.agents.models:cnn")

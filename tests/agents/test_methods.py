@@ -124,6 +124,27 @@ def test_method_gives_finite_loss_with_gradients(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_gradients_stay_finite_when_probabilities_underflow(name):
+    # a confident student (a cnn on digits after a few hundred steps) has classes whose softmax
+    # is exactly 0: trades version 1 took log(0) * 0 = NaN in the gradient of its KL target
+    model = mlp(6, 3, hidden=[8], init_std=0.0, generator=gen(0))
+    with torch.no_grad():
+        model[-1].weight.mul_(400.0)
+        model[-1].bias.copy_(torch.tensor([200.0, 0.0, -200.0]))
+    x, y = batch()
+    assert (torch.softmax(model(x), 1) == 0).any()
+    loss = method(name)(model, x, y, M.TrainContext(generator=gen(1), params={"eps": 0.5, "attack_steps": 3}))
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert torch.isfinite(p.grad).all(), pname
+
+
+def test_trades_is_version_2():
+    assert registry.methods.get("trades").version == 2
+    assert resolve_student({"method": "trades"})["method"] == "trades@2"
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_method_is_deterministic_under_a_seed(name):
     x, y = batch()
     losses = []

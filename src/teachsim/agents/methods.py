@@ -197,7 +197,10 @@ def trades(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainC
     s = _settings(trades, ctx)
     tr = _attack(model, x, y, ctx, s, objective="kl", start="near")
     logits = model(x)
-    kl = F.kl_div(F.log_softmax(model(tr.x_adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean")
+    # the target as log-probabilities: with F.softmax a class whose probability underflows to
+    # 0 makes the target's gradient log(0) * 0 = NaN (a confident cnn on digits diverged)
+    kl = F.kl_div(F.log_softmax(model(tr.x_adv), dim=1), F.log_softmax(logits, dim=1), reduction="batchmean",
+                  log_target=True)
     return F.cross_entropy(logits, y) + s["trades_beta"] * kl
 
 

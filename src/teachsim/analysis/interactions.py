@@ -39,7 +39,7 @@ import torch
 from .. import seeding
 
 EXACT_MAX_PLAYERS = 12
-RATIOS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95)
+RATIOS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95)   # config.RATIOS, the [interactions] default
 OUTPUTS = ("log_prob", "logit", "log_odds")
 
 
@@ -386,6 +386,77 @@ def interaction_profile(model, task, X, *, y=None, ratios: Sequence[float] = RAT
                              "sem_abs": (a.std().item() / math.sqrt(a.numel())) if a.numel() > 1 else 0.0,
                              "mean": flat[k].mean().item(), "coef": utility_coef(n, m),
                              "points": int(mask.sum()), "pairs": len(pairs), "samples": samples})
+    return pd.DataFrame(rows)
+
+
+VIEWS = ("clean", "attacked", "margin")
+
+
+def profiled_points(model, x, y, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` test points the model classifies correctly (the paper keeps only
+    those); all points' first ``n`` where it gets none right."""
+    with torch.no_grad():
+        correct = model(torch.from_numpy(np.asarray(x, np.float32))).argmax(1).numpy() == np.asarray(y)
+    keep = correct if correct.any() else ~correct
+    return x[keep][:n], y[keep][:n]
+
+
+def runner_up(model, X) -> np.ndarray:
+    """The second most likely class of each input (the closest other category)."""
+    with torch.no_grad():
+        return model(torch.from_numpy(np.asarray(X, np.float32))).topk(2, dim=1).indices[:, 1].numpy()
+
+
+def point_profiles(model, task, X, y, *, ratios: Sequence[float] = RATIOS, judge: Mapping[str, Any] | None = None,
+                   attacked=None, grid: int | None | str = "auto", baseline=None, samples: int = 50,
+                   num_pairs: int = 20, seed: int = 0):
+    """Per point and order, mean I^(m) and mean |I^(m)| over the sampled pairs, in three views.
+
+    - ``clean``: v = log p of the true class y at x;
+    - ``attacked``: the same at x' (the judge's pgd against y, or ``attacked``);
+    - ``margin``: v = log p_y - log p_k at x, with k the runner-up class at x. Its
+      interactions are I_y - I_k: the part of the interactions that tells the true
+      category from the closest other one (what is *specific* to the category).
+
+    Every view uses the same pairs and the same contexts (the generator restarts from one
+    state), so views differ by the model's values only, never by the draw.
+
+    Returns:
+        DataFrame, one row per (view, point, order): ``input`` (the view), ``point``
+        (index into X), ``label`` (y), ``ratio``, ``order``, ``n_players``, ``mean``,
+        ``mean_abs``, ``coef``.
+    """
+    import pandas as pd
+
+    model.eval()
+    X, y = np.asarray(X, np.float32), np.asarray(y)
+    grid = default_grid(task) if grid == "auto" else grid
+    if baseline is None:
+        baseline = data_mean(task, seed)
+    if attacked is None:
+        if judge is None:
+            raise ValueError("point_profiles needs the attacked points or a judge table to make them")
+        attacked = attack_points(model, task, X, y, judge, seed)
+    n = player_matrix(X.shape[1], grid).shape[0]
+    orders = orders_from_ratios(n, ratios)
+    g = seeding.torch_generator(seed, "interactions", "contexts")
+    pairs = sample_pairs(n, num_pairs, g, adjacent=grid is not None)
+    start = g.get_state()
+
+    def means(xs, labels) -> torch.Tensor:   # (points, orders, pairs), same contexts every call
+        g.set_state(start)
+        return sampled_interactions(model, xs, baseline, orders, pairs, samples=samples, generator=g,
+                                    grid=grid, label=labels, output="log_prob").mean
+    clean = means(X, y)
+    views = {"clean": clean, "attacked": means(np.asarray(attacked, np.float32), y),
+             "margin": clean - means(X, runner_up(model, X))}
+    rows = []
+    for name, I in views.items():
+        for p in range(len(X)):
+            for k, (r, m) in enumerate(zip(ratios, orders)):
+                rows.append({"input": name, "point": p, "label": int(y[p]), "ratio": float(r), "order": m,
+                             "n_players": n, "mean": I[p, k].mean().item(), "mean_abs": I[p, k].abs().mean().item(),
+                             "coef": utility_coef(n, m)})
     return pd.DataFrame(rows)
 
 

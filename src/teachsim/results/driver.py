@@ -181,5 +181,7 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         finally:
             store.close()
     result_run = Run(run_dir)
+    if exp.config.get("interactions") is not None:   # after the episodes: a profile failing loses none
+        result_run.profile_interactions(exp.config["interactions"], progress=progress)
     result_run.write_summary()
     return result_run

@@ -10,7 +10,7 @@ import re
 import sqlite3
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -304,6 +304,66 @@ class Run:
             store.close()
         self.write_summary()
         return name
+
+    def profile_interactions(self, settings: Mapping[str, Any] | None = None, progress: bool = True) -> int:
+        """Profile the multi-order interactions of every finished episode's student at the
+        final budget (``analysis.interactions.point_profiles``) with the ``[interactions]``
+        settings (default: the config's), into the run's database. Resumes: episodes
+        already profiled with the same settings are kept; other settings start over.
+        Returns how many episodes were profiled now."""
+        import sys
+
+        from ..analysis.interactions import point_profiles, profiled_points
+        from .store import Store
+
+        raw = settings if settings is not None else self.config.get("interactions")
+        if raw is None:
+            raise ConfigError("interactions", "expected an [interactions] table in the config (or settings)")
+        cfg = config_mod.resolve_interactions(dict(raw))
+        budget = max(float(b) for b in self.config["budgets"])
+        done = self.episodes[self.episodes["status"] == "finished"]
+        self._check_students(done)
+        store = Store(self.dir)
+        try:
+            kept = set()
+            if store.start_profiling(json.dumps(cfg, sort_keys=True)):
+                kept = set(self._query("SELECT DISTINCT episode_id FROM interactions")["episode_id"])
+            todo = [row for row in done.itertuples() if int(row.episode_id) not in kept]
+            for i, row in enumerate(todo, 1):
+                eid = int(row.episode_id)
+                spec, model, task = self.spec(eid), self.student(eid, budget), self.task(eid)
+                x, y = profiled_points(model, *self.test_set(eid), cfg["points"])
+                table = point_profiles(model, task, x, y, ratios=cfg["ratios"], judge=spec.judge,
+                                       samples=cfg["samples"], num_pairs=cfg["pairs"], seed=spec.seed)
+                store.write_profile(eid, budget, table)
+                if progress:
+                    print(f"[{i}/{len(todo)}] interactions of episode {eid} ({row.protocol}, seed {row.seed})",
+                          file=sys.stderr, flush=True)
+        finally:
+            store.close()
+        return len(todo)
+
+    def interaction_profiles(self) -> pd.DataFrame:
+        """The ``[interactions]`` profiles (one row per episode, view, point and order), with
+        the episode's protocol, variant, seed and student method joined on; empty if none."""
+        with reading(self.dir / "results.sqlite") as con:
+            if not has_table(con, "interactions"):
+                return pd.DataFrame()
+        rows = self._query("SELECT * FROM interactions ORDER BY episode_id, input, point, ord")
+        if rows.empty:
+            return rows
+        eps = self.episodes
+        eps = eps.assign(method=[json.loads(s)["student"]["method"].split("@")[0] for s in eps["spec"]])
+        rows = rows.rename(columns={"ord": "order"})
+        return rows.merge(eps[["episode_id", "protocol", "variant", "seed", "method"]], on="episode_id")
+
+    def findings(self):
+        """Ren et al.'s two findings from the profiles (``analysis.findings.findings``)."""
+        from ..analysis.findings import HIGH, LOW, findings
+
+        cfg = self.config.get("interactions") or {}
+        profiles = self.interaction_profiles()
+        return findings(profiles, cfg.get("low", LOW), cfg.get("high", HIGH)) if not profiles.empty else []
 
     def file(self, kind: str, key: str) -> Path:
         """An episode's saved file: ``students/KEY.pt`` or ``transcripts/KEY.npz``. The key

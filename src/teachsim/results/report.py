@@ -37,6 +37,9 @@ table { border-collapse: collapse; margin: 0.4em 0 1em; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; vertical-align: top; }
 th { background: #f0f0f0; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.never { color: #999; text-align: right; }
+td.holds { color: #1a7f37; font-weight: 600; }
+td.reversed { color: #b3261e; font-weight: 600; }
+td.inconclusive { color: #666; }
 pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 12px; margin: 0; white-space: pre-wrap; }
 img { max-width: 100%; height: auto; display: block; margin: 0.5em 0 1em; }
 .meta td:first-child { font-weight: 600; white-space: nowrap; }
@@ -287,6 +290,73 @@ def plot_budget_to_sweep(table: pd.DataFrame, key: str, metric: str, target: flo
                    handles, colors, ncol, path)
 
 
+def plot_interaction_profiles(profiles: pd.DataFrame, path: Path, protocols: list[str], colors: dict) -> Path:
+    """Per protocol, the mean |I^(m)| profile normalised to sum 1 over the orders (clean:
+    solid, attacked: dashed), mean over episodes: where each student's interactions sit."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for proto in protocols:
+        part = profiles[(profiles["protocol"] == proto) & profiles["input"].isin(["clean", "attacked"])]
+        if part.empty:
+            continue
+        per = part.groupby(["episode_id", "input", "ratio"])["mean_abs"].mean().reset_index()
+        per["share"] = per["mean_abs"] / per.groupby(["episode_id", "input"])["mean_abs"].transform("sum")
+        for view, style in (("clean", "-"), ("attacked", "--")):
+            curve = per[per["input"] == view].groupby("ratio")["share"].mean()
+            ax.plot(curve.index, curve.values, style, marker="o", ms=3, color=colors[proto][0],
+                    label=f"{proto}, {view}")
+    ax.set_xlabel("order ratio r = m / (n - 2)")
+    ax.set_ylabel("share of mean |I^(m)| (sums to 1)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _interval_cells(row) -> list[tuple[str, str]]:
+    sign = lambda v: "-" if not math.isfinite(v) else f"{v:+.3f}"   # noqa: E731
+    return [(esc(int(row["n"])), "num"), (esc(sign(row["mean"])), "num"),
+            (esc(f"[{sign(row['lo'])}, {sign(row['hi'])}]"), "num"), (esc(row["verdict"]), row["verdict"])]
+
+
+STATISTICS = {
+    "utility": "share of the attacking utility, high minus low band (per order)",
+    "change": "relative change of mean |I| under attack, high minus low band",
+    "low_share": "low band's share of the clean profile, AT - erm",
+    "margin_low_share": "the same for the category-telling (margin) interactions, AT - erm",
+}
+
+
+def interactions_section(profiles: pd.DataFrame, found, plots: Path, protocols: list[str], colors: dict) -> str:
+    """The findings of the interaction profiles: a plot, a table per finding with 95%
+    intervals over seeds, and each finding's one-line verdict."""
+    out = ["<h2>Multi-order interactions</h2>\n<p class=\"note\">Ren et al.'s two findings (arXiv 2103.07364), "
+           "asked of this run's students at the final budget. Per episode the statistic is computed on the "
+           "profile of correctly classified test points; the interval is the 95% t-interval over seeds. "
+           "<em>holds</em>: the interval lies above 0; <em>reversed</em>: below 0; <em>inconclusive</em>: "
+           "it contains 0. Definitions: README, \"Multi-order interactions\".</p>\n"]
+    path = plot_interaction_profiles(profiles, plots / "interaction_profiles.png", protocols, colors)
+    out.append(_img(f"plots/{path.name}", "interaction profiles per order"))
+    for f in found:
+        out.append(f"<h3>Finding {esc(f.key)}: {esc(f.question)}</h3>\n")
+        if not f.table.empty:
+            rows = [[(esc(r["protocol"] + (f" ({r['variant']})" if r["variant"] else "")), ""),
+                     (esc(STATISTICS.get(r["statistic"], r["statistic"])), ""), *_interval_cells(r)]
+                    for _, r in f.table.iterrows()]
+            out.append(html_table(["students", "statistic", "seeds", "mean", "95% interval", "verdict"], rows))
+        out.append(f'<p class="verdict"><strong>Verdict:</strong> {esc(f.verdict)}</p>\n')
+        out.extend(f'<p class="note">Note: {esc(n)}.</p>\n' for n in f.notes)
+        per_class = f.extra.get("per_class")
+        if per_class is not None and not per_class.empty:
+            rows = [[(esc(r["protocol"]), ""), (esc(int(r["label"])), "num"), *_interval_cells(r)]
+                    for _, r in per_class.iterrows()]
+            out.append("<details><summary>per class: low band's share of the clean profile, AT - erm</summary>"
+                       + html_table(["students", "class", "seeds", "mean", "95% interval", "verdict"], rows)
+                       + "</details>\n")
+    return "".join(out)
+
+
 # -- HTML pieces --------------------------------------------------------------------------
 
 def html_table(header: list[str], rows: list[list[tuple[str, str]]], caption: str = "") -> str:
@@ -495,7 +565,12 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
                        "own judge).</p>\n")
             out.extend(parts)
 
-    # 6. sanity flags
+    # 6. multi-order interactions ([interactions])
+    found = run.findings()
+    if found:
+        out.append(interactions_section(run.interaction_profiles(), found, plots, protocols, colors))
+
+    # 7. sanity flags
     out.append("<h2>Judge sanity flags</h2>\n")
     flags = run.flags
     if not flags.empty:
@@ -516,7 +591,7 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
                    "(e.g. zero_grad_share: share of test points with an all-zero input gradient).</p>\n")
         out.append(html_table(["protocol", "flag", "episodes", "mean (where set)", "max"], rows))
 
-    # 7. episodes that stopped short of the final budget, and failed ones
+    # 8. episodes that stopped short of the final budget, and failed ones
     short = run.underspent()
     if not short.empty:
         out.append("<h2>Episodes that spent less than the final budget</h2>\n<p class=\"note\">They ended (a "
@@ -533,7 +608,7 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
                  (f"<pre>{esc(r.error or '')}</pre>", "")] for r in failed_eps.itertuples()]
         out.append(html_table(["episode", "protocol", "variant", "seed", "error"], rows))
 
-    # 8. footer
+    # 9. footer
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     out.append(f"<footer><p>teachsim {esc(__version__)}, generated {esc(now)}. Rebuild with "
                f"<code>teachsim report {esc(run.dir)}</code>.</p></footer>\n")

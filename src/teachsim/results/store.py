@@ -111,6 +111,10 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE TABLE IF NOT EXISTS planned (key TEXT PRIMARY KEY, label TEXT NOT NULL, variant TEXT NOT NULL,
     episode_id INTEGER);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS interactions (
+    episode_id INTEGER NOT NULL, budget REAL NOT NULL, input TEXT NOT NULL, point INTEGER NOT NULL,
+    label INTEGER NOT NULL, ratio REAL NOT NULL, ord INTEGER NOT NULL, n_players INTEGER NOT NULL,
+    mean REAL, mean_abs REAL, coef REAL NOT NULL, PRIMARY KEY (episode_id, input, point, ratio));
 CREATE TABLE IF NOT EXISTS checkpoints (
     episode_id INTEGER NOT NULL, budget REAL NOT NULL, cum_cost REAL NOT NULL, reached INTEGER NOT NULL,
     PRIMARY KEY (episode_id, budget));
@@ -439,6 +443,27 @@ class Store:
             for table in ("scores", "flags"):
                 self.con.execute(f"DELETE FROM {table} WHERE judge = ?", (name,))
             self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"judging:{name}", asked))
+
+    def start_profiling(self, asked: str) -> bool:
+        """Begin (or resume) the ``[interactions]`` profiles with settings ``asked`` (JSON):
+        profiles made with other settings go first, in one transaction, so the table never
+        mixes two settings. Returns whether earlier profiles are kept."""
+        row = self.con.execute("SELECT value FROM meta WHERE name = 'interactions'").fetchone()
+        if row is not None and row[0] == asked:
+            return True
+        with self.con:
+            self.con.execute("DELETE FROM interactions")
+            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('interactions', ?)", (asked,))
+        return False
+
+    def write_profile(self, episode_id: int, budget: float, rows) -> None:
+        """Record one episode's interaction profile (``point_profiles`` rows), replacing any."""
+        with self.con:
+            self.con.execute("DELETE FROM interactions WHERE episode_id = ?", (episode_id,))
+            self.con.executemany("INSERT INTO interactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 [(episode_id, budget, r.input, int(r.point), int(r.label), float(r.ratio),
+                                   int(r.order), int(r.n_players), float(r.mean), float(r.mean_abs), float(r.coef))
+                                  for r in rows.itertuples()])
 
     def write_judgement(self, name: str, judge_cfg: dict[str, Any] | None, episode_id: int,
                         scores: list[tuple[float, str, float]], flags: list[tuple[float, str, float]],
