@@ -57,6 +57,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="CPUs reserved per episode (default 1)")
     p.add_argument("--gpus-per-episode", type=float, default=None, metavar="G", dest="gpus_per_episode",
                    help="GPUs per episode; 0.25 packs four episodes per GPU (default 0; CPU when no GPU)")
+    p.add_argument("--cohort", type=int, default=None, metavar="N",
+                   help="advance N episodes together in one process, their students trained as one batched "
+                        "model (serial executor; same results; default 1)")
     p.add_argument("--retries", type=int, default=0,
                    help="extra attempts for a failing episode (an episode whose worker dies is always retried)")
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS", dest="time_limit",
@@ -165,7 +168,7 @@ def _run_flags(args: argparse.Namespace) -> str:
 
     flags = [("--executor", args.executor), ("--address", args.address), ("--workers", args.workers),
              ("--cpus-per-episode", args.cpus_per_episode), ("--gpus-per-episode", args.gpus_per_episode),
-             ("--retries", args.retries or None), ("--time-limit", args.time_limit)]
+             ("--retries", args.retries or None), ("--time-limit", args.time_limit), ("--cohort", args.cohort)]
     return "".join(f" {flag} {shlex.quote(repr(value) if isinstance(value, float) else str(value))}"
                    for flag, value in flags if value is not None)
 
@@ -176,7 +179,8 @@ def _cmd_run(args: argparse.Namespace, config) -> int:
     try:
         r = run(config, out=args.out, executor=args.executor, address=args.address, workers=args.workers,
                 cpus_per_episode=args.cpus_per_episode, gpus_per_episode=args.gpus_per_episode,
-                resume=args.resume, retries=args.retries, progress=not args.quiet, time_limit=args.time_limit)
+                resume=args.resume, retries=args.retries, progress=not args.quiet, time_limit=args.time_limit,
+                cohort=args.cohort)
     except (KeyboardInterrupt, ClusterLost) as exc:
         out = args.out
         if out is None:

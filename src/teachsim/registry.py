@@ -205,8 +205,11 @@ for _name, _attr in (("pgd-at", "pgd_at"), ("trades", "trades"), ("beta-at", "be
                      ("gairat", "gairat"), ("mail", "mail")):
     methods.register(_name, f"teachsim.agents.methods:{_attr}", params=f"teachsim.agents.rules:{_attr.upper()}",
                      version=2 if _name == "trades" else 1)   # trades 2: a KL whose gradient stays finite
-models.register("mlp", "teachsim.agents.models:mlp")
-models.register("linear", "teachsim.agents.models:linear")
+# version 2 (2026-12-05): trained through the stacked model (teachsim.agents.cohort), alone
+# too, so episodes in a cohort train bit for bit as one by one; the arithmetic differs from
+# version 1's F.linear at the last float digit
+models.register("mlp", "teachsim.agents.models:mlp", version=2)
+models.register("linear", "teachsim.agents.models:linear", version=2)
 models.register("cnn", "teachsim.agents.models:cnn")
 attacks.register("fgsm", "teachsim.attacks.pgd:fgsm")
 attacks.register("pgd", "teachsim.attacks.pgd:pgd")

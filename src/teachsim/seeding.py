@@ -64,3 +64,59 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class Generators:
+    """The generators of a cohort's students (``teachsim.agents.cohort``), standing in for
+    one ``torch.Generator`` where a batch holds every student's rows one after another.
+
+    :func:`rand`, :func:`randn` and :func:`randint` draw each student's rows from its own
+    generator, in the order it would draw them alone, so a cohort's random numbers are
+    exactly those of its students trained one by one.
+    """
+
+    def __init__(self, generators: list):
+        self.generators = list(generators)
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+
+def per_student(fn, k: int, *rows):
+    """``fn`` applied to each student's rows of ``rows`` (K equal blocks along dim 0), the
+    results stacked back along dim 0. For elementwise transcendental functions (pow, exp,
+    tanh, ...): their vectorised and scalar paths differ in the last bit, and which one an
+    element takes depends on the tensor's length, so a cohort computes them on each
+    student's rows exactly as the student alone would."""
+    if k == 1:
+        return fn(*rows)
+    import torch
+
+    return torch.cat([fn(*parts) for parts in zip(*(r.chunk(k) for r in rows))])
+
+
+def _draw(fn, shape, generator, **kw):
+    if not isinstance(generator, Generators):
+        return fn(shape, generator=generator, **kw)
+    shape = tuple(shape)
+    k = len(generator)
+    if not shape or shape[0] % k:
+        raise ValueError(f"a cohort draw needs a leading dimension divisible by {k} students, got {shape}")
+    rows = (shape[0] // k, *shape[1:])
+    import torch
+
+    return torch.cat([fn(rows, generator=g, **kw) for g in generator.generators])
+
+
+def rand(shape, generator):
+    """``torch.rand(shape, generator=generator)``; a :class:`Generators` draws per student."""
+    import torch
+
+    return _draw(torch.rand, shape, generator)
+
+
+def randn(shape, generator):
+    """``torch.randn(shape, generator=generator)``; a :class:`Generators` draws per student."""
+    import torch
+
+    return _draw(torch.randn, shape, generator)

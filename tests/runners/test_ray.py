@@ -647,3 +647,19 @@ def test_the_time_limit_holds_on_ray_workers_and_the_driver_stops_a_deaf_one(loc
     assert eps.loc["loops", "status"] == "failed" and eps.loc["deaf", "status"] == "failed"
     assert eps.loc["loops", "error"].startswith("EpisodeTimeout: the episode ran past its time limit of 2 s")
     assert "its Ray worker, still busy 2 s later, was stopped" in eps.loc["deaf", "error"]
+
+
+@pytest.mark.slow
+def test_a_ray_worker_advances_a_cohort_with_the_serial_run_s_results(local_ray, tmp_path, capsys):
+    cfg = copy.deepcopy(TINY)
+    cfg["student"]["initial_labels"] = 130   # batches of 128 rows: the students train together
+    cfg["protocols"].append({"name": "active-student", "strategy": "margin"})
+    one = teachsim.run(copy.deepcopy(cfg), out=tmp_path / "one", executor="serial", progress=False)
+    r = teachsim.run(copy.deepcopy(cfg), out=tmp_path / "run", executor="ray", workers=1, cohort=6)
+    assert "each advancing a cohort of 6 episodes" in capsys.readouterr().err
+    assert list(r.episodes["status"]) == ["finished"] * 6
+    pd.testing.assert_frame_equal(_scores(r.dir), _scores(one.dir))
+    key = ["protocol", "seed", "idx"]
+    msgs = [run.messages.merge(run.episodes[["episode_id", "protocol", "seed"]]).drop(columns="episode_id")
+            .sort_values(key).reset_index(drop=True) for run in (r, one)]
+    pd.testing.assert_frame_equal(*msgs)

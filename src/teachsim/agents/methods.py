@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import seeding
 from . import rules
 
 
@@ -27,11 +28,25 @@ class TrainContext:
     params: Mapping[str, Any] = field(default_factory=dict)
     step: int = 0      # this batch's index within the current learn call (0-based)...
     steps: int = 0     # ...of this many steps (0: unknown); schedules such as GAIRAT's burn-in
+    cohort: int = 1    # students whose batches are stacked in x (teachsim.agents.cohort); 1: one
+
+
+def mean(per_point: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+    """A batch's mean loss; in a cohort, each student's mean, summed (the gradient each
+    student's weights get is then exactly the one it would get alone)."""
+    return per_point.mean() if ctx.cohort == 1 else per_point.view(ctx.cohort, -1).mean(1).sum()
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+    """Mean cross-entropy (:func:`mean` in a cohort); alone, exactly ``F.cross_entropy``."""
+    if ctx.cohort == 1:
+        return F.cross_entropy(logits, y)
+    return mean(F.cross_entropy(logits, y, reduction="none"), ctx)
 
 
 def erm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
     """Empirical risk minimisation: cross-entropy on the labelled points."""
-    return F.cross_entropy(model(x), y)
+    return cross_entropy(model(x), y, ctx)
 
 
 # -- adversarial training family (BETA-AT, LRAT and the methods they compare with) --------
@@ -95,6 +110,7 @@ def train_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
     b = as_box(box, x)
     x = x.detach()
     alpha = 2.5 * eps / max(1, steps)
+    k = len(generator) if isinstance(generator, seeding.Generators) else 1   # students stacked in x
     with _eval_mode(model):
         p_clean = None
         if objective == "kl":
@@ -105,7 +121,7 @@ def train_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
         elif start == "ball":
             delta = random_in_ball(x, eps, norm, generator)
         else:
-            delta = project(0.001 * torch.randn(x.shape, generator=generator).to(x.device), eps, norm)
+            delta = project(0.001 * seeding.randn(x.shape, generator).to(x.device), eps, norm)
         xa = clip(x + delta, b)
         kappa = torch.zeros(len(x), dtype=torch.long, device=x.device)
         for _ in range(steps):
@@ -113,7 +129,8 @@ def train_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
             logits = model(xa)
             kappa += (logits.detach().argmax(1) == y).long()
             if objective == "kl":
-                obj = F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="sum")
+                obj = seeding.per_student(lambda z, p: F.kl_div(F.log_softmax(z, dim=1), p, reduction="sum")[None],
+                                          k, logits, p_clean).sum()
             else:
                 # log of the cross-entropy: per point the same ascent direction, no underflow
                 obj = loss_per_point(logits, y, "ce").sum()
@@ -185,7 +202,7 @@ def pgd_at(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainC
     """
     s = _settings(pgd_at, ctx)
     tr = _attack(model, x, y, ctx, s, objective="ce", start="ball")
-    return F.cross_entropy(model(tr.x_adv), y)
+    return cross_entropy(model(tr.x_adv), y, ctx)
 
 
 def trades(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
@@ -199,9 +216,13 @@ def trades(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainC
     logits = model(x)
     # the target as log-probabilities: with F.softmax a class whose probability underflows to
     # 0 makes the target's gradient log(0) * 0 = NaN (a confident cnn on digits diverged)
-    kl = F.kl_div(F.log_softmax(model(tr.x_adv), dim=1), F.log_softmax(logits, dim=1), reduction="batchmean",
-                  log_target=True)
-    return F.cross_entropy(logits, y) + s["trades_beta"] * kl
+    adv, clean = F.log_softmax(model(tr.x_adv), dim=1), F.log_softmax(logits, dim=1)
+    if ctx.cohort == 1:
+        kl = F.kl_div(adv, clean, reduction="batchmean", log_target=True)
+    else:   # batchmean per student, on each student's rows (kl_div's exp: see seeding.per_student)
+        kl = seeding.per_student(lambda a, c: F.kl_div(a, c, reduction="batchmean", log_target=True)[None],
+                                 ctx.cohort, adv, clean).sum()
+    return cross_entropy(logits, y, ctx) + s["trades_beta"] * kl
 
 
 def beta_at(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
@@ -217,7 +238,7 @@ def beta_at(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Train
     with _eval_mode(model):
         xa = beta(model, x, y, eps=s["eps"], norm=s["norm"], box=ctx.box, generator=ctx.generator,
                   steps=s["attack_steps"], restarts=1)
-    return F.cross_entropy(model(xa), y)
+    return cross_entropy(model(xa), y, ctx)
 
 
 def lrat(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
@@ -236,7 +257,7 @@ def lrat(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainCon
     omega = lrat_weights(tr.kappa + tr.final_correct.long(), s["attack_steps"])
     ce_adv = F.cross_entropy(model(tr.x_adv), y, reduction="none")
     ce_nat = F.cross_entropy(model(x), y, reduction="none")
-    return (omega * ce_adv + (1 - omega) * ce_nat).mean()
+    return mean(omega * ce_adv + (1 - omega) * ce_nat, ctx)
 
 
 def gairat(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
@@ -255,9 +276,10 @@ def gairat(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainC
     tr = _attack(model, x, y, ctx, s, objective="ce", start="ball")
     ce = F.cross_entropy(model(tr.x_adv), y, reduction="none")
     if ctx.step < s["gairat_burn_in"] * ctx.steps:
-        return ce.mean()
-    w = gairat_weights(tr.kappa, s["attack_steps"], s["gairat_lambda"])
-    return (w * ce).mean()
+        return mean(ce, ctx)
+    w = seeding.per_student(lambda kappa: gairat_weights(kappa, s["attack_steps"], s["gairat_lambda"]),
+                            ctx.cohort, tr.kappa)   # normalised per student
+    return mean(w * ce, ctx)
 
 
 def mail(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
@@ -271,8 +293,9 @@ def mail(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainCon
     s = _settings(mail, ctx)
     tr = _attack(model, x, y, ctx, s, objective="ce", start="near")
     logits = model(tr.x_adv)
-    w = mail_weights(probabilistic_margin(logits, y), s["mail_slope"], s["mail_bias"])
-    return (w * F.cross_entropy(logits, y, reduction="none")).mean()
+    w = seeding.per_student(lambda pm: mail_weights(pm, s["mail_slope"], s["mail_bias"]), ctx.cohort,
+                            probabilistic_margin(logits, y))
+    return mean(w * F.cross_entropy(logits, y, reduction="none"), ctx)
 
 
 pgd_at.PARAMS = rules.PGD_AT  # type: ignore[attr-defined]

@@ -40,6 +40,7 @@ would otherwise fail deep inside the episode, or exhaust the machine."""
 def check_size(dim: int, classes: int, hidden: list[int], model: str, test_points: int) -> None:
     """Refuse, before anything is built, an MLP or linear student, or a judge test set,
     too large for any machine this runs on."""
+    model = model.split("@")[0]   # "mlp@2": the name without its version
     sizes = [dim, *([] if model == "linear" else hidden), classes]
     params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
     if model in ("mlp", "linear") and params > MAX_FLOATS:

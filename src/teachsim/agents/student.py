@@ -16,6 +16,7 @@ from .. import messages as m
 from .. import seeding
 from ..errors import DivergedError
 from ..tasks.base import Distribution
+from . import cohort
 from .methods import TrainContext
 
 Method = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, TrainContext], torch.Tensor]
@@ -107,11 +108,20 @@ class Student:
         if len(y) == 0:
             return
         g = seeding.torch_generator(self.seed, "student", "learn", len(self.learn_log))
-        self._fit(self.model, X, y, steps, g)
+        together = cohort.current()
+        if together is not None and cohort.batchable(self):   # trained with its cohort, bit for bit the same
+            together.fit(cohort.Request(self, X, y, steps, g))
+        else:
+            self._fit(self.model, X, y, steps, g)
         _check_finite(self.model, f"learn call {len(self.learn_log)}", self)
 
     def _fit(self, model: torch.nn.Module, X: np.ndarray, y: np.ndarray, steps: int,
              g: torch.Generator) -> None:
+        if cohort.batchable(self, model):
+            # mlp and linear students train through the stacked model, alone too: a cohort's
+            # students then train bit for bit as they would one by one
+            cohort.fit_together([cohort.Request(self, X, y, steps, g, model)])
+            return
         ctx = TrainContext(generator=g, box=self.data.box, params=self.method_params)
         dev = model_device(model)   # the student trains where its model lives (a GPU under Ray)
         Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)

@@ -27,7 +27,7 @@ def beta(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "li
     x = x.detach()
     n = len(x)
     with torch.no_grad():
-        classes = model(x[:1]).shape[1]
+        classes = model(x).shape[1]   # all of x: a cohort's stacked model splits its rows by student
     alpha = step_size if step_size is not None else 2.5 * eps / max(1, steps)
     # targets: for each point, every class except its label
     others = torch.arange(classes, device=x.device).repeat(n, 1)

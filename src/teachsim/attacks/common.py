@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import seeding
+
 NORMS = ("linf", "l2")
 
 
@@ -61,11 +63,14 @@ def random_in_ball(x: torch.Tensor, eps: float, norm: str, generator: torch.Gene
     The numbers are drawn on the CPU (the generator is a CPU one), so a seed gives the
     same start on every device.
     """
+    if isinstance(generator, seeding.Generators):   # a cohort: each student's rows as it alone would
+        return torch.cat([random_in_ball(part, eps, norm, g)
+                          for part, g in zip(x.chunk(len(generator)), generator.generators)])
     if norm == "linf":
-        return ((torch.rand(x.shape, generator=generator) * 2 - 1) * eps).to(x.device)
-    d = torch.randn(x.shape, generator=generator)
+        return ((seeding.rand(x.shape, generator) * 2 - 1) * eps).to(x.device)
+    d = seeding.randn(x.shape, generator)
     d = d / _view(d.flatten(1).norm(dim=1).clamp_min(1e-12), d)
-    r = torch.rand(x.shape[0], generator=generator) ** (1.0 / max(1, x[0:1].numel()))  # x may be empty
+    r = seeding.rand((x.shape[0],), generator) ** (1.0 / max(1, x[0:1].numel()))  # x may be empty
     return (d * _view(r * eps, d)).to(x.device)
 
 

@@ -82,7 +82,7 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         executor: str | None = None, address: str | None = None, workers: int | None = None,
         cpus_per_episode: float | None = None, gpus_per_episode: float | None = None,
         resume: bool = False, retries: int = 0, progress: bool = True, plugins: tuple[str, ...] = (),
-        time_limit: float | None = None) -> Run:
+        time_limit: float | None = None, cohort: int | None = None) -> Run:
     """Run an experiment and return its :class:`Run`.
 
     Args:
@@ -107,6 +107,8 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         plugins: plugin files or modules to load first (Ray workers load them too).
         time_limit: seconds one episode may take before it is stopped and recorded
             failed (``EpisodeTimeout``); default the config's ``time_limit``, else none.
+        cohort: episodes advanced together in one process, their students trained as one
+            batched model (``serial`` executor; default 1, one at a time). Same results.
 
     Raises:
         ConfigError: bad config or option, or an unreachable cluster (nothing has run).
@@ -125,7 +127,7 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         registry.load_plugin(plugin)
     note = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else None
     runner = make_executor(executor, address=address, workers=workers, cpus_per_episode=cpus_per_episode,
-                           gpus_per_episode=gpus_per_episode, note=note)
+                           gpus_per_episode=gpus_per_episode, note=note, cohort=cohort)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ConfigError.expected("--retries", "an integer >= 0", retries)
     try:
@@ -137,6 +139,10 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         raise
     limit = (config_mod.check_time_limit("--time-limit", time_limit) if time_limit is not None
              else exp.config.get("time_limit"))
+    if limit and getattr(runner, "cohort", 1) > 1:   # the alarm reaches the main thread only
+        raise ConfigError("--cohort", f"cannot enforce a time limit ({limit:g} s, "
+                          f"{'--time-limit' if time_limit is not None else 'time_limit'}) on episodes in a cohort's "
+                          "threads; drop one of the two")
     run_dir = Path(out) if out is not None else Path("runs") / exp.name
     text = config_mod.to_toml(exp.config)
     cfg_path = run_dir / "config.toml"

@@ -38,7 +38,7 @@ def _amount(field: str, value: Any, *, lo: float, strict: bool) -> float:
 
 def make_executor(executor: str | None = None, *, address: str | None = None, workers: int | None = None,
                   cpus_per_episode: float | None = None, gpus_per_episode: float | None = None,
-                  note: Callable[[str], None] | None = None):
+                  note: Callable[[str], None] | None = None, cohort: int | None = None):
     """Check the executor options and build the executor (nothing starts yet).
 
     ``None`` means the default: the executor from :func:`default_executor`, workers as
@@ -58,6 +58,8 @@ def make_executor(executor: str | None = None, *, address: str | None = None, wo
     gpus = 0.0 if gpus_per_episode is None else _amount("--gpus-per-episode", gpus_per_episode, lo=0, strict=False)
     if gpus > 1 and gpus != int(gpus):
         raise ConfigError.expected("--gpus-per-episode", "a fraction <= 1 or a whole number of GPUs", gpus_per_episode)
+    if cohort is not None and (isinstance(cohort, bool) or not isinstance(cohort, int) or cohort < 1):
+        raise ConfigError.expected("--cohort", "an integer >= 1", cohort)
     if address is not None and (not isinstance(address, str) or not address.strip()):
         raise ConfigError.expected("--address", "a Ray cluster address HOST:PORT", address)
     if executor == "serial":
@@ -67,10 +69,11 @@ def make_executor(executor: str | None = None, *, address: str | None = None, wo
         if given:
             why = f"the executor is {executor!r}" + (f", from {EXECUTOR_ENV}" if field == EXECUTOR_ENV else "")
             raise ConfigError(given[0], f"applies to --executor ray only ({why})")
-        return SerialExecutor()
+        return SerialExecutor(cohort or 1)
     try:
         from .ray_executor import RayExecutor
     except ImportError as exc:
         raise ConfigError(field, f"the ray executor needs Ray ({exc}); install it with pip install 'ray[default]', "
                           "or use --executor serial") from None
-    return RayExecutor(address=address, workers=workers, cpus_per_episode=cpus, gpus_per_episode=gpus, note=note)
+    return RayExecutor(address=address, workers=workers, cpus_per_episode=cpus, gpus_per_episode=gpus, note=note,
+                       cohort=cohort or 1)

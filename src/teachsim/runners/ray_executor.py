@@ -64,10 +64,12 @@ class _Worker:
     runs episodes."""
 
     def __init__(self, plugins: list[tuple[str, str, dict[str, bytes]]],
-                 registrations: list[tuple[str, str, str, bytes]], gpu_share: float):
+                 registrations: list[tuple[str, str, str, bytes]], gpu_share: float, cohort: int = 1):
         from ray import cloudpickle
 
         from .. import registry
+
+        self.cohort = _cohort_of(cohort)
 
         self.node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
         # Best effort: a plugin or entry these episodes do not use must not stop the worker;
@@ -116,7 +118,13 @@ class _Worker:
     def run(self, spec: EpisodeSpec, time_limit: float | None = None) -> EpisodeResult:
         from ..platform.episode import run_episode
 
-        result = run_episode(spec, device=self.device, limit=time_limit)
+        if self.cohort is None:
+            result = run_episode(spec, device=self.device, limit=time_limit)
+        else:   # one of the concurrent calls of a cohort actor (max_concurrency = cohort size)
+            from ..agents.cohort import member
+
+            with member(self.cohort):
+                result = run_episode(spec, device=self.device)
         result.stats.update(gpu_ids=self.gpu_ids, worker_pid=os.getpid())
         if result.status != "finished" and self.problems:
             first, _, rest = result.error.partition("\n")
@@ -125,6 +133,19 @@ class _Worker:
 
 
 _RemoteWorker = ray.remote(max_restarts=0, max_task_retries=0)(_Worker)
+
+
+def _cohort_of(size: int):
+    """A worker's cohort (None for one episode at a time). Its episodes run in threads of
+    the worker: torch gets one thread first, so no episode restores another count."""
+    if size <= 1:
+        return None
+    import torch
+
+    from ..agents.cohort import Cohort
+
+    torch.set_num_threads(1)
+    return Cohort()
 
 
 
@@ -350,8 +371,9 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, *, address: str | None = None, workers: int | None = None, cpus_per_episode: float = 1.0,
-                 gpus_per_episode: float = 0.0, note: Callable[[str], None] | None = None):
+                 gpus_per_episode: float = 0.0, note: Callable[[str], None] | None = None, cohort: int = 1):
         self.address, self.requested = address, workers
+        self.cohort = cohort   # episodes each worker advances at once, their students trained together
         self.cpus, self.gpus = float(cpus_per_episode), float(gpus_per_episode)
         self.note = note or (lambda text: None)
         self.workers = 0
@@ -400,11 +422,12 @@ class RayExecutor:
         want = self.requested or fit
         if self.requested and self.requested > fit:
             self.note(f"ray: --workers {self.requested}: the cluster fits {fit} episode(s) at once; using {fit}")
-        self.workers = max(1, min(want, fit, episodes))
+        self.workers = max(1, min(want, fit, math.ceil(episodes / self.cohort)))
         where = "local Ray" if self.embedded else f"Ray cluster {self._where}"
         share = f"{self.cpus:g} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")
         self.description = (f"ray: {self.workers} worker(s) x ({share}) on {where} "
-                            f"({cpus:g} CPUs, {gpus:g} GPUs)")
+                            f"({cpus:g} CPUs, {gpus:g} GPUs)"
+                            + (f", each advancing a cohort of {self.cohort} episodes" if self.cohort > 1 else ""))
 
     def _init(self) -> None:
         # The driver writes the students with torch. Loaded after ray.init inside a `ray job
@@ -459,8 +482,8 @@ class RayExecutor:
 
     # -- running -----------------------------------------------------------------------
     def _new_worker(self, plugins, registrations):
-        return _RemoteWorker.options(num_cpus=self.cpus, num_gpus=self.gpus).remote(
-            plugins, registrations, min(1.0, self.gpus) if self.gpus else 1.0)
+        return _RemoteWorker.options(num_cpus=self.cpus, num_gpus=self.gpus, max_concurrency=self.cohort).remote(
+            plugins, registrations, min(1.0, self.gpus) if self.gpus else 1.0, self.cohort)
 
     def run(self, specs: Iterable[EpisodeSpec], *, retries: int = 0,
             time_limit: float | None = None) -> Iterator[tuple[EpisodeResult, int]]:
@@ -519,6 +542,7 @@ class RayExecutor:
         def retire(actor: Any) -> None:
             if actor in actors:
                 actors.remove(actor)
+            idle[:] = [a for a in idle if a is not actor]
             try:
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001, S110 - it may be gone already
@@ -565,7 +589,7 @@ class RayExecutor:
                                 raise RunError(f"Ray workers fail to start: {_first_line(exc)}") from None
                             spawn()
                         else:
-                            idle.append(actor)
+                            idle.extend([actor] * self.cohort)   # one slot per episode it advances at once
                         continue
                     actor, item = running.pop(ref)
                     started = since.pop(ref, (0.0, now()))[1]

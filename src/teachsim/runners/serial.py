@@ -24,11 +24,20 @@ def run_serial(specs: Iterable[EpisodeSpec], *, retries: int = 0,
 
 
 class SerialExecutor:
-    """Episodes one after another in this process (no Ray)."""
+    """Episodes one after another in this process (no Ray); with ``cohort`` > 1, that many
+    at a time as one cohort (:mod:`teachsim.runners.cohort`)."""
 
     name = "serial"
-    description = "serial: one episode at a time in this process"
     workers = 1
+
+    def __init__(self, cohort: int = 1):
+        self.cohort = cohort
+
+    @property
+    def description(self) -> str:
+        if self.cohort > 1:
+            return f"serial: cohorts of {self.cohort} episodes in this process, students trained together"
+        return "serial: one episode at a time in this process"
 
     def __enter__(self) -> Self:
         return self
@@ -41,6 +50,10 @@ class SerialExecutor:
 
     def run(self, specs: Iterable[EpisodeSpec], *, retries: int = 0,
             time_limit: float | None = None) -> Iterator[tuple[EpisodeResult, int]]:
+        if self.cohort > 1:
+            from .cohort import run_cohort
+
+            return run_cohort(specs, size=self.cohort, retries=retries)
         return run_serial(specs, retries=retries, time_limit=time_limit)
 
     def close(self) -> None:

@@ -1,0 +1,262 @@
+"""Cohort training: students of many episodes that share an architecture and a learning
+method train as one batched model, bit for bit as each would alone (on the CPU).
+
+Why: a small student's training step is mostly per-op dispatch, not arithmetic. K
+students stacked into one model (weights ``(K, out, in)``, ``baddbmm`` per layer) pay the
+dispatch once for all K.
+
+How it stays identical to training alone:
+
+- each layer is ``baddbmm(b, h, W^T)``, which computes every student's slice as
+  ``F.linear`` does (the tests compare weights with ``torch.equal``);
+- every random draw is made from the student's own generator, in the order it would
+  make it alone (:class:`teachsim.seeding.Generators`), and every batch-level quantity (a
+  loss's mean, GAIRAT's weight normalisation) is taken per student (``TrainContext.cohort``);
+- the optimiser's update is elementwise, so one optimiser over stacked weights updates
+  each slice as a per-student optimiser would.
+
+What is batched: ``mlp`` and ``linear`` students (a chain of linear layers and ReLUs), any
+built-in method, mini-batches of a multiple of :data:`ROWS` rows. What trains alone, in
+the same code: smaller or odd batches. What trains alone through ``Student._fit``: other
+models (``cnn``, plugins' models) and students holding an ``invariance`` explanation
+(their bases differ).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..seeding import Generators
+
+
+ROWS = 16
+"""Students batch together only when their mini-batches have a multiple of ROWS rows.
+With other row counts (a student holding fewer than ``batch_size`` points trains on all
+of them) CPU ``bmm`` gives a student's input gradient a last-bit difference depending on
+how many students are stacked; with multiples of 16 a grid of 240 shapes (K = 2 to 32,
+widths 2 to 200) is bit for bit the same. Such a student trains alone, in the same code."""
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def stackable(model: nn.Module) -> tuple | None:
+    """The model's shape signature when it is a chain of ``Linear`` and ``ReLU`` layers
+    (what :class:`Stacked` can batch), else None."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    sig = []
+    for layer in model:
+        if type(layer) is nn.Linear and layer.bias is not None:
+            sig.append(("linear", layer.in_features, layer.out_features))
+        elif type(layer) is nn.ReLU:
+            sig.append(("relu",))
+        else:
+            return None
+    return tuple(sig)
+
+
+class Stacked(nn.Module):
+    """K models of one :func:`stackable` shape as one module: inputs ``(K * B, d)`` (the
+    students' batches one after another, B rows each) -> logits ``(K * B, classes)``."""
+
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        self.models, self.k = models, len(models)
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        self.kinds = []
+        for i, layer in enumerate(models[0]):
+            if isinstance(layer, nn.Linear):
+                self.kinds.append("linear")
+                self.weights.append(nn.Parameter(torch.stack([m[i].weight.detach() for m in models])))
+                self.biases.append(nn.Parameter(torch.stack([m[i].bias.detach() for m in models])[:, None, :]))
+            else:
+                self.kinds.append("relu")
+        params = iter(zip(self.weights, self.biases))
+        self.layers = [next(params) if kind == "linear" else None for kind in self.kinds]   # (w, b) or ReLU
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.view(self.k, -1, x.shape[-1])
+        for layer in self.layers:
+            h = torch.relu(h) if layer is None else torch.baddbmm(layer[1], h, layer[0].mT)
+        return h.view(-1, h.shape[-1])
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy the trained slices into the students' own models."""
+        linear = [i for i, layer in enumerate(self.models[0]) if isinstance(layer, nn.Linear)]
+        for j, (w, b) in enumerate(zip(self.weights, self.biases)):
+            for k, model in enumerate(self.models):
+                model[linear[j]].weight.copy_(w[k])
+                model[linear[j]].bias.copy_(b[k, 0])
+
+
+@dataclass
+class Request:
+    """One student's learn call, waiting for its cohort."""
+
+    student: Any
+    X: np.ndarray
+    y: np.ndarray
+    steps: int
+    generator: torch.Generator
+    model: nn.Module | None = None   # what trains: the student's model unless given (a committee member)
+    done: bool = False
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.model = self.student.model if self.model is None else self.model
+        self.start = self.generator.get_state()   # to train alone, from scratch, if the batch fails
+
+    @property
+    def batch(self) -> int:
+        return min(self.student.batch_size, len(self.y))
+
+    def key(self) -> tuple:
+        """Students with equal keys train in one batched model."""
+        s = self.student
+        return (stackable(self.model), str(_device(self.model)), s.method,
+                tuple(sorted((k, repr(v)) for k, v in s.method_params.items())),
+                s.optimizer, s.lr, s.weight_decay, self.steps, self.batch, self.batch < len(self.y),
+                repr(s.data.box), s.classes)
+
+
+def batchable(student, model: nn.Module | None = None) -> bool:
+    """Whether this student trains through :func:`fit_together` (alone or with a cohort):
+    a stackable model and no ``invariance`` explanation (else ``Student._fit`` trains it)."""
+    uses_invariance = (student.invariance_scale > 0 or student.invariance_penalty > 0) \
+        and student.invariance_basis() is not None
+    return stackable(student.model if model is None else model) is not None and not uses_invariance
+
+
+def fit_together(requests: list[Request]) -> None:
+    """Train every request's student as its own ``Student._fit`` would, in one batched model."""
+    from .methods import TrainContext
+
+    first = requests[0].student
+    dev = _device(requests[0].model)
+    k, steps, bs = len(requests), requests[0].steps, requests[0].batch
+    stacked = Stacked([r.model for r in requests])
+    gens = Generators([r.generator for r in requests])
+    ctx = TrainContext(generator=gens, box=first.data.box, params=first.method_params, cohort=k)
+    data = [(torch.from_numpy(r.X).to(dev), torch.from_numpy(r.y).to(dev)) for r in requests]
+    full = [torch.arange(len(y), device=dev) for _, y in data]
+    make = torch.optim.SGD if first.optimizer == "sgd" else torch.optim.Adam
+    opt = make(stacked.parameters(), lr=first.lr, weight_decay=first.weight_decay)
+    stacked.train()
+    for step in range(steps):
+        ctx = replace(ctx, step=step, steps=steps)
+        picks = [torch.randint(len(y), (bs,), generator=r.generator).to(dev) if bs < len(y) else full[i]
+                 for i, ((_, y), r) in enumerate(zip(data, requests))]
+        if k == 1:
+            xb, yb = data[0][0][picks[0]], data[0][1][picks[0]]
+        else:
+            xb = torch.cat([X[idx] for (X, _), idx in zip(data, picks)])
+            yb = torch.cat([y[idx] for (_, y), idx in zip(data, picks)])
+        loss = first.method(stacked, xb, yb, ctx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    stacked.write_back()
+    for r in requests:
+        r.model.eval()
+
+
+class Cohort:
+    """Episodes advancing together in threads of one process: a student's learn call waits
+    until every live episode is waiting in one, then the last to arrive trains all of them
+    (grouped by :meth:`Request.key`) and wakes the rest.
+
+    An episode thread calls :meth:`join` before its episode and :meth:`leave` after it
+    (whatever happened); an episode that finishes or fails lets the others go on.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._live = 0
+        self._waiting: list[Request] = []
+        self.batches: list[int] = []    # sizes of the batched trainings done (for benchmarks, tests)
+
+    def join(self) -> None:
+        with self._cv:
+            self._live += 1
+
+    def leave(self) -> None:
+        with self._cv:
+            self._live -= 1
+            batch = self._take()
+        self._train(batch)
+
+    def fit(self, request: Request) -> None:
+        """Wait for the cohort and train ``request`` with it; raises what training raised."""
+        with self._cv:
+            self._waiting.append(request)
+            batch = self._take()
+        self._train(batch)
+        with self._cv:
+            while not request.done:
+                self._cv.wait()
+        if request.error is not None:
+            raise request.error
+
+    def _take(self) -> list[Request]:
+        # every live episode is waiting: this thread trains them (outside the lock)
+        if self._waiting and len(self._waiting) >= self._live:
+            batch, self._waiting = self._waiting, []
+            return batch
+        return []
+
+    def _train(self, batch: list[Request]) -> None:
+        if not batch:
+            return
+        groups: dict[tuple, list[Request]] = {}
+        for r in batch:   # a batch of rows not a multiple of ROWS trains alone (see ROWS)
+            groups.setdefault(r.key() if r.batch % ROWS == 0 else ("alone", id(r)), []).append(r)
+        for group in groups.values():
+            try:
+                fit_together(group)
+                self.batches.append(len(group))
+            except BaseException:   # noqa: BLE001 - train each alone: a failing episode fails alone
+                for r in group:     # (the batch wrote nothing back: each starts from its own weights)
+                    try:
+                        r.generator.set_state(r.start)
+                        fit_together([r])
+                    except BaseException as exc:   # noqa: BLE001 - handed to its episode
+                        r.error = exc
+        with self._cv:
+            for r in batch:
+                r.done = True
+            self._cv.notify_all()
+
+
+_local = threading.local()
+
+
+def current() -> Cohort | None:
+    """The cohort this thread's episode belongs to, if any."""
+    return getattr(_local, "cohort", None)
+
+
+class member:
+    """``with member(cohort):`` runs this thread's episode as one of ``cohort``'s."""
+
+    def __init__(self, cohort: Cohort):
+        self.cohort = cohort
+
+    def __enter__(self) -> Cohort:
+        self.cohort.join()
+        _local.cohort = self.cohort
+        return self.cohort
+
+    def __exit__(self, *exc: object) -> None:
+        _local.cohort = None
+        self.cohort.leave()
+
+

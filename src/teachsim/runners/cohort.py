@@ -1,0 +1,63 @@
+"""The cohort executor: many episodes advance together in threads of this process, and
+their students learn as one batched model (``teachsim.agents.cohort``).
+
+Each episode runs in its own thread, exactly as it would alone (``run_episode``). When
+its student learns, the thread waits until every other live episode of the cohort is
+also waiting to learn (or has finished); the last one to arrive trains them all at once
+and wakes them. Everything else an episode does (protocol turns, the judge) runs in its
+thread, concurrently with the others. ``size`` episodes are live at a time; as one
+finishes the next starts, so the cohort stays full. Results come out as episodes finish.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+
+from ..platform.episode import EpisodeResult, run_episode
+from ..platform.spec import EpisodeSpec
+
+
+def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> Iterator[tuple[EpisodeResult, int]]:
+    """Run episodes ``size`` at a time as one cohort; yields ``(result, attempts)`` as
+    each finishes (a failing episode is retried alone in the cohort up to ``retries`` times)."""
+    import torch
+
+    from ..agents.cohort import Cohort, member
+
+    together = Cohort()
+    done: queue.Queue = queue.Queue()
+    todo = list(specs)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)   # what each episode sets alone; set before any thread starts, so none restores another value
+
+    def work(spec: EpisodeSpec, attempt: int) -> None:
+        try:
+            with member(together):
+                result = run_episode(spec)
+        except BaseException as exc:   # noqa: BLE001 - run_episode records failures; this is a last resort
+            result = EpisodeResult(spec, "failed", error=f"{type(exc).__name__}: {exc}")
+        done.put((result, attempt))
+
+    def start(spec: EpisodeSpec, attempt: int) -> None:
+        threading.Thread(target=work, args=(spec, attempt), daemon=True, name=f"episode-{spec.key}").start()
+
+    try:
+        live = 0
+        while todo and live < size:
+            start(todo.pop(0), 1)
+            live += 1
+        while live:
+            result, attempt = done.get()
+            live -= 1
+            if result.status != "finished" and attempt <= retries:
+                start(result.spec, attempt + 1)
+                live += 1
+                continue
+            yield result, attempt
+            if todo:
+                start(todo.pop(0), 1)
+                live += 1
+    finally:
+        torch.set_num_threads(threads_before)

@@ -1,0 +1,191 @@
+"""Cohorts: students trained as one stacked model give bit for bit the weights they get
+alone, for every method; episodes run as a cohort give the transcripts and scores they
+give one by one; a failing episode fails alone."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import teachsim
+from teachsim import registry, seeding
+from teachsim.agents import cohort as C
+from teachsim.agents.models import cnn, mlp
+from teachsim.agents.student import Student
+from teachsim.cli import main
+from teachsim.platform.build import build_task
+from tests.tiny import TINY, cli, one_line_error
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TASK = build_task({"name": "hidden-feature", "dim": 6, "manifold_dim": 2}, 0)
+METHODS = [("erm", {}), ("pgd-at", {"eps": 0.3, "norm": "linf"}), ("pgd-at", {"eps": 0.5, "norm": "l2"}),
+           ("trades", {"eps": 0.3, "norm": "linf"}), ("beta-at", {"eps": 0.3, "norm": "linf", "attack_steps": 3}),
+           ("lrat", {"eps": 0.3, "norm": "l2"}), ("gairat", {"eps": 0.3, "norm": "linf"}),
+           ("mail", {"eps": 0.3, "norm": "linf"})]
+
+
+def _student(method: str, params: dict, seed: int, n: int, optimizer: str = "adam", hidden=(16,)):
+    model = mlp(6, 2, hidden=list(hidden), init_std=0.0, generator=torch.Generator().manual_seed(seed))
+    s = Student(model, registry.methods.get(method).factory, TASK.data, 2, seed=seed, steps=20, batch_size=16,
+                method_params=params, optimizer=optimizer)
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 6)).astype(np.float32)
+    return s, X, (X[:, 0] > 0).astype(np.int64)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("method,params", METHODS, ids=[f"{m}-{p.get('norm', '')}" for m, p in METHODS])
+def test_a_cohort_trains_each_student_bit_for_bit_as_alone(method, params, optimizer):
+    alone, together = [], []
+    for seed, n in ((0, 40), (1, 70), (2, 33)):
+        s, X, y = _student(method, params, seed, n, optimizer)
+        s._fit(s.model, X, y, 20, torch.Generator().manual_seed(seed + 100))
+        alone.append(s)
+        s, X, y = _student(method, params, seed, n, optimizer)
+        together.append(C.Request(s, X, y, 20, torch.Generator().manual_seed(seed + 100)))
+    C.fit_together(together)
+    for a, r in zip(alone, together):
+        for (name, p), q in zip(a.model.named_parameters(), r.student.model.parameters()):
+            assert torch.equal(p, q), (name, (p - q).abs().max().item())
+        assert not r.student.model.training
+    # and they did learn something (the comparison is not between untouched models)
+    fresh, _, _ = _student(method, params, 0, 40, optimizer)
+    assert not torch.equal(fresh.model[0].weight, alone[0].model[0].weight)
+
+
+def test_draws_are_each_student_s_own():
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    drawn = seeding.randn((6, 2), seeding.Generators(gens))
+    alone = torch.cat([torch.randn((2, 2), generator=torch.Generator().manual_seed(i)) for i in range(3)])
+    assert torch.equal(drawn, alone)
+    with pytest.raises(ValueError, match="divisible"):
+        seeding.rand((5,), seeding.Generators(gens))
+
+
+def test_what_cannot_stack_trains_alone_as_before():
+    g = torch.Generator().manual_seed(0)
+    assert C.stackable(mlp(6, 2, hidden=[4], init_std=0.0, generator=g)) is not None
+    assert C.stackable(cnn(64, 10, hidden=[8], init_std=0.0, generator=g)) is None
+    s, X, y = _student("erm", {}, 0, 20)
+    assert C.batchable(s)
+    s.explanations.append(type("E", (), {"reason": "invariance", "vectors": np.eye(6, dtype=np.float32)[2:]})())
+    assert not C.batchable(s)   # an invariance basis: the augmented path, one student at a time
+
+
+def test_a_student_whose_batch_fails_is_trained_alone(monkeypatch):
+    requests = [C.Request(*_student("erm", {}, seed, 30), 5, torch.Generator().manual_seed(seed)) for seed in (0, 1)]
+    calls = []
+    real = C.fit_together
+
+    def flaky(group):
+        calls.append(len(group))
+        if len(group) > 1:
+            raise RuntimeError("boom")
+        real(group)
+    monkeypatch.setattr(C, "fit_together", flaky)
+    C.Cohort()._train(requests)   # what the last of two waiting episodes does (30 points: batches of 16)
+    assert calls == [2, 1, 1] and all(r.done and r.error is None for r in requests)
+    # alone, from the generator's start: as if the batch had never been tried
+    s, X, y = _student("erm", {}, 0, 30)
+    real([C.Request(s, X, y, 5, torch.Generator().manual_seed(0))])
+    assert torch.equal(s.model[0].weight, requests[0].student.model[0].weight)
+
+
+# -- whole episodes ---------------------------------------------------------------------------
+
+def _config():
+    cfg = copy.deepcopy(TINY)
+    cfg["student"]["initial_labels"] = 130   # from the first learn call on, batches of 128 rows: batched
+    cfg["protocols"] = [{"name": "passive"}, {"name": "active-student", "strategy": "margin"},
+                        {"name": "active-teacher", "push": "counterexample"},
+                        {"name": "active-teacher", "push": "invariance"},
+                        {"name": "passive", "student": {"method": "trades", "eps": 0.5}, "label": "trades"}]
+    return cfg
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(a, b)
+    return bool(a == b)
+
+
+def test_a_cohort_gives_the_transcripts_and_scores_of_one_by_one(tmp_path, monkeypatch):
+    cfg = _config()
+    one = teachsim.run(cfg, out=tmp_path / "one", executor="serial", progress=False)
+    sizes = []
+    real = C.fit_together
+    monkeypatch.setattr(C, "fit_together", lambda group: (sizes.append(len(group)), real(group))[1])
+    many = teachsim.run(cfg, out=tmp_path / "many", executor="serial", progress=False, cohort=4)
+    assert max(sizes) >= 3   # students did train together (passive, margin, counterexample, trades)
+    again = teachsim.run(cfg, out=tmp_path / "again", executor="serial", progress=False, cohort=10)
+    keys = list(one.episodes["key"])
+    assert len(keys) == 10 and (one.episodes["status"] == "finished").all()
+    for run in (many, again):
+        assert (run.episodes["status"] == "finished").all()
+        for key in keys:
+            assert _same(one.transcript(key), run.transcript(key)), key
+        scores = [r.scores.merge(r.episodes[["episode_id", "key"]]).set_index(["key", "budget", "metric"])["value"]
+                  .sort_index() for r in (one, run)]
+        assert scores[0].equals(scores[1])
+        for key in keys[:3]:
+            for budget in (0, 20):
+                a = one.student(key, budget).state_dict()
+                b = run.student(key, budget).state_dict()
+                assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+PROTOCOL = '''
+import teachsim
+from teachsim import messages as m
+from teachsim.protocols.base import ROUND_PARAMS, Protocol
+
+
+class Breaks(Protocol):
+    PARAMS = ROUND_PARAMS
+
+    def student_turn(self, student, inbox, ctx):
+        self.train(student)
+        if ctx.spent >= 10:
+            raise RuntimeError("this protocol fails half way")
+        return [m.query(student.data.sample(5, ctx.rng))]
+
+    def teacher_turn(self, teacher, inbox, ctx):
+        return [teacher.answer(q) for q in inbox if q.kind == "query"]
+
+
+teachsim.register_protocol("breaks", Breaks)
+'''
+
+
+def test_a_failing_episode_fails_alone_and_the_cohort_goes_on(tmp_path, restore_registry):
+    plugin = tmp_path / "breaks.py"
+    plugin.write_text(PROTOCOL)
+    registry.load_plugin(str(plugin))
+    cfg = copy.deepcopy(TINY)
+    cfg["protocols"] = [{"name": "passive"}, {"name": "breaks"}]
+    run = teachsim.run(cfg, out=tmp_path / "run", executor="serial", progress=False, cohort=4)
+    eps = run.episodes.set_index("protocol")
+    assert set(eps.loc["passive", "status"]) == {"finished"}
+    assert set(eps.loc["breaks", "status"]) == {"failed"}
+    assert all("fails half way" in e for e in eps.loc["breaks", "error"])
+
+
+def test_cohort_options_are_checked(tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    from tests.tiny import TINY_TOML
+
+    cfg.write_text(TINY_TOML)
+    for args, says in ((["--cohort", "0"], "--cohort"), (["--cohort", "2", "--time-limit", "30"], "time limit"),
+                       (["--executor", "ray", "--cohort", "2", "--time-limit", "30"], "time limit")):
+        res = cli("run", str(cfg), "--out", str(tmp_path / "run"), *args, cwd=tmp_path)
+        assert res.returncode == 2, res.stderr
+        assert says in one_line_error(res.stderr, res.stdout)
+    assert main  # the in-process entry point is the same parser
