@@ -110,7 +110,8 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, python {sys.version.split()[0]}", flush=True)
-    result = {"training": training(args.students), "episodes": episodes(args.episodes) if args.episodes else None}
+    result = {"training": training(args.students) if args.students else None,
+              "episodes": episodes(args.episodes) if args.episodes else None}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
