@@ -70,9 +70,9 @@ class Generators:
     """The generators of a cohort's students (``teachsim.agents.cohort``), standing in for
     one ``torch.Generator`` where a batch holds every student's rows one after another.
 
-    :func:`rand`, :func:`randn` and :func:`randint` draw each student's rows from its own
-    generator, in the order it would draw them alone, so a cohort's random numbers are
-    exactly those of its students trained one by one.
+    :func:`randn` draws each student's rows from its own generator, in the order it would
+    draw them alone (``attacks.common.random_in_ball`` does the same per student), so a
+    cohort's random numbers are exactly those of its students trained one by one.
     """
 
     def __init__(self, generators: list):
@@ -95,28 +95,15 @@ def per_student(fn, k: int, *rows):
     return torch.cat([fn(*parts) for parts in zip(*(r.chunk(k) for r in rows))])
 
 
-def _draw(fn, shape, generator, **kw):
+def randn(shape, generator):
+    """``torch.randn(shape, generator=generator)``; a :class:`Generators` draws per student."""
+    import torch
+
     if not isinstance(generator, Generators):
-        return fn(shape, generator=generator, **kw)
+        return torch.randn(shape, generator=generator)
     shape = tuple(shape)
     k = len(generator)
     if not shape or shape[0] % k:
         raise ValueError(f"a cohort draw needs a leading dimension divisible by {k} students, got {shape}")
     rows = (shape[0] // k, *shape[1:])
-    import torch
-
-    return torch.cat([fn(rows, generator=g, **kw) for g in generator.generators])
-
-
-def rand(shape, generator):
-    """``torch.rand(shape, generator=generator)``; a :class:`Generators` draws per student."""
-    import torch
-
-    return _draw(torch.rand, shape, generator)
-
-
-def randn(shape, generator):
-    """``torch.randn(shape, generator=generator)``; a :class:`Generators` draws per student."""
-    import torch
-
-    return _draw(torch.randn, shape, generator)
+    return torch.cat([torch.randn(rows, generator=g) for g in generator.generators])

@@ -63,7 +63,7 @@ def test_draws_are_each_student_s_own():
     alone = torch.cat([torch.randn((2, 2), generator=torch.Generator().manual_seed(i)) for i in range(3)])
     assert torch.equal(drawn, alone)
     with pytest.raises(ValueError, match="divisible"):
-        seeding.rand((5,), seeding.Generators(gens))
+        seeding.randn((5,), seeding.Generators(gens))
 
 
 def test_what_cannot_stack_trains_alone_as_before():

@@ -13,7 +13,7 @@ import torch
 
 import teachsim
 from teachsim import config as config_mod
-from teachsim.analysis.findings import class_low_shares, episode_statistics, findings, interval, text, verdict
+from teachsim.analysis.findings import episode_statistics, findings, interval, text, verdict
 from teachsim.analysis.interactions import point_profiles, runner_up, sampled_interactions, profiled_points
 from teachsim.cli import SUITES_DIR, main
 from teachsim.errors import ConfigError

@@ -70,17 +70,12 @@ class Stacked(nn.Module):
     def __init__(self, models: list[nn.Module]):
         super().__init__()
         self.models, self.k = models, len(models)
-        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
-        self.kinds = []
-        for i, layer in enumerate(models[0]):
-            if isinstance(layer, nn.Linear):
-                self.kinds.append("linear")
-                self.weights.append(nn.Parameter(torch.stack([m[i].weight.detach() for m in models])))
-                self.biases.append(nn.Parameter(torch.stack([m[i].bias.detach() for m in models])[:, None, :]))
-            else:
-                self.kinds.append("relu")
-        params = iter(zip(self.weights, self.biases))
-        self.layers = [next(params) if kind == "linear" else None for kind in self.kinds]   # (w, b) or ReLU
+        self.linear = [i for i, layer in enumerate(models[0]) if isinstance(layer, nn.Linear)]
+        self.weights = nn.ParameterList(torch.stack([m[i].weight.detach() for m in models]) for i in self.linear)
+        self.biases = nn.ParameterList(torch.stack([m[i].bias.detach() for m in models])[:, None, :]
+                                       for i in self.linear)
+        stacked = dict(zip(self.linear, zip(self.weights, self.biases)))
+        self.layers = [stacked.get(i) for i in range(len(models[0]))]   # (w, b), or None for a ReLU
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.view(self.k, -1, x.shape[-1])
@@ -91,11 +86,10 @@ class Stacked(nn.Module):
     @torch.no_grad()
     def write_back(self) -> None:
         """Copy the trained slices into the students' own models."""
-        linear = [i for i, layer in enumerate(self.models[0]) if isinstance(layer, nn.Linear)]
-        for j, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for i, w, b in zip(self.linear, self.weights, self.biases):
             for k, model in enumerate(self.models):
-                model[linear[j]].weight.copy_(w[k])
-                model[linear[j]].bias.copy_(b[k, 0])
+                model[i].weight.copy_(w[k])
+                model[i].bias.copy_(b[k, 0])
 
 
 @dataclass
@@ -148,8 +142,7 @@ def fit_together(requests: list[Request]) -> None:
     ctx = TrainContext(generator=gens, box=first.data.box, params=first.method_params, cohort=k)
     data = [(torch.from_numpy(r.X).to(dev), torch.from_numpy(r.y).to(dev)) for r in requests]
     full = [torch.arange(len(y), device=dev) for _, y in data]
-    make = torch.optim.SGD if first.optimizer == "sgd" else torch.optim.Adam
-    opt = make(stacked.parameters(), lr=first.lr, weight_decay=first.weight_decay)
+    opt = first.make_optimizer(stacked.parameters())   # the group shares optimiser, lr and weight decay
     stacked.train()
     for step in range(steps):
         ctx = replace(ctx, step=step, steps=steps)
@@ -182,7 +175,6 @@ class Cohort:
         self._cv = threading.Condition()
         self._live = 0
         self._waiting: list[Request] = []
-        self.batches: list[int] = []    # sizes of the batched trainings done (for benchmarks, tests)
 
     def join(self) -> None:
         with self._cv:
@@ -222,7 +214,6 @@ class Cohort:
         for group in groups.values():
             try:
                 fit_together(group)
-                self.batches.append(len(group))
             except BaseException:   # noqa: BLE001 - train each alone: a failing episode fails alone
                 for r in group:     # (the batch wrote nothing back: each starts from its own weights)
                     try:

@@ -129,8 +129,7 @@ class Student:
         Vt = None if V is None else torch.from_numpy(V).to(dev)
         box = None if self.data.box is None else tuple(
             torch.as_tensor(b, dtype=torch.float32, device=dev) for b in self.data.box)
-        make = torch.optim.SGD if self.optimizer == "sgd" else torch.optim.Adam
-        opt = make(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = self.make_optimizer(model.parameters())
         model.train()
         n, bs = len(yt), min(self.batch_size, len(yt))
         for step in range(steps):
@@ -149,6 +148,11 @@ class Student:
             loss.backward()
             opt.step()
         model.eval()
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        """A fresh optimiser of this student's kind over ``params`` (one per training run)."""
+        make = torch.optim.SGD if self.optimizer == "sgd" else torch.optim.Adam
+        return make(params, lr=self.lr, weight_decay=self.weight_decay)
 
     def invariance_basis(self) -> np.ndarray | None:
         """An orthonormal basis (m, dim) of every direction stated as ``invariance`` so far."""

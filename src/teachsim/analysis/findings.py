@@ -69,6 +69,11 @@ def interval(values) -> tuple[int, float, float, float]:
 TOL = 1e-9   # differences this small are float noise (two flat profiles), not an effect
 
 
+def signed(v: float) -> str:
+    """A statistic as the findings print it: +0.046, or - where undefined."""
+    return f"{v:+.3f}" if isinstance(v, float) and math.isfinite(v) else "-"
+
+
 def verdict(lo: float, hi: float) -> str:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "inconclusive"
@@ -232,12 +237,12 @@ def findings(profiles: pd.DataFrame, low: float = LOW, high: float = HIGH) -> li
 def text(found: list[Finding]) -> str:
     """The findings as terminal text: each table, then its verdict."""
     out = []
-    fmt = lambda v: "-" if not (isinstance(v, float) and math.isfinite(v)) else f"{v:+.3f}"   # noqa: E731
     for f in found:
         out.append(f"Finding {f.key}: {f.question}\n({f.statistic}; 95% t-interval over seeds)")
         if not f.table.empty:
-            t = f.table.assign(interval=[f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in zip(f.table["lo"], f.table["hi"])],
-                               mean=[fmt(v) for v in f.table["mean"]])
+            bounds = zip(f.table["lo"], f.table["hi"])
+            t = f.table.assign(interval=[f"[{signed(lo)}, {signed(hi)}]" for lo, hi in bounds],
+                               mean=[signed(v) for v in f.table["mean"]])
             cols = [c for c in ("variant", "protocol", "statistic", "n", "mean", "interval", "verdict")
                     if c in t and (c != "variant" or t["variant"].astype(bool).any())]
             out.append(t[cols].to_string(index=False))

@@ -451,12 +451,12 @@ def point_profiles(model, task, X, y, *, ratios: Sequence[float] = RATIOS, judge
     views = {"clean": clean, "attacked": means(np.asarray(attacked, np.float32), y),
              "margin": clean - means(X, runner_up(model, X))}
     rows = []
-    for name, I in views.items():
+    for name, inter in views.items():
         for p in range(len(X)):
             for k, (r, m) in enumerate(zip(ratios, orders)):
                 rows.append({"input": name, "point": p, "label": int(y[p]), "ratio": float(r), "order": m,
-                             "n_players": n, "mean": I[p, k].mean().item(), "mean_abs": I[p, k].abs().mean().item(),
-                             "coef": utility_coef(n, m)})
+                             "n_players": n, "mean": inter[p, k].mean().item(),
+                             "mean_abs": inter[p, k].abs().mean().item(), "coef": utility_coef(n, m)})
     return pd.DataFrame(rows)
 
 

@@ -67,10 +67,10 @@ def random_in_ball(x: torch.Tensor, eps: float, norm: str, generator: torch.Gene
         return torch.cat([random_in_ball(part, eps, norm, g)
                           for part, g in zip(x.chunk(len(generator)), generator.generators)])
     if norm == "linf":
-        return ((seeding.rand(x.shape, generator) * 2 - 1) * eps).to(x.device)
-    d = seeding.randn(x.shape, generator)
+        return ((torch.rand(x.shape, generator=generator) * 2 - 1) * eps).to(x.device)
+    d = torch.randn(x.shape, generator=generator)
     d = d / _view(d.flatten(1).norm(dim=1).clamp_min(1e-12), d)
-    r = seeding.rand((x.shape[0],), generator) ** (1.0 / max(1, x[0:1].numel()))  # x may be empty
+    r = torch.rand(x.shape[0], generator=generator) ** (1.0 / max(1, x[0:1].numel()))  # x may be empty
     return (d * _view(r * eps, d)).to(x.device)
 
 

@@ -315,9 +315,10 @@ def plot_interaction_profiles(profiles: pd.DataFrame, path: Path, protocols: lis
 
 
 def _interval_cells(row) -> list[tuple[str, str]]:
-    sign = lambda v: "-" if not math.isfinite(v) else f"{v:+.3f}"   # noqa: E731
-    return [(esc(int(row["n"])), "num"), (esc(sign(row["mean"])), "num"),
-            (esc(f"[{sign(row['lo'])}, {sign(row['hi'])}]"), "num"), (esc(row["verdict"]), row["verdict"])]
+    from ..analysis.findings import signed
+
+    return [(esc(int(row["n"])), "num"), (esc(signed(row["mean"])), "num"),
+            (esc(f"[{signed(row['lo'])}, {signed(row['hi'])}]"), "num"), (esc(row["verdict"]), row["verdict"])]
 
 
 STATISTICS = {

@@ -30,7 +30,8 @@ def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> 
     done: queue.Queue = queue.Queue()
     todo = list(specs)
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(1)   # what each episode sets alone; set before any thread starts, so none restores another value
+    # what each episode sets alone, set before any thread starts: none restores another value
+    torch.set_num_threads(1)
 
     def work(spec: EpisodeSpec, attempt: int) -> None:
         try:
