@@ -1,19 +1,23 @@
-"""Cohorts: episode throughput of N quick-suite episodes run as one cohort against the
-same N run one at a time, in one process, and the training step alone.
+"""Cohorts: episode throughput of N suite episodes run as one cohort against the same N
+run one at a time, in one process, and the training step alone.
 
 1. Training only (``teachsim.agents.cohort.fit_together``): K students of the quick
    suite's shape (mlp 50-100-2, 300 Adam steps on 400 points, batches of 128), trained
    one at a time against stacked as one cohort, for erm and pgd-at (l2, eps 2). Reports
    student-steps per second of each and the ratio, and checks the weights are equal.
-2. Whole episodes: the first N episodes of the quick suite with seeds 0.. (so N can be
-   32), one at a time (``run_serial``) and as one cohort of N (``run_cohort``), in this
-   process, one torch thread. Reports episodes per minute of each, the ratio, and
-   whether every episode's transcript and scores are identical.
+2. Whole episodes: the first N episodes of a built-in suite (``--suite``, default quick;
+   seeds 0.. as many as N needs, the paper suite's first sweep values first), one at a
+   time (``run_serial``) and as one cohort of N (``run_cohort``), in this process, one
+   torch thread. Reports episodes per minute of each, the ratio, and whether every
+   episode's transcript and scores are identical. With ``--before`` it also runs them one
+   at a time with the judge's l2 projection as judge version 4 was released (the primal
+   active-set method: ``bench_judge.py``), the speed of this project before 2026-12-06.
 
-The one-at-a-time run is the reference measured in the same run. Run from the
+The one-at-a-time runs are the references, measured in the same run. Run from the
 repository root:
 
-    .venv/bin/python benchmarks/bench_cohort.py [--episodes 32] [--students 32] [--json out.json]
+    .venv/bin/python benchmarks/bench_cohort.py [--suite quick] [--episodes 32] [--students 32]
+        [--variant V] [--before] [--json out.json]
 
 Not a test and never imported by the package. See benchmarks/README.md.
 """
@@ -70,48 +74,79 @@ def training(students: int) -> list[dict]:
     return rows
 
 
-def episodes(n: int) -> dict:
+def _same(a, b) -> tuple[bool, bool]:
+    """Whether two runs' results (key -> EpisodeResult) have equal scores and transcripts."""
+    scores = all(a[k].scores == b[k].scores for k in a)
+    messages = all(a[k].messages == b[k].messages and a[k].payloads.keys() == b[k].payloads.keys()
+                   and all(np.array_equal(a[k].payloads[p], b[k].payloads[p]) for p in a[k].payloads) for k in a)
+    return scores, messages
+
+
+def episodes(suite: str, n: int, before: bool, variant: str | None = None) -> dict:
     from teachsim import config as config_mod
+    from teachsim.attacks import exact
     from teachsim.cli import SUITES_DIR
-    from teachsim.platform.episode import transcript_rows  # noqa: F401  (same module the runs use)
     from teachsim.runners.cohort import run_cohort
     from teachsim.runners.serial import run_serial
     import tomllib
 
-    cfg = tomllib.loads((SUITES_DIR / "quick.toml").read_text())
-    per_seed = len(cfg["protocols"])
+    cfg = tomllib.loads((SUITES_DIR / f"{suite}.toml").read_text())
+    variants = 1 if variant else max([len(v) for v in cfg.get("sweep", {}).values()] or [1])
+    per_seed = len(cfg["protocols"]) * variants
     cfg["seeds"] = list(range(-(-n // per_seed)))
-    specs = list(config_mod.load(cfg).episodes)[:n]
+    specs = [s for s in config_mod.load(cfg).episodes if variant is None or s.variant == variant]
+    if not specs:
+        raise SystemExit(f"no episode of the {suite} suite has the variant {variant!r}")
+    specs = sorted(specs, key=lambda s: s.seed)[:n]   # seed 0's episodes first
+    out = {"suite": suite, "variant": variant, "episodes": n}
+    if before:   # the judge's polish as released with judge version 4: the dual turned off
+        dual, exact._l2_dual = exact._l2_dual, (lambda *a, **k: None)
+        try:
+            t = time.perf_counter()
+            old = {r.spec.key: r for r, _ in run_serial(specs)}
+            out["before_s"] = time.perf_counter() - t
+        finally:
+            exact._l2_dual = dual
     t = time.perf_counter()
     one = {r.spec.key: r for r, _ in run_serial(specs)}
     t_one = time.perf_counter() - t
     t = time.perf_counter()
     many = {r.spec.key: r for r, _ in run_cohort(specs, size=n)}
     t_many = time.perf_counter() - t
-    same_scores = all(one[k].scores == many[k].scores for k in one)
-    same_messages = all(one[k].messages == many[k].messages and one[k].payloads.keys() == many[k].payloads.keys()
-                        and all(np.array_equal(one[k].payloads[p], many[k].payloads[p]) for p in one[k].payloads)
-                        for k in one)
+    same_scores, same_messages = _same(one, many)
     finished = sum(r.status == "finished" for r in many.values())
-    out = {"episodes": n, "one_at_a_time_s": t_one, "cohort_s": t_many, "ratio": t_one / t_many,
-           "one_per_min": 60 * n / t_one, "cohort_per_min": 60 * n / t_many, "identical_scores": same_scores,
-           "identical_transcripts": same_messages, "finished": finished}
-    print(f"episodes: {n} quick-suite episodes: one at a time {t_one:6.1f} s ({out['one_per_min']:.1f}/min), "
+    out.update({"one_at_a_time_s": t_one, "cohort_s": t_many, "ratio": t_one / t_many,
+                "one_per_min": 60 * n / t_one, "cohort_per_min": 60 * n / t_many, "identical_scores": same_scores,
+                "identical_transcripts": same_messages, "finished": finished})
+    print(f"episodes: {n} {suite}-suite episodes: one at a time {t_one:6.1f} s ({out['one_per_min']:.1f}/min), "
           f"cohort {t_many:6.1f} s ({out['cohort_per_min']:.1f}/min), ratio {out['ratio']:.2f}x; identical "
           f"transcripts {same_messages}, scores {same_scores}; {finished}/{n} finished", flush=True)
+    if before:
+        old_scores, old_messages = _same(old, one)
+        out.update({"before_per_min": 60 * n / out["before_s"], "before_identical_scores": old_scores,
+                    "before_identical_transcripts": old_messages,
+                    "cohort_vs_before": out["before_s"] / t_many, "one_vs_before": out["before_s"] / t_one})
+        print(f"before (judge v4's polish solver), one at a time: {out['before_s']:6.1f} s "
+              f"({out['before_per_min']:.1f}/min); now one at a time {out['one_vs_before']:.2f}x that, cohort "
+              f"{out['cohort_vs_before']:.2f}x; identical transcripts {old_messages}, scores {old_scores}", flush=True)
     return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suite", default="quick", help="a built-in suite (default quick)")
     p.add_argument("--episodes", type=int, default=32)
     p.add_argument("--students", type=int, default=32)
+    p.add_argument("--variant", default=None,
+                   help="only this sweep variant, as the run directory names it (e.g. 'dim=20')")
+    p.add_argument("--before", action="store_true",
+                   help="also run the episodes one at a time with judge version 4's polish solver")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, python {sys.version.split()[0]}", flush=True)
     result = {"training": training(args.students) if args.students else None,
-              "episodes": episodes(args.episodes) if args.episodes else None}
+              "episodes": episodes(args.suite, args.episodes, args.before, args.variant) if args.episodes else None}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

@@ -224,7 +224,7 @@ def test_valid_config_resolves_defaults():
     assert cfg["task"]["dim"] == 50 and cfg["task"]["manifold_dim"] == 3
     assert cfg["judge"]["norm"] == "l2" and cfg["judge"]["attacks"] == ["pgd"]
     assert isinstance(cfg["judge"]["eps"], float)
-    assert cfg["student"]["model"] == "mlp@2" and cfg["student"]["method"] == "erm"
+    assert cfg["student"]["model"] == "mlp@3" and cfg["student"]["method"] == "erm"
     assert cfg["budgets"] == [0, 25, 50, 100, 200, 400]
     assert [p["name"] for p in cfg["protocols"]] == ["passive"]
     assert cfg["protocols"][0]["label"] == "passive"

@@ -44,6 +44,16 @@ def suite_names() -> list[str]:
     return sorted(names)
 
 
+def _cohort_size(text: str) -> int | str:
+    """``--cohort``: a whole number (checked >= 1 with the other options) or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}") from None
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory (default: runs/<name>)")
     p.add_argument("--executor", choices=["ray", "serial"], default=None,
@@ -57,9 +67,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="CPUs reserved per episode (default 1)")
     p.add_argument("--gpus-per-episode", type=float, default=None, metavar="G", dest="gpus_per_episode",
                    help="GPUs per episode; 0.25 packs four episodes per GPU (default 0; CPU when no GPU)")
-    p.add_argument("--cohort", type=int, default=None, metavar="N",
-                   help="advance N episodes together in one process, their students trained as one batched "
-                        "model (serial executor; same results; default 1)")
+    p.add_argument("--cohort", type=_cohort_size, default=None, metavar="N",
+                   help="advance N episodes together in each process (each Ray worker's, or this one with "
+                        "--executor serial), their students trained as one batched model; same results; "
+                        "'auto': 16 on a CPU, 64 per GPU worker, at most each worker's share (default 1)")
     p.add_argument("--retries", type=int, default=0,
                    help="extra attempts for a failing episode (an episode whose worker dies is always retried)")
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS", dest="time_limit",

@@ -208,8 +208,11 @@ for _name, _attr in (("pgd-at", "pgd_at"), ("trades", "trades"), ("beta-at", "be
 # version 2 (2026-12-05): trained through the stacked model (teachsim.agents.cohort), alone
 # too, so episodes in a cohort train bit for bit as one by one; the arithmetic differs from
 # version 1's F.linear at the last float digit
-models.register("mlp", "teachsim.agents.models:mlp", version=2)
-models.register("linear", "teachsim.agents.models:linear", version=2)
+# mlp/linear 2: they train through the cohort's stacked model, alone too; 3: so do students
+# holding an invariance explanation (augmentation and gradient penalty stacked), and odd
+# batches are padded to a multiple of 16 rows inside it
+models.register("mlp", "teachsim.agents.models:mlp", version=3)
+models.register("linear", "teachsim.agents.models:linear", version=3)
 models.register("cnn", "teachsim.agents.models:cnn")
 attacks.register("fgsm", "teachsim.attacks.pgd:fgsm")
 attacks.register("pgd", "teachsim.attacks.pgd:pgd")

@@ -57,6 +57,27 @@ def test_a_cohort_trains_each_student_bit_for_bit_as_alone(method, params, optim
     assert not torch.equal(fresh.model[0].weight, alone[0].model[0].weight)
 
 
+
+@pytest.mark.parametrize("method,params", [METHODS[0], METHODS[2], METHODS[3], METHODS[6]],
+                         ids=["erm", "pgd-at-l2", "trades", "gairat"])
+def test_odd_batches_train_together_bit_for_bit_as_alone(method, params):
+    # students holding fewer points than a batch train on all of them: 37 rows each, padded
+    # to 48 inside the stacked model (and alone too), never a different number
+    def make(seed):
+        s, X, y = _student(method, params, seed, 37)
+        s.batch_size = 64
+        return C.Request(s, X, y, 20, torch.Generator().manual_seed(seed + 100))
+
+    alone = [make(seed) for seed in range(4)]
+    for r in alone:
+        C.fit_together([r])
+    together = [make(seed) for seed in range(4)]
+    assert together[0].batch == 37 and len({r.key() for r in together}) == 1
+    C.fit_together(together)
+    for a, r in zip(alone, together):
+        for (name, p), q in zip(a.model.named_parameters(), r.model.parameters()):
+            assert torch.equal(p, q), (name, (p - q).abs().max().item())
+
 def test_draws_are_each_student_s_own():
     gens = [torch.Generator().manual_seed(i) for i in range(3)]
     drawn = seeding.randn((6, 2), seeding.Generators(gens))
@@ -72,8 +93,57 @@ def test_what_cannot_stack_trains_alone_as_before():
     assert C.stackable(cnn(64, 10, hidden=[8], init_std=0.0, generator=g)) is None
     s, X, y = _student("erm", {}, 0, 20)
     assert C.batchable(s)
-    s.explanations.append(type("E", (), {"reason": "invariance", "vectors": np.eye(6, dtype=np.float32)[2:]})())
-    assert not C.batchable(s)   # an invariance basis: the augmented path, one student at a time
+    s.explanations.append(_invariance(np.eye(6, dtype=np.float32)[2:]))
+    assert C.batchable(s)   # an invariance basis stacks too (its augmentation and penalty per student)
+    s.model = cnn(64, 10, hidden=[8], init_std=0.0, generator=g)
+    assert not C.batchable(s)
+
+
+def _invariance(vectors):
+    return type("E", (), {"reason": "invariance", "vectors": vectors})()
+
+
+class _Boxed:
+    box = (np.full(6, -1.5, np.float32), np.full(6, 1.5, np.float32))
+
+
+@pytest.mark.parametrize("boxed", [False, True], ids=["no-box", "box"])
+@pytest.mark.parametrize("method,params", [METHODS[0], METHODS[2]], ids=["erm", "pgd-at-l2"])
+def test_invariance_students_train_in_a_cohort_bit_for_bit_as_alone(method, params, boxed):
+    # each student its own stated directions (3 of 6 dimensions), augmentation and
+    # gradient penalty both on; in a box the shifted copies are projected back into it
+    def make(seed, n, stated=True):
+        s, X, y = _student(method, params, seed, n)
+        if stated:
+            s.explanations.append(_invariance(np.random.default_rng(seed + 7).normal(size=(3, 6)).astype(np.float32)))
+        if boxed:
+            s.data = _Boxed()
+            X = np.clip(X, -1.5, 1.5)
+        return C.Request(s, X, y, 20, torch.Generator().manual_seed(seed + 100))
+
+    cases = ((0, 40), (1, 70), (2, 33))
+    alone = [make(seed, n) for seed, n in cases]
+    for r in alone:
+        C.fit_together([r])
+    together = [make(seed, n) for seed, n in cases]
+    C.fit_together(together)
+    for a, r in zip(alone, together):
+        assert a.basis is not None and a.basis.shape == (3, 6)
+        for (name, p), q in zip(a.model.named_parameters(), r.model.parameters()):
+            assert torch.equal(p, q), (name, (p - q).abs().max().item())
+    plain = make(0, 40, stated=False)   # the explanation changed the training
+    C.fit_together([plain])
+    assert not torch.equal(plain.model[0].weight, alone[0].model[0].weight)
+
+
+def test_invariance_students_train_through_the_cohort_as_the_student_does():
+    # Student._fit sends a stackable student (with or without an invariance basis) here
+    s, X, y = _student("erm", {}, 0, 40)
+    s.explanations.append(_invariance(np.eye(6, dtype=np.float32)[3:]))
+    twin = copy.deepcopy(s)
+    s._fit(s.model, X, y, 20, torch.Generator().manual_seed(5))
+    C.fit_together([C.Request(twin, X, y, 20, torch.Generator().manual_seed(5))])
+    assert all(torch.equal(p, q) for p, q in zip(s.model.parameters(), twin.model.parameters()))
 
 
 def test_a_student_whose_batch_fails_is_trained_alone(monkeypatch):
@@ -188,4 +258,33 @@ def test_cohort_options_are_checked(tmp_path):
         res = cli("run", str(cfg), "--out", str(tmp_path / "run"), *args, cwd=tmp_path)
         assert res.returncode == 2, res.stderr
         assert says in one_line_error(res.stderr, res.stdout)
+    res = cli("run", str(cfg), "--out", str(tmp_path / "run"), "--cohort", "many", cwd=tmp_path)
+    assert res.returncode == 2 and "integer >= 1 or 'auto'" in res.stderr and "Traceback" not in res.stderr
     assert main  # the in-process entry point is the same parser
+
+
+def test_cohort_auto_sizes_per_device_and_worker_share():
+    from teachsim.runners import AUTO_COHORT, auto_cohort, make_executor
+
+    assert auto_cohort(100, 1) == AUTO_COHORT["cpu"] == 16
+    assert auto_cohort(15, 2) == 8          # each of 2 workers gets a share
+    assert auto_cohort(3, 4) == 1
+    assert auto_cohort(200, 1, "gpu") == AUTO_COHORT["gpu"] and auto_cohort(100, 2, "gpu") == 50
+    runner = make_executor("serial", cohort="auto")
+    runner.start(40)
+    assert runner.cohort == 16 and "cohorts of 16" in runner.description
+    runner = make_executor("serial", cohort="auto")
+    runner.start(1)
+    assert runner.cohort == 1 and "one episode at a time" in runner.description
+
+
+def test_cohort_auto_yields_to_a_time_limit(tmp_path):
+    # --cohort N with a time limit is refused; auto runs one at a time instead
+    cfg = tmp_path / "tiny.toml"
+    from tests.tiny import TINY_TOML
+
+    cfg.write_text(TINY_TOML)
+    res = cli("run", str(cfg), "--out", str(tmp_path / "run"), "--executor", "serial", "--cohort", "auto",
+              "--time-limit", "300", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr   # not refused, as --cohort 2 with a time limit is
+    assert (teachsim.open_run(tmp_path / "run").episodes["status"] == "finished").all()

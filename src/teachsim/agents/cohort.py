@@ -16,10 +16,10 @@ How it stays identical to training alone:
   each slice as a per-student optimiser would.
 
 What is batched: ``mlp`` and ``linear`` students (a chain of linear layers and ReLUs), any
-built-in method, mini-batches of a multiple of :data:`ROWS` rows. What trains alone, in
-the same code: smaller or odd batches. What trains alone through ``Student._fit``: other
-models (``cnn``, plugins' models) and students holding an ``invariance`` explanation
-(their bases differ).
+built-in method, any batch size (inside the stacked model each student's rows are padded
+to a multiple of :data:`ROWS`), with the ``invariance`` augmentation and gradient penalty
+of students holding such an explanation (grouped by the shape of their bases). What
+trains alone through ``Student._fit``: other models (``cnn``, plugins' models).
 """
 
 from __future__ import annotations
@@ -32,15 +32,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import seeding
 from ..seeding import Generators
 
 
 ROWS = 16
-"""Students batch together only when their mini-batches have a multiple of ROWS rows.
-With other row counts (a student holding fewer than ``batch_size`` points trains on all
-of them) CPU ``bmm`` gives a student's input gradient a last-bit difference depending on
-how many students are stacked; with multiples of 16 a grid of 240 shapes (K = 2 to 32,
-widths 2 to 200) is bit for bit the same. Such a student trains alone, in the same code."""
+"""Inside :class:`Stacked` every student's rows are padded with zeros to a multiple of ROWS
+(the pads' outputs are dropped, so they add nothing to any loss or gradient). Why: with
+other row counts CPU ``bmm`` gives a student's input gradient a last-bit difference
+depending on how many students are stacked; with multiples of 16 a grid of 240 shapes (K
+= 2 to 32, widths 2 to 200) is bit for bit the same. A student alone pads the same way."""
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -79,9 +80,12 @@ class Stacked(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.view(self.k, -1, x.shape[-1])
+        rows = h.shape[1]
+        if rows % ROWS:   # see ROWS: padded rows, then dropped
+            h = torch.nn.functional.pad(h, (0, 0, 0, ROWS - rows % ROWS))
         for layer in self.layers:
             h = torch.relu(h) if layer is None else torch.baddbmm(layer[1], h, layer[0].mT)
-        return h.view(-1, h.shape[-1])
+        return h[:, :rows].reshape(-1, h.shape[-1])
 
     @torch.no_grad()
     def write_back(self) -> None:
@@ -108,6 +112,9 @@ class Request:
     def __post_init__(self) -> None:
         self.model = self.student.model if self.model is None else self.model
         self.start = self.generator.get_state()   # to train alone, from scratch, if the batch fails
+        s = self.student
+        # the directions the teacher said its label ignores, where the student uses them
+        self.basis = s.invariance_basis() if s.invariance_scale > 0 or s.invariance_penalty > 0 else None
 
     @property
     def batch(self) -> int:
@@ -119,15 +126,50 @@ class Request:
         return (stackable(self.model), str(_device(self.model)), s.method,
                 tuple(sorted((k, repr(v)) for k, v in s.method_params.items())),
                 s.optimizer, s.lr, s.weight_decay, self.steps, self.batch, self.batch < len(self.y),
-                repr(s.data.box), s.classes)
+                repr(s.data.box), s.classes, None if self.basis is None else
+                (self.basis.shape, s.invariance_scale, s.invariance_penalty))
 
 
 def batchable(student, model: nn.Module | None = None) -> bool:
     """Whether this student trains through :func:`fit_together` (alone or with a cohort):
-    a stackable model and no ``invariance`` explanation (else ``Student._fit`` trains it)."""
-    uses_invariance = (student.invariance_scale > 0 or student.invariance_penalty > 0) \
-        and student.invariance_basis() is not None
-    return stackable(student.model if model is None else model) is not None and not uses_invariance
+    a stackable model (else ``Student._fit`` trains it)."""
+    return stackable(student.model if model is None else model) is not None
+
+
+def _in_box(x: torch.Tensor, shift: torch.Tensor, V: torch.Tensor, box, rounds: int = 20) -> torch.Tensor:
+    """``Student``'s ``_invariant_in_box`` for K students at once: ``x`` and ``shift``
+    (K, B, dim), ``V`` (K, m, dim), each student's rows moved within its own span."""
+    lo, hi = box
+    z = x + shift
+    for _ in range(rounds):
+        z = torch.maximum(torch.minimum(z, hi), lo)
+        z = x + torch.bmm(torch.bmm(z - x, V.mT), V)
+    return torch.maximum(torch.minimum(z, hi), lo)
+
+
+def _shifted(requests: list[Request], V: torch.Tensor, xb: torch.Tensor, gens: Generators, box) -> torch.Tensor:
+    """``Student._fit``'s invariance augmentation for K students whose bases ``V``
+    (K, m, dim) have one shape: each student's rows shifted along its own invariant
+    directions, from its own generator."""
+    k, m = V.shape[:2]
+    rows = len(xb) // k
+    coef = (seeding.randn((k * rows, m), gens) * requests[0].student.invariance_scale).to(xb.device)
+    shift = torch.bmm(coef.view(k, rows, m), V)
+    xk = xb.view(k, rows, -1)
+    return (xk + shift if box is None else _in_box(xk, shift, V, box)).view(k * rows, -1)
+
+
+def _penalty(stacked: Stacked, V: torch.Tensor, xb: torch.Tensor, gens: Generators, classes: int) -> torch.Tensor:
+    """``Student``'s ``_gradient_along`` for K students: one Hutchinson projection of the
+    logits, its input gradient projected on each student's directions; each student's
+    mean squared norm (squares on its own rows: :func:`teachsim.seeding.per_student`), summed."""
+    k, m = V.shape[:2]
+    rows = len(xb) // k
+    xg = xb.detach().requires_grad_(True)
+    r = seeding.randn((k * rows, classes), gens).to(xb.device)
+    (grad,) = torch.autograd.grad((stacked(xg) * r).sum(), xg, create_graph=True)
+    along = torch.bmm(grad.view(k, rows, -1), V.mT).reshape(k * rows, m)
+    return seeding.per_student(lambda a: (a ** 2).sum(dim=1), k, along).view(k, rows).mean(1).sum()
 
 
 def fit_together(requests: list[Request]) -> None:
@@ -143,6 +185,10 @@ def fit_together(requests: list[Request]) -> None:
     data = [(torch.from_numpy(r.X).to(dev), torch.from_numpy(r.y).to(dev)) for r in requests]
     full = [torch.arange(len(y), device=dev) for _, y in data]
     opt = first.make_optimizer(stacked.parameters())   # the group shares optimiser, lr and weight decay
+    # the invariance explanation's directions (the group shares their shape: Request.key)
+    V = None if requests[0].basis is None else torch.stack([torch.from_numpy(r.basis) for r in requests]).to(dev)
+    box = None if first.data.box is None else tuple(
+        torch.as_tensor(b, dtype=torch.float32, device=dev) for b in first.data.box)
     stacked.train()
     for step in range(steps):
         ctx = replace(ctx, step=step, steps=steps)
@@ -153,7 +199,12 @@ def fit_together(requests: list[Request]) -> None:
         else:
             xb = torch.cat([X[idx] for (X, _), idx in zip(data, picks)])
             yb = torch.cat([y[idx] for (_, y), idx in zip(data, picks)])
+        if V is not None and first.invariance_scale > 0:
+            # the teacher said its label ignores these directions: shifted copies keep it
+            xb = _shifted(requests, V, xb, gens, box)
         loss = first.method(stacked, xb, yb, ctx)
+        if V is not None and first.invariance_penalty > 0:
+            loss = loss + first.invariance_penalty * _penalty(stacked, V, xb, gens, first.classes)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -168,13 +219,18 @@ class Cohort:
     (grouped by :meth:`Request.key`) and wakes the rest.
 
     An episode thread calls :meth:`join` before its episode and :meth:`leave` after it
-    (whatever happened); an episode that finishes or fails lets the others go on.
+    (whatever happened), or as soon as its student will learn no more (its judge runs
+    after, under :meth:`judging`); an episode that finishes or fails lets the others go on.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, judges: int = 1) -> None:
         self._cv = threading.Condition()
         self._live = 0
         self._waiting: list[Request] = []
+        # Judging is not batched: one judge at a time (per cohort) runs beside the
+        # training, as one episode at a time would (32 judges at once on 2 cores measured
+        # 0.57x, the threads thrashing)
+        self.judges = threading.Semaphore(judges)
 
     def join(self) -> None:
         with self._cv:
@@ -209,8 +265,8 @@ class Cohort:
         if not batch:
             return
         groups: dict[tuple, list[Request]] = {}
-        for r in batch:   # a batch of rows not a multiple of ROWS trains alone (see ROWS)
-            groups.setdefault(r.key() if r.batch % ROWS == 0 else ("alone", id(r)), []).append(r)
+        for r in batch:
+            groups.setdefault(r.key(), []).append(r)
         for group in groups.values():
             try:
                 fit_together(group)
@@ -235,6 +291,23 @@ def current() -> Cohort | None:
     return getattr(_local, "cohort", None)
 
 
+class judging:
+    """``with judging():`` around an episode's judge. In a cohort, the episode leaves the
+    training barrier first (its student learns no more, so the others need not wait for
+    its judge) and then judges when the cohort's judge slot is free; alone, nothing."""
+
+    def __enter__(self) -> None:
+        self.cohort = current()
+        if self.cohort is not None:
+            _local.cohort = None   # left: member's exit does not leave twice
+            self.cohort.leave()
+            self.cohort.judges.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cohort is not None:
+            self.cohort.judges.release()
+
+
 class member:
     """``with member(cohort):`` runs this thread's episode as one of ``cohort``'s."""
 
@@ -247,7 +320,8 @@ class member:
         return self.cohort
 
     def __exit__(self, *exc: object) -> None:
-        _local.cohort = None
-        self.cohort.leave()
+        if _local.cohort is not None:   # not left already (see judging)
+            _local.cohort = None
+            self.cohort.leave()
 
 

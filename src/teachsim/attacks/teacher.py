@@ -274,10 +274,9 @@ def _polish(model, task, x, todo, targets, *, radius, norm, box, target, rounds=
     LP in linf, with the box); verify it with the real models. With several classes the
     counterexample set has kinks (runner-ups change) that one linearised constraint cannot
     follow; for affine students and teachers the first round is exact."""
-    from .exact import _box_rows, min_distance
+    from .exact import min_distance
 
-    dim = x[0].numel()
-    bG, bh = _box_rows(None if box is None else tuple(v.cpu().numpy() for v in box), dim)
+    box64 = None if box is None else tuple(v.flatten().double().cpu().numpy() for v in box)
     tight = 1e-5 * max(1.0, radius)
     xs = x.flatten(1).double().cpu().numpy()
     dual = (lambda g: np.abs(g).sum()) if norm == "linf" else np.linalg.norm   # row distance = gap / dual norm
@@ -310,7 +309,7 @@ def _polish(model, task, x, todo, targets, *, radius, norm, box, target, rounds=
             i, c, j, s = p
             G, h = _piece_rows(T[k], JT[k], S[k], JS[k], z[p], c, j, s, target, tight)
             try:
-                d, y = min_distance(xs[i], np.concatenate([G, bG]), np.concatenate([h, bh]), norm)
+                d, y = min_distance(xs[i], G, h, norm, box64)
             except RuntimeError:
                 continue
             if y is not None and d <= 1.5 * radius:

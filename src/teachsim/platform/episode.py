@@ -123,6 +123,7 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
     none) fails the episode with :class:`~teachsim.errors.EpisodeTimeout` when it runs
     longer (see :func:`time_limit`).
     """
+    from ..agents.cohort import judging
     from ..agents.teacher import Teacher
     from .judge import VERSION, judge_episode
 
@@ -150,7 +151,8 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
                 models[budget] = build_model(spec.student, task, spec.seed)
                 models[budget].load_state_dict(weights)
                 models[budget].to(dev)
-            result.scores, result.flags, result.judged = judge_episode(models, task, spec.judge, spec.seed)
+            with judging():   # in a cohort: its students train on while this one is judged
+                result.scores, result.flags, result.judged = judge_episode(models, task, spec.judge, spec.seed)
             result.judge_version = VERSION
             result.messages, result.payloads = transcript_rows(conv.channel.log)
             result.payloads["learn_log"] = np.asarray(student.learn_log, dtype=np.int64).reshape(-1, 2)

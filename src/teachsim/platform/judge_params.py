@@ -27,7 +27,10 @@ closes the gaps version 2 left on curved teachers and with 3 or more classes); 4
 Frank-Wolfe step solves over the ball *and the box* in l2 and one restart climbs the
 teacher's certainty (version 3 missed 0.11 of the digits points that a penalty-method
 search of another kind found; 0 now). A run scored by another version is not
-extended or resumed until ``teachsim judge RUN_DIR`` re-scores it."""
+extended or resumed until ``teachsim judge RUN_DIR`` re-scores it. (Not a version change:
+the polish's l2 projection moved from a primal active-set method to Newton on the dual,
+the same optimum computed more exactly and 7x faster; 1710 scores of three suites
+compared equal, benchmarks/README.md.)"""
 
 
 INFO_FLAGS = ("strong_exact",)

@@ -107,8 +107,10 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         plugins: plugin files or modules to load first (Ray workers load them too).
         time_limit: seconds one episode may take before it is stopped and recorded
             failed (``EpisodeTimeout``); default the config's ``time_limit``, else none.
-        cohort: episodes advanced together in one process, their students trained as one
-            batched model (``serial`` executor; default 1, one at a time). Same results.
+        cohort: episodes advanced together in one process (each Ray worker's, or the
+            serial executor's), their students trained as one batched model; default 1,
+            one at a time; ``"auto"`` sizes it per device (``runners.auto_cohort``; 1
+            where a time limit applies). Same results.
 
     Raises:
         ConfigError: bad config or option, or an unreachable cluster (nothing has run).
@@ -139,6 +141,8 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         raise
     limit = (config_mod.check_time_limit("--time-limit", time_limit) if time_limit is not None
              else exp.config.get("time_limit"))
+    if limit and getattr(runner, "auto", False):   # --cohort auto yields to a time limit: one at a time
+        runner.auto = False
     if limit and getattr(runner, "cohort", 1) > 1:   # the alarm reaches the main thread only
         raise ConfigError("--cohort", f"cannot enforce a time limit ({limit:g} s, "
                           f"{'--time-limit' if time_limit is not None else 'time_limit'}) on episodes in a cohort's "

@@ -36,9 +36,23 @@ def _amount(field: str, value: Any, *, lo: float, strict: bool) -> float:
     return float(value)
 
 
+AUTO_COHORT = {"cpu": 16, "gpu": 64}
+"""``--cohort auto``: the most episodes one worker advances at once, by what its episodes
+run on. CPU, 16: on the 2-core machine 32 quick-suite episodes took 74 s in cohorts of 8,
+69 s in cohorts of 16 and 77 s in one cohort of 32, against 98 s one at a time
+(benchmarks/README.md). GPU, 64: a guess, not yet measured on a lent GPU (stacking is
+what keeps a GPU busy; a worker holds its GPU)."""
+
+
+def auto_cohort(episodes: int, workers: int, device: str = "cpu") -> int:
+    """The cohort size ``--cohort auto`` picks: :data:`AUTO_COHORT` for the device, but no
+    more than each worker's share of the episodes (so every worker has some)."""
+    return max(1, min(AUTO_COHORT[device], math.ceil(episodes / max(1, workers))))
+
+
 def make_executor(executor: str | None = None, *, address: str | None = None, workers: int | None = None,
                   cpus_per_episode: float | None = None, gpus_per_episode: float | None = None,
-                  note: Callable[[str], None] | None = None, cohort: int | None = None):
+                  note: Callable[[str], None] | None = None, cohort: int | str | None = None):
     """Check the executor options and build the executor (nothing starts yet).
 
     ``None`` means the default: the executor from :func:`default_executor`, workers as
@@ -58,8 +72,9 @@ def make_executor(executor: str | None = None, *, address: str | None = None, wo
     gpus = 0.0 if gpus_per_episode is None else _amount("--gpus-per-episode", gpus_per_episode, lo=0, strict=False)
     if gpus > 1 and gpus != int(gpus):
         raise ConfigError.expected("--gpus-per-episode", "a fraction <= 1 or a whole number of GPUs", gpus_per_episode)
-    if cohort is not None and (isinstance(cohort, bool) or not isinstance(cohort, int) or cohort < 1):
-        raise ConfigError.expected("--cohort", "an integer >= 1", cohort)
+    if cohort is not None and cohort != "auto" and (isinstance(cohort, bool) or not isinstance(cohort, int)
+                                                    or cohort < 1):
+        raise ConfigError.expected("--cohort", "an integer >= 1 or 'auto'", cohort)
     if address is not None and (not isinstance(address, str) or not address.strip()):
         raise ConfigError.expected("--address", "a Ray cluster address HOST:PORT", address)
     if executor == "serial":

@@ -371,9 +371,11 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, *, address: str | None = None, workers: int | None = None, cpus_per_episode: float = 1.0,
-                 gpus_per_episode: float = 0.0, note: Callable[[str], None] | None = None, cohort: int = 1):
+                 gpus_per_episode: float = 0.0, note: Callable[[str], None] | None = None, cohort: int | str = 1):
         self.address, self.requested = address, workers
-        self.cohort = cohort   # episodes each worker advances at once, their students trained together
+        self.auto = cohort == "auto"   # sized at start (runners.auto_cohort)
+        # episodes each worker advances at once, their students trained together
+        self.cohort = 1 if self.auto else cohort
         self.cpus, self.gpus = float(cpus_per_episode), float(gpus_per_episode)
         self.note = note or (lambda text: None)
         self.workers = 0
@@ -422,6 +424,10 @@ class RayExecutor:
         want = self.requested or fit
         if self.requested and self.requested > fit:
             self.note(f"ray: --workers {self.requested}: the cluster fits {fit} episode(s) at once; using {fit}")
+        if self.auto:
+            from . import auto_cohort
+
+            self.cohort = auto_cohort(episodes, min(want, fit), "gpu" if self.gpus else "cpu")
         self.workers = max(1, min(want, fit, math.ceil(episodes / self.cohort)))
         where = "local Ray" if self.embedded else f"Ray cluster {self._where}"
         share = f"{self.cpus:g} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")

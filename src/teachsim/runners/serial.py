@@ -30,8 +30,9 @@ class SerialExecutor:
     name = "serial"
     workers = 1
 
-    def __init__(self, cohort: int = 1):
-        self.cohort = cohort
+    def __init__(self, cohort: int | str = 1):
+        self.auto = cohort == "auto"   # sized at start, from the episode count (runners.auto_cohort)
+        self.cohort = 1 if self.auto else cohort
 
     @property
     def description(self) -> str:
@@ -46,7 +47,11 @@ class SerialExecutor:
         self.close()
 
     def start(self, episodes: int) -> None:
-        """Nothing to start."""
+        """Nothing to start; ``--cohort auto`` picks its size."""
+        if self.auto:
+            from . import auto_cohort
+
+            self.cohort = auto_cohort(episodes, 1)   # serial episodes run on the CPU
 
     def run(self, specs: Iterable[EpisodeSpec], *, retries: int = 0,
             time_limit: float | None = None) -> Iterator[tuple[EpisodeResult, int]]:
