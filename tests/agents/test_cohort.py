@@ -136,6 +136,35 @@ def test_invariance_students_train_in_a_cohort_bit_for_bit_as_alone(method, para
     assert not torch.equal(plain.model[0].weight, alone[0].model[0].weight)
 
 
+
+@pytest.mark.parametrize("boxed", [False, True], ids=["no-box", "box"])
+def test_one_invariant_direction_in_more_dimensions_stacks_bit_for_bit(boxed):
+    # a single direction (m = 1) in 50 dimensions: a bmm over the stacked students changed
+    # the last bit here, so each student's products are its own mm
+    task = build_task({"name": "hidden-feature", "dim": 50, "manifold_dim": 2}, 0)
+
+    class Boxed:
+        box = (np.full(50, -1.5, np.float32), np.full(50, 1.5, np.float32))
+
+    def make(seed):
+        model = mlp(50, 2, hidden=[16], init_std=0.0, generator=torch.Generator().manual_seed(seed))
+        s = Student(model, registry.methods.get("erm").factory, Boxed() if boxed else task.data, 2, seed=seed,
+                    steps=20, batch_size=16)
+        rng = np.random.default_rng(seed)
+        s.explanations.append(_invariance(rng.normal(size=(1, 50)).astype(np.float32)))
+        X = rng.normal(size=(40, 50)).astype(np.float32)
+        X = np.clip(X, -1.5, 1.5) if boxed else X
+        return C.Request(s, X, (X[:, 0] > 0).astype(np.int64), 20, torch.Generator().manual_seed(seed + 100))
+
+    alone = [make(seed) for seed in range(4)]
+    for r in alone:
+        C.fit_together([r])
+    together = [make(seed) for seed in range(4)]
+    C.fit_together(together)
+    for a, r in zip(alone, together):
+        for (name, p), q in zip(a.model.named_parameters(), r.model.parameters()):
+            assert torch.equal(p, q), (name, (p - q).abs().max().item())
+
 def test_invariance_students_train_through_the_cohort_as_the_student_does():
     # Student._fit sends a stackable student (with or without an invariance basis) here
     s, X, y = _student("erm", {}, 0, 40)

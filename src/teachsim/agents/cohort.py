@@ -136,40 +136,31 @@ def batchable(student, model: nn.Module | None = None) -> bool:
     return stackable(student.model if model is None else model) is not None
 
 
-def _in_box(x: torch.Tensor, shift: torch.Tensor, V: torch.Tensor, box, rounds: int = 20) -> torch.Tensor:
-    """``Student``'s ``_invariant_in_box`` for K students at once: ``x`` and ``shift``
-    (K, B, dim), ``V`` (K, m, dim), each student's rows moved within its own span."""
-    lo, hi = box
-    z = x + shift
-    for _ in range(rounds):
-        z = torch.maximum(torch.minimum(z, hi), lo)
-        z = x + torch.bmm(torch.bmm(z - x, V.mT), V)
-    return torch.maximum(torch.minimum(z, hi), lo)
-
-
 def _shifted(requests: list[Request], V: torch.Tensor, xb: torch.Tensor, gens: Generators, box) -> torch.Tensor:
     """``Student._fit``'s invariance augmentation for K students whose bases ``V``
     (K, m, dim) have one shape: each student's rows shifted along its own invariant
-    directions, from its own generator."""
+    directions, from its own generator. The products are each student's own ``mm``, as
+    alone: a ``bmm`` over K students changed the last bit for some shapes (m = 1)."""
+    from .student import _invariant_in_box
+
     k, m = V.shape[:2]
-    rows = len(xb) // k
-    coef = (seeding.randn((k * rows, m), gens) * requests[0].student.invariance_scale).to(xb.device)
-    shift = torch.bmm(coef.view(k, rows, m), V)
-    xk = xb.view(k, rows, -1)
-    return (xk + shift if box is None else _in_box(xk, shift, V, box)).view(k * rows, -1)
+    coef = (seeding.randn((len(xb), m), gens) * requests[0].student.invariance_scale).to(xb.device)
+    parts = []
+    for x, c, v in zip(xb.chunk(k), coef.chunk(k), V):
+        shift = c @ v
+        parts.append(x + shift if box is None else _invariant_in_box(x, shift, v, box))
+    return torch.cat(parts)
 
 
 def _penalty(stacked: Stacked, V: torch.Tensor, xb: torch.Tensor, gens: Generators, classes: int) -> torch.Tensor:
     """``Student``'s ``_gradient_along`` for K students: one Hutchinson projection of the
-    logits, its input gradient projected on each student's directions; each student's
-    mean squared norm (squares on its own rows: :func:`teachsim.seeding.per_student`), summed."""
-    k, m = V.shape[:2]
-    rows = len(xb) // k
+    logits, its input gradient projected on each student's own directions (its own ``mm``,
+    see :func:`_shifted`); each student's mean squared norm, summed."""
+    k = len(V)
     xg = xb.detach().requires_grad_(True)
-    r = seeding.randn((k * rows, classes), gens).to(xb.device)
+    r = seeding.randn((len(xb), classes), gens).to(xb.device)
     (grad,) = torch.autograd.grad((stacked(xg) * r).sum(), xg, create_graph=True)
-    along = torch.bmm(grad.view(k, rows, -1), V.mT).reshape(k * rows, m)
-    return seeding.per_student(lambda a: (a ** 2).sum(dim=1), k, along).view(k, rows).mean(1).sum()
+    return sum(((g.flatten(1) @ v.T) ** 2).sum(dim=1).mean() for g, v in zip(grad.chunk(k), V))
 
 
 def fit_together(requests: list[Request]) -> None:
@@ -227,9 +218,9 @@ class Cohort:
         self._cv = threading.Condition()
         self._live = 0
         self._waiting: list[Request] = []
-        # Judging is not batched: one judge at a time (per cohort) runs beside the
-        # training, as one episode at a time would (32 judges at once on 2 cores measured
-        # 0.57x, the threads thrashing)
+        # Judging is not batched: at most `judges` judges at once (the runners give one per
+        # core, less one for the training) run beside the training (32 judges at once on 2
+        # cores measured 0.57x, the threads thrashing)
         self.judges = threading.Semaphore(judges)
 
     def join(self) -> None:

@@ -28,9 +28,11 @@ Frank-Wolfe step solves over the ball *and the box* in l2 and one restart climbs
 teacher's certainty (version 3 missed 0.11 of the digits points that a penalty-method
 search of another kind found; 0 now). A run scored by another version is not
 extended or resumed until ``teachsim judge RUN_DIR`` re-scores it. (Not a version change:
-the polish's l2 projection moved from a primal active-set method to Newton on the dual,
-the same optimum computed more exactly and 7x faster; 1710 scores of three suites
-compared equal, benchmarks/README.md.)"""
+the l2 projection of ``attacks.exact.min_distance``, which the polish and the exact
+answers for affine students use, moved from a primal active-set method to Newton on the
+dual: the same optimum computed more exactly (differences near 1e-9, which matter only
+at a distance equal to the radius) and 7x faster; 1710 scores of three suites compared
+equal, benchmarks/README.md.)"""
 
 
 INFO_FLAGS = ("strong_exact",)

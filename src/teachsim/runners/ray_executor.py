@@ -64,12 +64,13 @@ class _Worker:
     runs episodes."""
 
     def __init__(self, plugins: list[tuple[str, str, dict[str, bytes]]],
-                 registrations: list[tuple[str, str, str, bytes]], gpu_share: float, cohort: int = 1):
+                 registrations: list[tuple[str, str, str, bytes]], gpu_share: float, cohort: int = 1,
+                 cpus: float = 1.0):
         from ray import cloudpickle
 
         from .. import registry
 
-        self.cohort = _cohort_of(cohort)
+        self.cohort = _cohort_of(cohort, judges=max(1, int(cpus)))   # one judge per CPU it holds
 
         self.node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
         # Best effort: a plugin or entry these episodes do not use must not stop the worker;
@@ -135,7 +136,7 @@ class _Worker:
 _RemoteWorker = ray.remote(max_restarts=0, max_task_retries=0)(_Worker)
 
 
-def _cohort_of(size: int):
+def _cohort_of(size: int, judges: int = 1):
     """A worker's cohort (None for one episode at a time). Its episodes run in threads of
     the worker: torch gets one thread first, so no episode restores another count."""
     if size <= 1:
@@ -145,7 +146,7 @@ def _cohort_of(size: int):
     from ..agents.cohort import Cohort
 
     torch.set_num_threads(1)
-    return Cohort()
+    return Cohort(judges)
 
 
 
@@ -489,7 +490,7 @@ class RayExecutor:
     # -- running -----------------------------------------------------------------------
     def _new_worker(self, plugins, registrations):
         return _RemoteWorker.options(num_cpus=self.cpus, num_gpus=self.gpus, max_concurrency=self.cohort).remote(
-            plugins, registrations, min(1.0, self.gpus) if self.gpus else 1.0, self.cohort)
+            plugins, registrations, min(1.0, self.gpus) if self.gpus else 1.0, self.cohort, self.cpus)
 
     def run(self, specs: Iterable[EpisodeSpec], *, retries: int = 0,
             time_limit: float | None = None) -> Iterator[tuple[EpisodeResult, int]]:
