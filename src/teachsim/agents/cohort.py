@@ -156,16 +156,19 @@ def _penalty(stacked: Stacked, V: torch.Tensor, xb: torch.Tensor, gens: Generato
     """``Student``'s ``_gradient_along`` for K students: one Hutchinson projection of the
     logits, its input gradient projected on each student's own directions (its own ``mm``,
     see :func:`_shifted`); each student's mean squared norm, summed."""
+    from .student import along_norm
+
     k = len(V)
     xg = xb.detach().requires_grad_(True)
     r = seeding.randn((len(xb), classes), gens).to(xb.device)
     (grad,) = torch.autograd.grad((stacked(xg) * r).sum(), xg, create_graph=True)
-    return sum(((g.flatten(1) @ v.T) ** 2).sum(dim=1).mean() for g, v in zip(grad.chunk(k), V))
+    return sum(along_norm(g, v) for g, v in zip(grad.chunk(k), V))
 
 
 def fit_together(requests: list[Request]) -> None:
     """Train every request's student as its own ``Student._fit`` would, in one batched model."""
     from .methods import TrainContext
+    from .student import box_tensors
 
     first = requests[0].student
     dev = _device(requests[0].model)
@@ -178,8 +181,7 @@ def fit_together(requests: list[Request]) -> None:
     opt = first.make_optimizer(stacked.parameters())   # the group shares optimiser, lr and weight decay
     # the invariance explanation's directions (the group shares their shape: Request.key)
     V = None if requests[0].basis is None else torch.stack([torch.from_numpy(r.basis) for r in requests]).to(dev)
-    box = None if first.data.box is None else tuple(
-        torch.as_tensor(b, dtype=torch.float32, device=dev) for b in first.data.box)
+    box = box_tensors(first.data.box, dev)
     stacked.train()
     for step in range(steps):
         ctx = replace(ctx, step=step, steps=steps)

@@ -127,8 +127,7 @@ class Student:
         Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
         V = self.invariance_basis()
         Vt = None if V is None else torch.from_numpy(V).to(dev)
-        box = None if self.data.box is None else tuple(
-            torch.as_tensor(b, dtype=torch.float32, device=dev) for b in self.data.box)
+        box = box_tensors(self.data.box, dev)
         opt = self.make_optimizer(model.parameters())
         model.train()
         n, bs = len(yt), min(self.batch_size, len(yt))
@@ -250,7 +249,18 @@ def _gradient_along(model: torch.nn.Module, x: torch.Tensor, V: torch.Tensor, cl
     xg = x.detach().requires_grad_(True)
     r = torch.randn(len(x), classes, generator=g).to(x.device)
     (grad,) = torch.autograd.grad((model(xg) * r).sum(), xg, create_graph=True)
+    return along_norm(grad, V)
+
+
+def along_norm(grad: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the squared norm of ``grad`` projected onto the rows of ``V``: the
+    invariance penalty of :func:`_gradient_along` (a cohort takes it per student)."""
     return ((grad.flatten(1) @ V.T) ** 2).sum(dim=1).mean()
+
+
+def box_tensors(box, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The domain box as float32 tensors on ``device`` (None: no box)."""
+    return None if box is None else tuple(torch.as_tensor(b, dtype=torch.float32, device=device) for b in box)
 
 
 def _invariant_in_box(x: torch.Tensor, shift: torch.Tensor, V: torch.Tensor,
