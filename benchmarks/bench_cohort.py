@@ -10,8 +10,9 @@ run one at a time, in one process, and the training step alone.
    time (``run_serial``) and as one cohort of N (``run_cohort``), in this process, one
    torch thread. Reports episodes per minute of each, the ratio, and whether every
    episode's transcript and scores are identical. With ``--before`` it also runs them one
-   at a time with the judge's l2 projection as judge version 4 was released (the primal
-   active-set method: ``bench_judge.py``), the speed of this project before 2026-12-06.
+   at a time with the judge as judge version 4 was released: the polish's l2 projection by
+   the primal active-set method, and each checkpoint judged in a pass of its own
+   (``bench_judge.py``), the speed of this project before 2026-12-06.
 
 The one-at-a-time runs are the references, measured in the same run. Run from the
 repository root:
@@ -86,6 +87,7 @@ def episodes(suite: str, n: int, before: bool, variant: str | None = None) -> di
     from teachsim import config as config_mod
     from teachsim.attacks import exact
     from teachsim.cli import SUITES_DIR
+    from teachsim.platform import judge
     from teachsim.runners.cohort import run_cohort
     from teachsim.runners.serial import run_serial
     import tomllib
@@ -99,14 +101,15 @@ def episodes(suite: str, n: int, before: bool, variant: str | None = None) -> di
         raise SystemExit(f"no episode of the {suite} suite has the variant {variant!r}")
     specs = sorted(specs, key=lambda s: s.seed)[:n]   # seed 0's episodes first
     out = {"suite": suite, "variant": variant, "episodes": n}
-    if before:   # the judge's polish as released with judge version 4: the dual turned off
+    if before:   # the judge as released with version 4: the dual off, one checkpoint per pass
         dual, exact._l2_dual = exact._l2_dual, (lambda *a, **k: None)
+        cap, judge.TOGETHER_ELEMENTS = judge.TOGETHER_ELEMENTS, 0
         try:
             t = time.perf_counter()
             old = {r.spec.key: r for r, _ in run_serial(specs)}
             out["before_s"] = time.perf_counter() - t
         finally:
-            exact._l2_dual = dual
+            exact._l2_dual, judge.TOGETHER_ELEMENTS = dual, cap
     t = time.perf_counter()
     one = {r.spec.key: r for r, _ in run_serial(specs)}
     t_one = time.perf_counter() - t
@@ -126,7 +129,7 @@ def episodes(suite: str, n: int, before: bool, variant: str | None = None) -> di
         out.update({"before_per_min": 60 * n / out["before_s"], "before_identical_scores": old_scores,
                     "before_identical_transcripts": old_messages,
                     "cohort_vs_before": out["before_s"] / t_many, "one_vs_before": out["before_s"] / t_one})
-        print(f"before (judge v4's polish solver), one at a time: {out['before_s']:6.1f} s "
+        print(f"before (judge v4 as released), one at a time: {out['before_s']:6.1f} s "
               f"({out['before_per_min']:.1f}/min); now one at a time {out['one_vs_before']:.2f}x that, cohort "
               f"{out['cohort_vs_before']:.2f}x; identical transcripts {old_messages}, scores {old_scores}", flush=True)
     return out

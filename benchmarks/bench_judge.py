@@ -1,19 +1,20 @@
-"""The judge's time per episode, with the polish's l2 projection as it is and as it was.
+"""The judge's time per episode: as released before 2026-12-06, one checkpoint at a time,
+and as shipped (all of an episode's checkpoints in one pass).
 
-The teacher-relative search ends with a linearise-and-project polish that computes, for
-every point it has not broken, the nearest point of a few polyhedra (an l2 projection:
-``teachsim.attacks.exact.min_distance``). Judge version 4 solved each by a primal
-active-set method from the vertex an LP gives; it cycled on the nearly parallel rows
-these pieces have (600 iterations per call on average, then SLSQP) and was most of the
-judge's time on students it could not break. Now a projected Newton method on the dual
-solves them, and the primal method stays as the fallback for what the dual cannot
-certify (an empty polyhedron).
+Three ways to judge the same students, in alternation per episode:
 
-For each episode this script runs the conversation once, then judges its checkpoints
-twice, in alternation: with the dual turned off (the reference: what the judge did
-before) and as shipped. It reports seconds per episode of each, the ratio, and whether
-every score is identical. The reference is measured in the same run, on the same
-students. Run from the repository root:
+- ``before``: each checkpoint alone, with the polish's l2 projection by the primal
+  active-set method (judge version 4 as first released: it cycled on the nearly parallel
+  rows of the polish's pieces, about 600 iterations per call, then SLSQP);
+- ``alone``: each checkpoint alone, the projection by projected Newton on the dual (the
+  primal method as its fallback for what the dual cannot certify);
+- ``together``: as shipped, ``judge_episode``: the teacher-relative search and the
+  built-in l_p attacks run once over all of the episode's checkpoints, each block of rows
+  routed to its checkpoint's student.
+
+For each episode the conversation runs once; the script reports seconds per episode of
+each way, the ratios, and whether every score is identical. The references are measured in
+the same run, on the same students. Run from the repository root:
 
     .venv/bin/python benchmarks/bench_judge.py [--suite quick] [--seeds 0] [--json out.json]
 
@@ -58,6 +59,17 @@ def checkpoints(spec):
     return task, models
 
 
+def judge_one_by_one(models, task, cfg, seed):
+    """Each checkpoint judged alone (``judge()``'s path), as rows like ``judge_episode``'s."""
+    from teachsim.platform import judge as J
+
+    test = J.make_test_set(task, cfg, seed)
+    rows = []
+    for budget in sorted(models):
+        rows += [(budget, k, v) for k, v in J.judge(models[budget], task, test, cfg, seed).items()]
+    return rows
+
+
 def main() -> int:
     from teachsim.attacks import exact
     from teachsim.platform.judge import judge_episode
@@ -71,26 +83,34 @@ def main() -> int:
     print(f"torch {torch.__version__}, 1 thread, python {sys.version.split()[0]}; suite {args.suite}, "
           f"seeds {args.seeds}", flush=True)
     dual = exact._l2_dual
+    ways = ("before", "alone", "together")
     rows = []
     for spec in episodes(args.suite, args.seeds):
         task, models = checkpoints(spec)
+        cfg = {**spec.judge, "attack_sets": []}
         timing, scores = {}, {}
-        for name in ("before", "now"):   # the reference first: nothing it leaves warms the other
-            exact._l2_dual = (lambda *a, **k: None) if name == "before" else dual
+        for way in ways:   # the references first: nothing they leave warms the shipped way
+            exact._l2_dual = (lambda *a, **k: None) if way == "before" else dual
             t = time.perf_counter()
-            scores[name] = judge_episode(models, task, spec.judge, spec.seed)[0]
-            timing[name] = time.perf_counter() - t
+            if way == "together":
+                got = judge_episode(models, task, cfg, spec.seed)[0]
+            else:
+                got = judge_one_by_one(models, task, cfg, spec.seed)
+            timing[way] = time.perf_counter() - t
+            scores[way] = sorted(got, key=repr)   # NaN-safe comparison by text
         exact._l2_dual = dual
-        label = spec.label
-        row = {"episode": spec.key, "protocol": label, "seed": spec.seed, "before_s": timing["before"],
-               "now_s": timing["now"], "ratio": timing["before"] / timing["now"],
-               "identical": scores["before"] == scores["now"]}
+        same = repr(scores["before"]) == repr(scores["alone"]) == repr(scores["together"])
+        row = {"episode": spec.key, "protocol": spec.label, "seed": spec.seed,
+               **{f"{w}_s": timing[w] for w in ways}, "identical": same}
         rows.append(row)
-        print(f"{label:32s} seed {spec.seed}: judge before {timing['before']:6.1f} s, now {timing['now']:5.1f} s, "
-              f"{row['ratio']:5.1f}x; identical scores: {row['identical']}", flush=True)
-    before, now = sum(r["before_s"] for r in rows), sum(r["now_s"] for r in rows)
-    print(f"all {len(rows)} episodes: judge before {before:.1f} s, now {now:.1f} s, {before / now:.1f}x; "
-          f"identical scores: {all(r['identical'] for r in rows)}", flush=True)
+        print(f"{spec.label:32s} seed {spec.seed}: before {timing['before']:6.1f} s, alone {timing['alone']:5.1f} s, "
+              f"together {timing['together']:5.1f} s ({timing['alone'] / timing['together']:4.2f}x alone); "
+              f"identical scores: {same}", flush=True)
+    total = {w: sum(r[f"{w}_s"] for r in rows) for w in ways}
+    print(f"all {len(rows)} episodes: before {total['before']:.1f} s, alone {total['alone']:.1f} s, together "
+          f"{total['together']:.1f} s; together {total['alone'] / total['together']:.2f}x alone, "
+          f"{total['before'] / total['together']:.2f}x before; identical scores: {all(r['identical'] for r in rows)}",
+          flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

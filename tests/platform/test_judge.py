@@ -255,3 +255,89 @@ def test_the_judge_hands_an_attack_exactly_the_keys_it_takes(monkeypatch):
         J.call_attack("spy", nn.Linear(2, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long),
                       {"eps": 1.0, "norm": "l2", "steps": 7, "restarts": 3, "loss": "margin"}, None, None)
     assert seen == {"steps": 7}
+
+
+# --------------------------------------------------------------------------- checkpoints together
+
+
+def test_routed_models_give_each_row_its_own_models_logits_and_input_gradient():
+    from teachsim.agents.cohort import Routed
+
+    task = make_task()
+    models = [J._prepared(mlp(task.dim, 2, hidden=[16], init_std=0.5, generator=gen(s))) for s in range(3)]
+    x = torch.randn(7, task.dim, generator=gen(9)).requires_grad_(True)
+    owner = torch.tensor([0, 0, 0, 2, 2, 2, 2])          # unequal blocks, model 1 has no rows
+    routed = Routed(models, owner)
+    assert routed.stacked is not None and routed.counts == [3, 0, 4]
+    out = routed(x)
+    want = torch.cat([models[0](x[:3]), models[2](x[3:])])
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6)
+    (got,) = torch.autograd.grad(out[:, 1].sum(), x)
+    (expect,) = torch.autograd.grad(want[:, 1].sum(), x)
+    torch.testing.assert_close(got, expect, rtol=1e-6, atol=1e-6)
+    narrowed = routed.rows(torch.tensor([1, 5]))           # one row of model 0, one of model 2
+    assert narrowed.counts == [1, 0, 1]
+    torch.testing.assert_close(narrowed(x[[1, 5]]), want[[1, 5]], rtol=1e-6, atol=1e-6)
+    # a model Stacked cannot batch runs model by model
+    shifted = [Shifted(task, [0.5, 0.0]), Shifted(task, [0.0, 0.5])]
+    loop = Routed.blocks(shifted, 2)
+    assert loop.stacked is None
+    assert torch.equal(loop(x[:4]), torch.cat([shifted[0](x[:2]), shifted[1](x[2:4])]))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        Routed(models, torch.tensor([1, 0]))
+
+
+def _scores_by_budget(rows):
+    out: dict = {}
+    for budget, name, value in rows:
+        out.setdefault(budget, {})[name] = value
+    return out
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+
+
+@pytest.mark.parametrize("teacher,classes", [("linear", 2), ("net", 3)])
+def test_checkpoints_judged_together_score_as_each_judged_alone(teacher, classes):
+    # judge_episode searches and attacks all of an episode's checkpoints in one pass; each
+    # checkpoint's scores must be those judge() gives it alone: the search's stopping
+    # rules, random starts (restarts 4: one from a random point, each checkpoint's own
+    # draws) and polish per checkpoint as alone, and every attack of the set batched
+    task = make_task(teacher, classes)
+    models = {0.0: untrained(task), 50.0: train_mlp(task, 300, 40, seed=2)[0], 400.0: trained(task)}
+    cfg = config(test_points=120, eps=0.5, strong_radius=1.0, attacks=["pgd", "beta"],
+                 attack_sets=[["fgsm"], ["pgd", "apgd-ce"]], steps=10, strong_steps=30, strong_restarts=4)
+    scores, flags, judged = J.judge_episode({b: copy.deepcopy(m) for b, m in models.items()}, task, cfg, 0)
+    together = _scores_by_budget(scores)
+    test = J.make_test_set(task, cfg, 0)
+    strong = set()
+    for budget, model in models.items():
+        alone = J.judge(copy.deepcopy(model), task, test, cfg, 0)
+        assert _same(together[budget], alone), (budget, together[budget], alone)
+        strong.add(alone["strong_robust_acc"])
+        for name, attacks in (("fgsm/l2/0.5", ["fgsm"]), ("pgd+apgd-ce/l2/0.5", ["pgd", "apgd-ce"])):
+            mine = _scores_by_budget(judged[name]["scores"])[budget]
+            assert _same(mine, J.judge(copy.deepcopy(model), task, test, {**cfg, "attacks": attacks}, 0))
+    assert len(strong) > 1   # the checkpoints differ: the routing is not comparing a model with itself
+
+
+def test_non_stackable_checkpoints_judged_together_score_as_alone():
+    task = make_task()
+    models = {0.0: Shifted(task, [0.3, 0.0]), 1.0: Shifted(task, [0.0, 0.2])}
+    cfg = config(test_points=80, eps=0.5, strong_radius=1.0, steps=5, strong_steps=10)
+    together = _scores_by_budget(J.judge_episode(models, task, cfg, 0)[0])
+    test = J.make_test_set(task, cfg, 0)
+    for budget, model in models.items():
+        assert _same(together[budget], J.judge(model, task, test, cfg, 0))
+
+
+def test_checkpoints_beyond_the_memory_cap_go_in_several_passes(monkeypatch):
+    task = make_task()
+    models = {b: train_mlp(task, 200, steps, seed=3)[0] for b, steps in ((0.0, 1), (1.0, 20), (2.0, 80))}
+    cfg = config(test_points=60, eps=0.5, strong_radius=1.0, steps=5, strong_steps=15)
+    one_pass = J.judge_episode({b: copy.deepcopy(m) for b, m in models.items()}, task, cfg, 0)[0]
+    x = J.make_test_set(task, cfg, 0).x
+    monkeypatch.setattr(J, "TOGETHER_ELEMENTS", 2 * x.size)   # two checkpoints per pass
+    assert [list(g) for g in J._groups(3, torch.from_numpy(x))] == [[0, 1], [2]]
+    assert J.judge_episode({b: copy.deepcopy(m) for b, m in models.items()}, task, cfg, 0)[0] == one_pass

@@ -643,7 +643,7 @@ def test_the_time_limit_holds_on_ray_workers_and_the_driver_stops_a_deaf_one(loc
         {"name": "stuck", "how": "masked", "label": "deaf"}])
     r = teachsim.run(cfg, out=tmp_path / "run", executor="ray", plugins=(str(plugin),), progress=False)
     eps = r.episodes.set_index("protocol")
-    assert eps.loc["passive", "status"] == "finished"
+    assert eps.loc["passive", "status"] == "finished", eps.loc["passive", "error"]
     assert eps.loc["loops", "status"] == "failed" and eps.loc["deaf", "status"] == "failed"
     assert eps.loc["loops", "error"].startswith("EpisodeTimeout: the episode ran past its time limit of 2 s")
     assert "its Ray worker, still busy 2 s later, was stopped" in eps.loc["deaf", "error"]

@@ -96,6 +96,51 @@ class Stacked(nn.Module):
                 model[i].bias.copy_(b[k, 0])
 
 
+class Routed:
+    """Several models as one callable: row i of an input goes to ``models[owner[i]]``,
+    each model's rows one block after another (``owner`` non-decreasing; blocks may differ
+    in size, or be empty). The judge searches all checkpoints of an episode in one pass
+    with it: the search narrows to the rows still open with :meth:`rows`.
+
+    Stackable models run as one :class:`Stacked` model (each block zero-padded to the
+    largest, the pads' outputs dropped), others one after another. A model's logits are
+    the same as alone up to float rounding (another row count can change the last bit of
+    a product), never in anything else."""
+
+    def __init__(self, models: list[nn.Module], owner: torch.Tensor, stacked: Stacked | None = None):
+        self.models, self.owner = models, owner
+        if stacked is None and stackable(models[0]) is not None and all(
+                stackable(m) == stackable(models[0]) for m in models):
+            stacked = Stacked(models).requires_grad_(False)
+        self.stacked = stacked
+        self.counts = torch.bincount(owner, minlength=len(models)).tolist()
+        if len(owner) > 1 and not bool((owner[1:] >= owner[:-1]).all()):
+            raise ValueError("Routed: owners must be non-decreasing (each model's rows one block)")
+
+    @classmethod
+    def blocks(cls, models: list[nn.Module], rows: int, device=None) -> Routed:
+        """``models`` over ``len(models)`` blocks of ``rows`` rows each."""
+        owner = torch.arange(len(models), device=device).repeat_interleave(rows)
+        return cls(models, owner)
+
+    def rows(self, idx: torch.Tensor) -> Routed:
+        """The same models for the rows ``idx`` (ascending) of this one's inputs."""
+        return Routed(self.models, self.owner[idx], self.stacked)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        k, n = len(self.models), len(x)
+        if self.stacked is None or n == 0:
+            parts = [m(part) for m, part in zip(self.models, x.split(self.counts)) if len(part)]
+            return torch.cat(parts) if parts else self.models[0](x)
+        size = max(self.counts)
+        if size * k == n:   # equal blocks: no routing
+            return self.stacked(x)
+        start = torch.tensor(np.cumsum([0] + self.counts[:-1]), device=x.device)
+        slot = self.owner * size + torch.arange(n, device=x.device) - start[self.owner]
+        h = x.new_zeros((k * size, *x.shape[1:])).index_copy(0, slot, x)
+        return self.stacked(h).index_select(0, slot)
+
+
 @dataclass
 class Request:
     """One student's learn call, waiting for its cohort."""

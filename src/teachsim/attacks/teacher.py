@@ -50,6 +50,25 @@ import torch
 from .common import _view, as_box, ascent, clip, loss_per_point, norm_of, project, random_in_ball
 
 
+def _rows(model, idx: torch.Tensor):
+    """The student for the rows ``idx`` of the search's points. A model that routes rows to
+    several students (the judge searching all checkpoints of an episode at once,
+    :class:`teachsim.agents.cohort.Routed`) narrows to those rows; a plain model is itself."""
+    rows = getattr(model, "rows", None)
+    return model if rows is None else rows(idx)
+
+
+def _random_start(model, x: torch.Tensor, radius: float, norm: str, generator) -> torch.Tensor:
+    """A uniform point of the ball around each row of ``x``: with a routed student, each
+    student's rows from its own generator (``generator`` a :class:`teachsim.seeding.Generators`),
+    as its search alone would draw them."""
+    counts = getattr(model, "counts", None)
+    if counts is None or not hasattr(generator, "generators"):
+        return random_in_ball(x, radius, norm, generator)
+    return torch.cat([random_in_ball(part, radius, norm, g)
+                      for part, g in zip(x.split(counts), generator.generators) if len(part)])
+
+
 def _dual_norm(g: torch.Tensor, norm: str) -> torch.Tensor:
     flat = g.flatten(1)
     return flat.abs().sum(dim=1) if norm == "linf" else flat.norm(dim=1)
@@ -282,7 +301,7 @@ def _polish(model, task, x, todo, targets, *, radius, norm, box, target, rounds=
     dual = (lambda g: np.abs(g).sum()) if norm == "linf" else np.linalg.norm   # row distance = gap / dual norm
     pairs = []   # (point, c, j, s)
     T, JT = _jacobian(task.logits, x[todo])
-    S, JS = _jacobian(model, x[todo])
+    S, JS = _jacobian(_rows(model, todo), x[todo])
     for k, i in enumerate(todo.tolist()):
         for c in targets[i]:
             # the most binding runner-ups and student classes: the nearest single rows
@@ -303,7 +322,7 @@ def _polish(model, task, x, todo, targets, *, radius, norm, box, target, rounds=
             break
         zz = torch.as_tensor(np.stack([z[p] for p in pairs]), dtype=x.dtype, device=x.device).view(-1, *x.shape[1:])
         T, JT = _jacobian(task.logits, zz)
-        S, JS = _jacobian(model, zz)
+        S, JS = _jacobian(_rows(model, torch.as_tensor([p[0] for p in pairs], device=x.device)), zz)
         cand = []
         for k, p in enumerate(pairs):
             i, c, j, s = p
@@ -322,7 +341,7 @@ def _polish(model, task, x, todo, targets, *, radius, norm, box, target, rounds=
         with torch.no_grad():
             ok = (torch.as_tensor(task.label(y), device=x.device) == torch.as_tensor([p[1] for p, _ in cand],
                                                                                       device=x.device))
-            ok &= model(y).argmax(dim=1) != torch.as_tensor([p[1] for p, _ in cand], device=x.device)
+            ok &= _rows(model, idx)(y).argmax(dim=1) != torch.as_tensor([p[1] for p, _ in cand], device=x.device)
         for k, (p, _) in enumerate(cand):
             if bool(ok[k]):
                 found.setdefault(p[0], y[k])
@@ -348,9 +367,15 @@ def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "
     linearise-and-project (``untargeted = 0`` or ``polish = 0`` turns that phase off).
 
     Args:
-        model: the student, inputs -> logits.
+        model: the student, inputs -> logits; or several students, each owning a block of
+            ``x``'s rows (:class:`teachsim.agents.cohort.Routed`: the judge searches all of
+            an episode's checkpoints at once). Each row's search is its own: the
+            stopping rules stop early only what would repeat itself.
         task: the task: its ``logits``, ``margin_to`` and ``gamma`` define the teacher.
         x: (n, dim) starting points.
+        generator: draws the random starts (restarts after the third); with a routed
+            student a :class:`teachsim.seeding.Generators`, one per student, so each
+            draws what its search alone would.
         radius: search radius in ``norm``.
         slack: the search keeps the teacher's margin at ``gamma * (1 + slack)``, a little
             inside the certain region, so float rounding cannot push a point out of it.
@@ -375,7 +400,7 @@ def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "
         return out, found
     if untargeted > 0:
         idx = (~found).nonzero().squeeze(1)
-        hit, pts = _untargeted(model, task, x[idx], radius=radius, norm=norm, box=b, steps=untargeted)
+        hit, pts = _untargeted(_rows(model, idx), task, x[idx], radius=radius, norm=norm, box=b, steps=untargeted)
         out[idx[hit]] = pts[hit]
         found[idx[hit]] = True
     order, dist = _targets(task, x, norm)
@@ -386,9 +411,9 @@ def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "
             idx = (~found & reachable).nonzero().squeeze(1)
             if not len(idx):
                 break
-            xi = x[idx]
-            start = xi if r < 3 else clip(xi + random_in_ball(xi, radius, norm, generator), b)
-            hit, pts = _search(model, task, xi, c_all[idx], radius=radius, norm=norm, box=b, start=start,
+            xi, student = x[idx], _rows(model, idx)
+            start = xi if r < 3 else clip(xi + _random_start(student, xi, radius, norm, generator), b)
+            hit, pts = _search(student, task, xi, c_all[idx], radius=radius, norm=norm, box=b, start=start,
                                steps=steps, target=target, classic=r == 0, certainty=r == 2)
             out[idx[hit]] = pts[hit]
             found[idx[hit]] = True
@@ -404,7 +429,7 @@ def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "
     if bool(moved.any()):
         with torch.no_grad():
             t = torch.as_tensor(task.label(out[moved]), device=x.device)
-            s = model(out[moved]).argmax(dim=1)
+            s = _rows(model, moved.nonzero().squeeze(1))(out[moved]).argmax(dim=1)
             inside = norm_of(out[moved] - x[moved], norm) <= radius * (1 + 1e-5)
             ok = (t >= 0) & (s != t) & inside
         idx = moved.nonzero().squeeze(1)

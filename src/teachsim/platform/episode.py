@@ -113,6 +113,17 @@ def time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
+def warm_up() -> None:
+    """Import what an episode imports on first use: torch, the agents, the judge, and
+    torch._dynamo, which a torch optimiser's first step imports (800 modules, about 2 s).
+    Once per process (then free), before any time limit starts: a Ray worker calls it when
+    it starts, so the first episode's limit is not spent on imports."""
+    import torch._dynamo  # noqa: F401
+
+    from ..agents import cohort, teacher  # noqa: F401
+    from . import judge  # noqa: F401
+
+
 def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None = None) -> EpisodeResult:
     """Run one episode and judge its snapshots. Never raises (but for KeyboardInterrupt):
     a failure is a result.
@@ -127,9 +138,11 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
     from ..agents.teacher import Teacher
     from .judge import VERSION, judge_episode
 
+    import torch
+
+    warm_up()
     result = EpisodeResult(spec, "failed", started_at=now(), host=socket.gethostname())
     t0 = time.perf_counter()
-    import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # episodes are small: one thread each is fastest and keeps runs reproducible

@@ -102,6 +102,9 @@ class _Worker:
                                      f"{type(exc).__name__}: {exc}")
             else:
                 registry.REGISTRIES[kind].add(registry.Entry(name, target, params, check, version))
+        from ..platform.episode import warm_up
+
+        warm_up()   # imports now, before the driver's clock of any episode's time limit starts
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         self.device = "cpu"
         if self.gpu_ids:
