@@ -4,6 +4,7 @@ digits worlds, the cnn student, and a user task from a plugin file."""
 
 from __future__ import annotations
 
+import functools
 import math
 import textwrap
 
@@ -36,6 +37,39 @@ def test_net_teacher_gives_every_class_a_fair_share(classes):
         x = torch.as_tensor(task.data.sample(20000, np.random.default_rng(123)))
         share = np.bincount(task.logits(x).argmax(1).numpy(), minlength=classes) / len(x)
         assert np.abs(share * classes - 1).max() < 0.3, (seed, share.round(3))
+
+
+def _margin_to_two_graphs(task, x, target):
+    """margin_to as defined: margin() where target is the top class, else minus the
+    first-order distance from the top class's boundary with target (each its own graph)."""
+    logits = task.logits(x)
+    top = logits.argmax(dim=1)
+    gap = logits.gather(1, top[:, None]).squeeze(1) - logits.gather(1, target[:, None]).squeeze(1)
+    (grad,) = torch.autograd.grad(gap.sum(), x, create_graph=True)
+    away = -gap / (grad.flatten(1).norm(dim=1) + 1e-12)
+    return torch.where(top == target, task.margin(x, create_graph=True), away)
+
+
+@pytest.mark.parametrize("classes", [2, 3, 4])
+@pytest.mark.parametrize("teacher", ["linear", "net"])
+def test_margin_to_is_the_two_graph_form(teacher, classes):
+    # The search calls margin_to at every step, so the default one builds a single graph.
+    # Its values and input gradients (what the search steps along) must be the definition's,
+    # bit for bit: the judge's scores depend on them.
+    tasks = [HiddenFeature(seed, dim=20, classes=classes, teacher=teacher) for seed in range(2)]
+    tasks += [Spheres(0, dim=10)] if classes == 2 else []
+    for task in tasks:
+        g = torch.Generator().manual_seed(classes)
+        x = 2 * torch.randn(2000, task.dim, generator=g)
+        for target in (torch.randint(classes, (len(x),), generator=g), task.logits(x).argmax(1)):
+            got, want = [], []
+            for f, out in ((task.margin_to, got), (functools.partial(_margin_to_two_graphs, task), want)):
+                xg = x.clone().requires_grad_(True)
+                m = f(xg, target)
+                out += [m.detach(), torch.autograd.grad(m.sum(), xg)[0]]
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), task.name
+            mine = target == task.logits(x).argmax(1)
+            assert (got[0][~mine] <= 0).all() and torch.equal(got[0][mine], task.margin(x)[mine].detach())
 
 
 CHECKS = {"builds", "samples", "labels", "certain", "gradient", "deterministic", "invariances"}

@@ -57,15 +57,21 @@ def ascent(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / _l2_keepdim(grad).clamp_min(1e-12)
 
 
-def random_in_ball(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+def random_in_ball(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None,
+                   counts: list[int] | None = None) -> torch.Tensor:
     """A uniform random perturbation in the eps-ball, on ``x``'s device.
 
     The numbers are drawn on the CPU (the generator is a CPU one), so a seed gives the
-    same start on every device.
+    same start on every device. With a :class:`teachsim.seeding.Generators` (several
+    students' rows, one block each: equal blocks, or ``counts`` rows each) every block
+    is drawn from its student's own generator, as that student alone would draw it.
     """
-    if isinstance(generator, seeding.Generators):   # a cohort: each student's rows as it alone would
+    if isinstance(generator, seeding.Generators):
+        if counts is None:
+            return torch.cat([random_in_ball(part, eps, norm, g)
+                              for part, g in zip(x.chunk(len(generator)), generator.generators)])
         return torch.cat([random_in_ball(part, eps, norm, g)
-                          for part, g in zip(x.chunk(len(generator)), generator.generators)])
+                          for part, g in zip(x.split(counts), generator.generators) if len(part)])
     if norm == "linf":
         return ((torch.rand(x.shape, generator=generator) * 2 - 1) * eps).to(x.device)
     d = torch.randn(x.shape, generator=generator)

@@ -58,17 +58,6 @@ def _rows(model, idx: torch.Tensor):
     return model if rows is None else rows(idx)
 
 
-def _random_start(model, x: torch.Tensor, radius: float, norm: str, generator) -> torch.Tensor:
-    """A uniform point of the ball around each row of ``x``: with a routed student, each
-    student's rows from its own generator (``generator`` a :class:`teachsim.seeding.Generators`),
-    as its search alone would draw them."""
-    counts = getattr(model, "counts", None)
-    if counts is None or not hasattr(generator, "generators"):
-        return random_in_ball(x, radius, norm, generator)
-    return torch.cat([random_in_ball(part, radius, norm, g)
-                      for part, g in zip(x.split(counts), generator.generators) if len(part)])
-
-
 def _dual_norm(g: torch.Tensor, norm: str) -> torch.Tensor:
     flat = g.flatten(1)
     return flat.abs().sum(dim=1) if norm == "linf" else flat.norm(dim=1)
@@ -412,7 +401,9 @@ def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "
             if not len(idx):
                 break
             xi, student = x[idx], _rows(model, idx)
-            start = xi if r < 3 else clip(xi + _random_start(student, xi, radius, norm, generator), b)
+            # random starts: with a routed student, each student's rows from its own generator
+            counts = getattr(student, "counts", None)
+            start = xi if r < 3 else clip(xi + random_in_ball(xi, radius, norm, generator, counts), b)
             hit, pts = _search(student, task, xi, c_all[idx], radius=radius, norm=norm, box=b, start=start,
                                steps=steps, target=target, classic=r == 0, certainty=r == 2)
             out[idx[hit]] = pts[hit]

@@ -192,19 +192,21 @@ def _attack_together(models, task, test: TestSet, cfg, seed: int, sets: list[lis
     """Per checkpoint, the attack cache :func:`_lp_scores` fills (attack name -> (points,
     flipped)), with every attack of :data:`BATCHED_ATTACKS` in ``sets`` run once over all
     checkpoints; the others are left to run per checkpoint."""
+    from ..agents.cohort import stack
+
     caches: list[dict] = [{} for _ in models]
     dev = _device(models[0])
     x, y = torch.from_numpy(test.x).to(dev), torch.from_numpy(test.y).to(dev)
     names = [a for a in dict.fromkeys(a for s in sets for a in s) if a in BATCHED_ATTACKS]
     for group in _groups(len(models), x):
-        routed = _together([models[i] for i in group], len(x))
-        if routed is None or routed.stacked is None:   # alone, or a model Stacked cannot batch
+        stacked = stack([models[i] for i in group]) if len(group) > 1 else None
+        if stacked is None:   # alone, or a model Stacked cannot batch: per checkpoint
             continue
         k = len(group)
         xs, ys = x.repeat(k, *([1] * (x.dim() - 1))), y.repeat(k)
         for name in names:
             gens = seeding.Generators([seeding.torch_generator(seed, "judge", "attack", name) for _ in group])
-            xa = call_attack(name, routed.stacked, xs, ys, cfg, gens, task.box)
+            xa = call_attack(name, stacked, xs, ys, cfg, gens, task.box)
             for i, part in zip(group, xa.chunk(k)):
                 caches[i][name] = (part, _predict(models[i], part) != y)
     return caches
@@ -312,8 +314,9 @@ def _search(models: list[torch.nn.Module], task, x: torch.Tensor, cfg: Mapping[s
     k = len(models)
     gens = [seeding.torch_generator(seed, "judge", "teacher") for _ in models]
     routed = _together(models, len(x))
-    _, found = teacher_attack(models[0] if routed is None else routed, task,
-                              x.repeat(k, *([1] * (x.dim() - 1))), radius=cfg["strong_radius"], norm=cfg["norm"],
+    xs = x if k == 1 else x.repeat(k, *([1] * (x.dim() - 1)))
+    _, found = teacher_attack(models[0] if routed is None else routed, task, xs,
+                              radius=cfg["strong_radius"], norm=cfg["norm"],
                               box=task.box, generator=gens[0] if k == 1 else seeding.Generators(gens),
                               steps=cfg["strong_steps"], restarts=cfg["strong_restarts"])
     return list(found.chunk(k))
