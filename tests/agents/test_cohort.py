@@ -78,6 +78,34 @@ def test_odd_batches_train_together_bit_for_bit_as_alone(method, params):
         for (name, p), q in zip(a.model.named_parameters(), r.model.parameters()):
             assert torch.equal(p, q), (name, (p - q).abs().max().item())
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_erm_students_with_different_numbers_of_points_train_together_bit_for_bit(optimizer):
+    # Early learn calls train erm on all of a student's points (fewer than a batch): each
+    # student has its own count, so they stack only as a ragged cohort (each block padded
+    # to the largest with zero-weight rows). Weights must be those of training alone.
+    sizes = [37, 40, 51, 64, 65, 100]
+
+    def make(seed, n):
+        s, X, y = _student("erm", {}, seed, n, optimizer, hidden=(16, 16))
+        s.batch_size = 128
+        return C.Request(s, X, y, 20, torch.Generator().manual_seed(seed + 100))
+
+    alone = [make(seed, n) for seed, n in enumerate(sizes)]
+    for r in alone:
+        C.fit_together([r])
+    together = [make(seed, n) for seed, n in enumerate(sizes)]
+    assert all(r.ragged for r in together) and len({r.key() for r in together}) == 1
+    C.fit_together(together)
+    for a, r in zip(alone, together):
+        for (name, p), q in zip(a.model.named_parameters(), r.model.parameters()):
+            assert torch.equal(p, q), (len(r.y), name, (p - q).abs().max().item())
+    # what draws random numbers per row, or samples mini-batches, keeps to equal sizes
+    s, X, y = _student("pgd-at", {"eps": 0.5, "norm": "l2"}, 0, 37)
+    s.batch_size = 128
+    assert not C.Request(s, X, y, 20, torch.Generator()).ragged
+    assert not make(0, 200).ragged
+
+
 def test_draws_are_each_student_s_own():
     gens = [torch.Generator().manual_seed(i) for i in range(3)]
     drawn = seeding.randn((6, 2), seeding.Generators(gens))

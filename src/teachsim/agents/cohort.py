@@ -17,7 +17,8 @@ How it stays identical to training alone:
 
 What is batched: ``mlp`` and ``linear`` students (a chain of linear layers and ReLUs), any
 built-in method, any batch size (inside the stacked model each student's rows are padded
-to a multiple of :data:`ROWS`), with the ``invariance`` augmentation and gradient penalty
+to a multiple of :data:`ROWS`; ``erm`` students training on all of their points stack
+whatever their counts, see :attr:`Request.ragged`), with the ``invariance`` augmentation and gradient penalty
 of students holding such an explanation (grouped by the shape of their bases). What
 trains alone through ``Student._fit``: other models (``cnn``, plugins' models).
 """
@@ -182,12 +183,25 @@ class Request:
     def batch(self) -> int:
         return min(self.student.batch_size, len(self.y))
 
+    @property
+    def ragged(self) -> bool:
+        """Whether this request may train beside others with *another* number of points:
+        an ``erm`` student, without an invariance explanation, that trains on all its
+        points at every step (fewer than its batch size). Its loss takes no random draw,
+        so each student's block is its own points padded with zero-weight rows
+        (:func:`fit_together`). Early learn calls (50 to 127 labelled points) are such:
+        they stacked only with students of exactly as many points before."""
+        from .methods import erm
+
+        return self.student.method is erm and self.basis is None and self.batch >= len(self.y)
+
     def key(self) -> tuple:
         """Students with equal keys train in one batched model."""
         s = self.student
+        size = "all points" if self.ragged else self.batch
         return (stackable(self.model), str(_device(self.model)), s.method,
                 tuple(sorted((k, repr(v)) for k, v in s.method_params.items())),
-                s.optimizer, s.lr, s.weight_decay, self.steps, self.batch, self.batch < len(self.y),
+                s.optimizer, s.lr, s.weight_decay, self.steps, size, self.batch < len(self.y),
                 repr(s.data.box), s.classes, None if self.basis is None else
                 (self.basis.shape, s.invariance_scale, s.invariance_penalty))
 
@@ -244,16 +258,26 @@ def fit_together(requests: list[Request]) -> None:
     # the invariance explanation's directions (the group shares their shape: Request.key)
     V = None if requests[0].basis is None else torch.stack([torch.from_numpy(r.basis) for r in requests]).to(dev)
     box = box_tensors(first.data.box, dev)
+    sizes = [len(y) for _, y in data]
+    fixed = None
+    if requests[0].ragged and len(set(sizes)) > 1:   # every step all points, each block padded to the largest
+        rows = max(sizes)
+        fixed = (torch.cat([torch.nn.functional.pad(X, (0, 0, 0, rows - len(X))) for X, _ in data]),
+                 torch.cat([torch.nn.functional.pad(y, (0, rows - len(y))) for _, y in data]))
+        ctx = replace(ctx, rows=tuple(sizes))
     stacked.train()
     for step in range(steps):
         ctx = replace(ctx, step=step, steps=steps)
-        picks = [torch.randint(len(y), (bs,), generator=r.generator).to(dev) if bs < len(y) else full[i]
-                 for i, ((_, y), r) in enumerate(zip(data, requests))]
-        if k == 1:
-            xb, yb = data[0][0][picks[0]], data[0][1][picks[0]]
+        if fixed is not None:
+            xb, yb = fixed
         else:
-            xb = torch.cat([X[idx] for (X, _), idx in zip(data, picks)])
-            yb = torch.cat([y[idx] for (_, y), idx in zip(data, picks)])
+            picks = [torch.randint(len(y), (bs,), generator=r.generator).to(dev) if bs < len(y) else full[i]
+                     for i, ((_, y), r) in enumerate(zip(data, requests))]
+            if k == 1:
+                xb, yb = data[0][0][picks[0]], data[0][1][picks[0]]
+            else:
+                xb = torch.cat([X[idx] for (X, _), idx in zip(data, picks)])
+                yb = torch.cat([y[idx] for (_, y), idx in zip(data, picks)])
         if V is not None and first.invariance_scale > 0:
             # the teacher said its label ignores these directions: shifted copies keep it
             xb = _shifted(requests, V, xb, gens, box)

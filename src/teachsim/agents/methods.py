@@ -29,12 +29,22 @@ class TrainContext:
     step: int = 0      # this batch's index within the current learn call (0-based)...
     steps: int = 0     # ...of this many steps (0: unknown); schedules such as GAIRAT's burn-in
     cohort: int = 1    # students whose batches are stacked in x (teachsim.agents.cohort); 1: one
+    rows: tuple[int, ...] | None = None   # a ragged cohort's points per student (the rest of each block: padding)
 
 
 def mean(per_point: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
     """A batch's mean loss; in a cohort, each student's mean, summed (the gradient each
     student's weights get is then exactly the one it would get alone)."""
-    return per_point.mean() if ctx.cohort == 1 else per_point.view(ctx.cohort, -1).mean(1).sum()
+    if ctx.cohort == 1:
+        return per_point.mean()
+    per = per_point.view(ctx.cohort, -1)
+    if ctx.rows is None:
+        return per.mean(1).sum()
+    # a ragged cohort (erm on all points): each student's mean over its own rows, the
+    # padding weighted 0; each real row's gradient is 1/rows, as mean() gives it alone
+    n = torch.tensor(ctx.rows, dtype=per.dtype, device=per.device)
+    real = torch.arange(per.shape[1], device=per.device)[None, :] < n[:, None]
+    return (torch.where(real, per, torch.zeros_like(per)).sum(1) / n).sum()
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:

@@ -180,7 +180,7 @@ def _together(models: list[torch.nn.Module], rows: int):
     costing mostly per-op dispatch; all of an episode's checkpoints in one pass pay it once
     (measured: the strong search on 5 checkpoints 2.3x faster than one by one). Each
     checkpoint's rows follow the path they would alone: the stopping rules only stop early
-    what would repeat itself, every random draw comes from the checkpoint's own generator,
+    what would repeat itself (up to rounding), every random draw comes from the checkpoint's own generator,
     and only the last bits of a product can differ (another row count). The composition is
     the episode's own, so an episode's scores never depend on what else runs beside it."""
     from ..agents.cohort import Routed
