@@ -125,7 +125,8 @@ class Routed:
             raise ValueError("Routed: owners must be non-decreasing (each model's rows one block)")
         # Only the models that own rows run: late in a search most checkpoints have no open
         # rows left, and stacking them all would compute a padded block for each (measured:
-        # 40% of the quick suite's stacked passes were padding). Same blocks, same bits.
+        # 40% of the quick suite's stacked passes were padding). The same blocks, so on the
+        # CPU the same bits (see ROWS).
         self._run, self._owner, self._counts = self.stacked, owner, self.counts
         active = [i for i, c in enumerate(self.counts) if c]
         if self.stacked is not None and 0 < len(active) < len(models):
@@ -186,14 +187,17 @@ class Request:
     @property
     def ragged(self) -> bool:
         """Whether this request may train beside others with *another* number of points:
-        an ``erm`` student, without an invariance explanation, that trains on all its
-        points at every step (fewer than its batch size). Its loss takes no random draw,
+        an ``erm`` student that uses no invariance explanation and trains on all its
+        points at every step (at most its batch size of them). Its loss takes no random draw,
         so each student's block is its own points padded with zero-weight rows
-        (:func:`fit_together`). Early learn calls (50 to 127 labelled points) are such:
-        they stacked only with students of exactly as many points before."""
+        (:func:`fit_together`). Early learn calls (50 to 128 labelled points) are such:
+        they stacked only with students of exactly as many points before. CPU only: the
+        padded row count must not change a student's weight gradient, which was checked
+        for the CPU's products (336 students), not for a GPU's."""
         from .methods import erm
 
-        return self.student.method is erm and self.basis is None and self.batch >= len(self.y)
+        return (self.student.method is erm and self.basis is None and self.batch >= len(self.y)
+                and _device(self.model).type == "cpu")
 
     def key(self) -> tuple:
         """Students with equal keys train in one batched model."""
