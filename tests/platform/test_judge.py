@@ -261,6 +261,7 @@ def test_the_judge_hands_an_attack_exactly_the_keys_it_takes(monkeypatch):
 
 
 def test_routed_models_give_each_row_its_own_models_logits_and_input_gradient():
+    from teachsim.agents import cohort as C
     from teachsim.agents.cohort import Routed
 
     task = make_task()
@@ -275,6 +276,12 @@ def test_routed_models_give_each_row_its_own_models_logits_and_input_gradient():
     (got,) = torch.autograd.grad(out[:, 1].sum(), x)
     (expect,) = torch.autograd.grad(want[:, 1].sum(), x)
     torch.testing.assert_close(got, expect, rtol=1e-6, atol=1e-6)
+    # only the models that own rows run (model 1 is left out of the stack): the same bits
+    # as the whole stack with model 1's block all padding
+    full = C.Stacked(models).requires_grad_(False)
+    padded = torch.zeros(3 * 4, task.dim).index_copy(0, torch.tensor([0, 1, 2, 8, 9, 10, 11]), x.detach())
+    assert routed._run is not routed.stacked and routed._run.k == 2
+    assert torch.equal(routed(x.detach()), full(padded)[[0, 1, 2, 8, 9, 10, 11]])
     narrowed = routed.rows(torch.tensor([1, 5]))           # one row of model 0, one of model 2
     assert narrowed.counts == [1, 0, 1]
     torch.testing.assert_close(narrowed(x[[1, 5]]), want[[1, 5]], rtol=1e-6, atol=1e-6)
