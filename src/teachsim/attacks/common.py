@@ -66,12 +66,9 @@ def random_in_ball(x: torch.Tensor, eps: float, norm: str, generator: torch.Gene
     students' rows, one block each: equal blocks, or ``counts`` rows each) every block
     is drawn from its student's own generator, as that student alone would draw it.
     """
-    if isinstance(generator, seeding.Generators):
-        if counts is None:
-            return torch.cat([random_in_ball(part, eps, norm, g)
-                              for part, g in zip(x.chunk(len(generator)), generator.generators)])
-        return torch.cat([random_in_ball(part, eps, norm, g)
-                          for part, g in zip(x.split(counts), generator.generators) if len(part)])
+    if isinstance(generator, seeding.Generators):   # (an empty block draws nothing)
+        parts = x.chunk(len(generator)) if counts is None else x.split(counts)
+        return torch.cat([random_in_ball(part, eps, norm, g) for part, g in zip(parts, generator.generators)])
     if norm == "linf":
         return ((torch.rand(x.shape, generator=generator) * 2 - 1) * eps).to(x.device)
     d = torch.randn(x.shape, generator=generator)

@@ -96,24 +96,23 @@ class Task:
             xg = x if x.requires_grad else x.detach().requires_grad_(True)
             logits = self.logits(xg)
             top = logits.argmax(dim=1)
-            if type(self).margin is Task.margin:   # (a margin set on the instance takes the general path)
-                # One graph for both cases (the search calls this at every step): with the
-                # default margin, the case target == top is margin()'s quotient for its pair
+            mine = top == target
+            first, other = top, target
+            one_graph = type(self).margin is Task.margin   # (a margin set on the instance: two graphs)
+            if one_graph:
+                # The search calls this at every step, so with the default margin one graph
+                # serves both cases: where target == top, margin()'s quotient for its pair
                 # (topk's first two, ties included), positive. The numbers are those of the
-                # two-graph form below, bit for bit (tests/tasks:
-                # test_margin_to_is_the_two_graph_form).
+                # two-graph form, bit for bit (tests/tasks: test_margin_to_is_the_two_graph_form).
                 pair = logits.topk(2, dim=1).indices
-                mine = top == target
                 first = torch.where(mine, pair[:, 0], top)
                 other = torch.where(mine, pair[:, 1], target)
-                gap = logits.gather(1, first[:, None]).squeeze(1) - logits.gather(1, other[:, None]).squeeze(1)
-                (grad,) = torch.autograd.grad(gap.sum(), xg, create_graph=True)
-                value = gap / (grad.flatten(1).norm(dim=1) + 1e-12)
-                return torch.where(mine, value, -value)
-            gap = logits.gather(1, top[:, None]).squeeze(1) - logits.gather(1, target[:, None]).squeeze(1)
+            gap = logits.gather(1, first[:, None]).squeeze(1) - logits.gather(1, other[:, None]).squeeze(1)
             (grad,) = torch.autograd.grad(gap.sum(), xg, create_graph=True)
-            away = -gap / (grad.flatten(1).norm(dim=1) + 1e-12)
-            mine = top == target
+            value = gap / (grad.flatten(1).norm(dim=1) + 1e-12)
+            if one_graph:
+                return torch.where(mine, value, -value)
+            away = -value
             if not bool(mine.any()):
                 return away
             return torch.where(mine, self.margin(xg, create_graph=True), away)
