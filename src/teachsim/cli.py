@@ -70,7 +70,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", type=_cohort_size, default=None, metavar="N",
                    help="advance N episodes together in each process (each Ray worker's, or this one with "
                         "--executor serial), their students trained as one batched model; same results; "
-                        "'auto': 16 on a CPU, 64 per GPU worker, at most each worker's share (default 1)")
+                        "1: one at a time; 'auto' (the default): 16 on a CPU, 64 per GPU worker, at most each "
+                        "worker's share, 1 where a time limit applies")
     p.add_argument("--retries", type=int, default=0,
                    help="extra attempts for a failing episode (an episode whose worker dies is always retried)")
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS", dest="time_limit",

@@ -246,7 +246,7 @@ def _same(a, b) -> bool:
 
 def test_a_cohort_gives_the_transcripts_and_scores_of_one_by_one(tmp_path, monkeypatch):
     cfg = _config()
-    one = teachsim.run(cfg, out=tmp_path / "one", executor="serial", progress=False)
+    one = teachsim.run(cfg, out=tmp_path / "one", executor="serial", progress=False, cohort=1)
     sizes = []
     real = C.fit_together
     monkeypatch.setattr(C, "fit_together", lambda group: (sizes.append(len(group)), real(group))[1])
@@ -330,6 +330,12 @@ def test_cohort_auto_sizes_per_device_and_worker_share():
     runner = make_executor("serial", cohort="auto")
     runner.start(40)
     assert runner.cohort == 16 and "cohorts of 16" in runner.description
+    runner = make_executor("serial")   # auto is the default
+    runner.start(40)
+    assert runner.cohort == 16
+    runner = make_executor("serial", cohort=1)
+    runner.start(40)
+    assert runner.cohort == 1 and "one episode at a time" in runner.description
     runner = make_executor("serial", cohort="auto")
     runner.start(1)
     assert runner.cohort == 1 and "one episode at a time" in runner.description

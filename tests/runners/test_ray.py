@@ -390,8 +390,9 @@ def test_episode_whose_worker_is_killed_is_retried(local_ray, tmp_path, plugin):
 @needs_proc
 def test_ctrl_c_stops_cleanly_keeps_finished_episodes_and_resume_finishes(tmp_path):
     cfg, out = _write(LONG, tmp_path / "long.toml"), tmp_path / "run"
-    proc = _popen(["run", str(cfg), "--out", str(out), "--executor", "ray", "--workers", "2", "--retries", "1"],
-                  _env(), tmp_path)
+    # cohorts of 2 (the default would put all 8 in one wave): episodes finish in waves
+    proc = _popen(["run", str(cfg), "--out", str(out), "--executor", "ray", "--workers", "2", "--retries", "1",
+                   "--cohort", "2"], _env(), tmp_path)
     try:
         _wait_for_finished(out, proc)
         os.killpg(proc.pid, signal.SIGINT)            # what Ctrl-C in a terminal does
@@ -403,7 +404,7 @@ def test_ctrl_c_stops_cleanly_keeps_finished_episodes_and_resume_finishes(tmp_pa
     last = err.strip().splitlines()[-1]
     # the resume command runs the way the run did: executor, workers and retries kept
     assert last.startswith("teachsim: interrupted;"), err
-    assert last.endswith(f"--out {out} --executor ray --workers 2 --retries 1 --resume"), err
+    assert last.endswith(f"--out {out} --executor ray --workers 2 --retries 1 --cohort 2 --resume"), err
     assert not left, f"processes left behind: {left}"
     kept = _rows(out, "SELECT key, status, started_at FROM episodes ORDER BY key")
     assert 1 <= len(kept) < 8 and {s for _, s, _ in kept} == {"finished"}
@@ -423,8 +424,8 @@ def test_losing_the_local_ray_node_mid_run_says_so_keeps_results_and_resumes(tmp
     cfg = _write(_config(seeds=list(range(8)), protocols=[{"name": "passive"}], **{"student.steps": 2500}),
                  tmp_path / "long.toml")
     out = tmp_path / "run"
-    proc = _popen(["run", str(cfg), "--out", str(out), "--executor", "ray", "--workers", "1", "--quiet"], _env(),
-                  tmp_path)
+    proc = _popen(["run", str(cfg), "--out", str(out), "--executor", "ray", "--workers", "1", "--cohort", "2",
+                   "--quiet"], _env(), tmp_path)
     try:
         _wait_for_finished(out, proc)
         raylets = [p for p in _session(proc.pid) if Path(f"/proc/{p}/comm").read_text().strip() == "raylet"]
@@ -437,7 +438,7 @@ def test_losing_the_local_ray_node_mid_run_says_so_keeps_results_and_resumes(tmp
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert last.startswith("teachsim: error: the Ray cluster was lost mid-run: no live node left"), err
-    assert last.endswith(f"--out {out} --executor ray --workers 1 --resume"), err
+    assert last.endswith(f"--out {out} --executor ray --workers 1 --cohort 2 --resume"), err
     assert not left, f"processes left behind: {left}"
     kept = _rows(out, "SELECT key, started_at FROM episodes WHERE status = 'finished'")
     assert 1 <= len(kept) < 8
@@ -452,7 +453,9 @@ def test_losing_the_local_ray_node_mid_run_says_so_keeps_results_and_resumes(tmp
 @needs_proc
 def test_kill_9_of_the_driver_then_resume_keeps_every_finished_episode(tmp_path):
     cfg, out = _write(LONG, tmp_path / "long.toml"), tmp_path / "run"
-    proc = _popen(["run", str(cfg), "--out", str(out), "--executor", "ray", "--quiet"], _env(), tmp_path)
+    # one at a time (--cohort 1): the other two tests above interrupt cohorts
+    proc = _popen(["run", str(cfg), "--out", str(out), "--executor", "ray", "--cohort", "1", "--quiet"], _env(),
+                  tmp_path)
     try:
         _wait_for_finished(out, proc)
         assert len(_session(proc.pid)) >= 5           # the driver, Ray's daemons and its two workers

@@ -82,7 +82,7 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         executor: str | None = None, address: str | None = None, workers: int | None = None,
         cpus_per_episode: float | None = None, gpus_per_episode: float | None = None,
         resume: bool = False, retries: int = 0, progress: bool = True, plugins: tuple[str, ...] = (),
-        time_limit: float | None = None, cohort: int | None = None) -> Run:
+        time_limit: float | None = None, cohort: int | str | None = None) -> Run:
     """Run an experiment and return its :class:`Run`.
 
     Args:
@@ -108,9 +108,9 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
         time_limit: seconds one episode may take before it is stopped and recorded
             failed (``EpisodeTimeout``); default the config's ``time_limit``, else none.
         cohort: episodes advanced together in one process (each Ray worker's, or the
-            serial executor's), their students trained as one batched model; default 1,
-            one at a time; ``"auto"`` sizes it per device (``runners.auto_cohort``; 1
-            where a time limit applies). Same results.
+            serial executor's), their students trained as one batched model; 1 runs
+            one at a time; default ``"auto"``: sized per device (``runners.auto_cohort``;
+            1 where a time limit applies). Same results either way.
 
     Raises:
         ConfigError: bad config or option, or an unreachable cluster (nothing has run).

@@ -56,7 +56,7 @@ def make_executor(executor: str | None = None, *, address: str | None = None, wo
     """Check the executor options and build the executor (nothing starts yet).
 
     ``None`` means the default: the executor from :func:`default_executor`, workers as
-    many as fit, 1 CPU and no GPU per episode.
+    many as fit, 1 CPU and no GPU per episode, ``--cohort auto`` (:func:`auto_cohort`).
 
     Raises:
         ConfigError: an unknown executor, a bad number, or a Ray option with ``serial``.
@@ -84,11 +84,11 @@ def make_executor(executor: str | None = None, *, address: str | None = None, wo
         if given:
             why = f"the executor is {executor!r}" + (f", from {EXECUTOR_ENV}" if field == EXECUTOR_ENV else "")
             raise ConfigError(given[0], f"applies to --executor ray only ({why})")
-        return SerialExecutor(cohort or 1)
+        return SerialExecutor("auto" if cohort is None else cohort)
     try:
         from .ray_executor import RayExecutor
     except ImportError as exc:
         raise ConfigError(field, f"the ray executor needs Ray ({exc}); install it with pip install 'ray[default]', "
                           "or use --executor serial") from None
     return RayExecutor(address=address, workers=workers, cpus_per_episode=cpus, gpus_per_episode=gpus, note=note,
-                       cohort=cohort or 1)
+                       cohort="auto" if cohort is None else cohort)
