@@ -208,11 +208,11 @@ def test_a_student_whose_batch_fails_is_trained_alone(monkeypatch):
     calls = []
     real = C.fit_together
 
-    def flaky(group):
+    def flaky(group, stop=None):
         calls.append(len(group))
         if len(group) > 1:
             raise RuntimeError("boom")
-        real(group)
+        real(group, stop)
     monkeypatch.setattr(C, "fit_together", flaky)
     C.Cohort()._train(requests)   # what the last of two waiting episodes does (30 points: batches of 16)
     assert calls == [2, 1, 1] and all(r.done and r.error is None for r in requests)
@@ -249,7 +249,7 @@ def test_a_cohort_gives_the_transcripts_and_scores_of_one_by_one(tmp_path, monke
     one = teachsim.run(cfg, out=tmp_path / "one", executor="serial", progress=False, cohort=1)
     sizes = []
     real = C.fit_together
-    monkeypatch.setattr(C, "fit_together", lambda group: (sizes.append(len(group)), real(group))[1])
+    monkeypatch.setattr(C, "fit_together", lambda group, stop=None: (sizes.append(len(group)), real(group, stop))[1])
     many = teachsim.run(cfg, out=tmp_path / "many", executor="serial", progress=False, cohort=4)
     assert max(sizes) >= 3   # students did train together (passive, margin, counterexample, trades)
     again = teachsim.run(cfg, out=tmp_path / "again", executor="serial", progress=False, cohort=10)
@@ -351,3 +351,29 @@ def test_cohort_auto_yields_to_a_time_limit(tmp_path):
               "--time-limit", "300", cwd=tmp_path)
     assert res.returncode == 0, res.stderr   # not refused, as --cohort 2 with a time limit is
     assert (teachsim.open_run(tmp_path / "run").episodes["status"] == "finished").all()
+
+
+def test_a_cohort_the_caller_stops_reading_stops_its_episodes(tmp_path, restore_registry, monkeypatch):
+    # Ctrl-C (or a caller that stops early) must not leave episode threads computing behind
+    # the run: the cohort cancels them, each stopping at its next step, learn call or judge
+    import threading
+
+    from teachsim import config as config_mod
+    from teachsim.runners.cohort import run_cohort
+
+    plugin = tmp_path / "breaks.py"
+    plugin.write_text(PROTOCOL)
+    registry.load_plugin(str(plugin))
+    cfg = copy.deepcopy(TINY)
+    cfg["seeds"], cfg["budgets"] = [0, 1], [0, 10, 20, 40, 80, 160]
+    cfg["protocols"] = [{"name": "passive"}, {"name": "breaks"}]   # 3 of these 4 at once: 1 or 2 breaks
+    trained = []
+    real = C.fit_together
+    monkeypatch.setattr(C, "fit_together", lambda group, stop=None: (real(group, stop), trained.append(1)))
+    results = run_cohort(config_mod.load(cfg).episodes, size=3)
+    first, _ = next(results)
+    assert first.status == "failed"      # breaks fails early; the passive episodes are mid-conversation
+    before = len(trained)
+    results.close()   # what a KeyboardInterrupt in the consuming loop does too
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("episode-")]
+    assert len(trained) - before <= 1    # at most the training under way finished (not the episodes)

@@ -417,6 +417,32 @@ def test_ctrl_c_stops_cleanly_keeps_finished_episodes_and_resume_finishes(tmp_pa
 
 @pytest.mark.slow
 @needs_proc
+def test_ctrl_c_of_a_serial_cohort_keeps_finished_episodes_and_resume_finishes(tmp_path):
+    # the serial executor's default is a cohort too (episodes in threads of the driver):
+    # Ctrl-C reaches the main thread, which keeps what finished and leaves no thread behind
+    cfg, out = _write(LONG, tmp_path / "long.toml"), tmp_path / "run"
+    proc = _popen(["run", str(cfg), "--out", str(out), "--executor", "serial", "--cohort", "2"], _env(), tmp_path)
+    try:
+        _wait_for_finished(out, proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        left = _reap(proc.pid)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and not left
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("teachsim: interrupted;") and last.endswith("--executor serial --cohort 2 --resume"), err
+    kept = _rows(out, "SELECT key, status, started_at FROM episodes ORDER BY key")
+    assert 1 <= len(kept) < 8 and {s for _, s, _ in kept} == {"finished"}
+    res, _ = _cli(["run", str(cfg), "--out", str(out), "--resume", "--executor", "serial", "--quiet"], _env(),
+                  tmp_path)
+    assert res.returncode == 0, res.stderr
+    after = _rows(out, "SELECT key, status, started_at FROM episodes ORDER BY key")
+    assert len(after) == 8 and set(kept) <= set(after)
+
+
+@pytest.mark.slow
+@needs_proc
 def test_losing_the_local_ray_node_mid_run_says_so_keeps_results_and_resumes(tmp_path):
     """The embedded Ray's raylet killed mid-run once left the run waiting for ever for a
     worker that could never start (Ray marks the node dead ~15 s later): now the run ends

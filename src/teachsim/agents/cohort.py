@@ -245,8 +245,10 @@ def _penalty(stacked: Stacked, V: torch.Tensor, xb: torch.Tensor, gens: Generato
     return sum(along_norm(g, v) for g, v in zip(grad.chunk(k), V))
 
 
-def fit_together(requests: list[Request]) -> None:
-    """Train every request's student as its own ``Student._fit`` would, in one batched model."""
+def fit_together(requests: list[Request], stop=None) -> None:
+    """Train every request's student as its own ``Student._fit`` would, in one batched model.
+    ``stop`` (a callable, checked before every step) raises :class:`Cancelled` when true:
+    nothing is written back then."""
     from .methods import TrainContext
     from .student import box_tensors
 
@@ -271,6 +273,8 @@ def fit_together(requests: list[Request]) -> None:
         ctx = replace(ctx, rows=tuple(sizes))
     stacked.train()
     for step in range(steps):
+        if stop is not None and stop():
+            raise Cancelled("the run was interrupted")
         ctx = replace(ctx, step=step, steps=steps)
         if fixed is not None:
             xb, yb = fixed
@@ -296,6 +300,12 @@ def fit_together(requests: list[Request]) -> None:
         r.model.eval()
 
 
+class Cancelled(KeyboardInterrupt):
+    """Raised in a cohort's episode threads once the run is interrupted (:meth:`Cohort.cancel`):
+    each stops at its next training step, learn call or judge. A KeyboardInterrupt, so an
+    episode is not recorded as failed by it."""
+
+
 class Cohort:
     """Episodes advancing together in threads of one process: a student's learn call waits
     until every live episode is waiting in one, then the last to arrive trains all of them
@@ -314,6 +324,18 @@ class Cohort:
         # core, less one for the training) run beside the training (32 judges at once on 2
         # cores measured 0.57x, the threads thrashing)
         self.judges = threading.Semaphore(judges)
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Stop every episode of the cohort at its next training step, learn call or judge
+        (:class:`Cancelled`): an interrupted run must not leave threads computing behind it
+        (nor, at interpreter exit, abort inside torch)."""
+        with self._cv:
+            self.cancelled = True
+            self._cv.notify_all()
+
+    def _stopped(self) -> bool:
+        return self.cancelled
 
     def join(self) -> None:
         with self._cv:
@@ -328,18 +350,22 @@ class Cohort:
     def fit(self, request: Request) -> None:
         """Wait for the cohort and train ``request`` with it; raises what training raised."""
         with self._cv:
+            if self.cancelled:
+                raise Cancelled("the run was interrupted")
             self._waiting.append(request)
             batch = self._take()
         self._train(batch)
         with self._cv:
-            while not request.done:
+            while not request.done and not self.cancelled:
                 self._cv.wait()
+        if self.cancelled:
+            raise Cancelled("the run was interrupted")
         if request.error is not None:
             raise request.error
 
     def _take(self) -> list[Request]:
         # every live episode is waiting: this thread trains them (outside the lock)
-        if self._waiting and len(self._waiting) >= self._live:
+        if self._waiting and len(self._waiting) >= self._live and not self.cancelled:
             batch, self._waiting = self._waiting, []
             return batch
         return []
@@ -350,16 +376,23 @@ class Cohort:
         groups: dict[tuple, list[Request]] = {}
         for r in batch:
             groups.setdefault(r.key(), []).append(r)
-        for group in groups.values():
-            try:
-                fit_together(group)
-            except BaseException:   # noqa: BLE001 - train each alone: a failing episode fails alone
-                for r in group:     # (the batch wrote nothing back: each starts from its own weights)
-                    try:
-                        r.generator.set_state(r.start)
-                        fit_together([r])
-                    except BaseException as exc:   # noqa: BLE001 - handed to its episode
-                        r.error = exc
+        try:
+            for group in groups.values():
+                try:
+                    fit_together(group, self._stopped)
+                except Cancelled:
+                    raise
+                except BaseException:   # noqa: BLE001 - train each alone: a failing episode fails alone
+                    for r in group:     # (the batch wrote nothing back: each starts from its own weights)
+                        try:
+                            r.generator.set_state(r.start)
+                            fit_together([r], self._stopped)
+                        except Cancelled:
+                            raise
+                        except BaseException as exc:   # noqa: BLE001 - handed to its episode
+                            r.error = exc
+        except Cancelled:
+            pass   # every waiting episode raises Cancelled itself (fit)
         with self._cv:
             for r in batch:
                 r.done = True
@@ -384,7 +417,12 @@ class judging:
         if self.cohort is not None:
             _local.cohort = None   # left: member's exit does not leave twice
             self.cohort.leave()
-            self.cohort.judges.acquire()
+            while not self.cohort.judges.acquire(timeout=0.25):
+                if self.cohort.cancelled:
+                    raise Cancelled("the run was interrupted")
+            if self.cohort.cancelled:
+                self.cohort.judges.release()
+                raise Cancelled("the run was interrupted")
 
     def __exit__(self, *exc: object) -> None:
         if self.cohort is not None:

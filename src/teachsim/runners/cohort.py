@@ -14,10 +14,16 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator
 
 from ..platform.episode import EpisodeResult, run_episode
 from ..platform.spec import EpisodeSpec
+
+
+STOP_WAIT = 60.0
+"""Seconds an interrupted cohort waits for its episodes' threads to stop (a judge under
+way finishes its episode's checkpoints first)."""
 
 
 def judge_slots() -> int:
@@ -50,8 +56,12 @@ def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> 
             result = EpisodeResult(spec, "failed", error=f"{type(exc).__name__}: {exc}")
         done.put((result, attempt))
 
+    threads: list[threading.Thread] = []
+
     def start(spec: EpisodeSpec, attempt: int) -> None:
-        threading.Thread(target=work, args=(spec, attempt), daemon=True, name=f"episode-{spec.key}").start()
+        thread = threading.Thread(target=work, args=(spec, attempt), daemon=True, name=f"episode-{spec.key}")
+        threads.append(thread)
+        thread.start()
 
     try:
         live = 0
@@ -69,5 +79,14 @@ def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> 
             if todo:
                 start(todo.pop(0), 1)
                 live += 1
+    except BaseException:
+        # interrupted (Ctrl-C), or the caller stopped reading: stop the episodes still running
+        # rather than leave them computing (at interpreter exit, a thread inside torch aborts
+        # the process). Each stops at its next training step, learn call or judge.
+        together.cancel()
+        end = time.monotonic() + STOP_WAIT
+        for thread in threads:
+            thread.join(max(0.0, end - time.monotonic()))
+        raise
     finally:
         torch.set_num_threads(threads_before)
