@@ -98,6 +98,7 @@ def timed_run(config, out: Path, **options) -> tuple[float, float]:
     finish), and the CPU seconds other processes on the machine used meanwhile."""
     import teachsim
 
+    options = {"cohort": 1, **options}   # one episode at a time per worker: what these targets measure
     with ForeignLoad() as foreign:
         t0 = time.perf_counter()
         r = teachsim.run(copy.deepcopy(config), out=out, progress=False, **options)

@@ -346,6 +346,18 @@ def test_fractional_gpus_pack_two_workers_per_gpu_and_fall_back_to_cpu(local_ray
     assert 1 <= peak <= 4
 
 
+def test_cohort_auto_on_ray_only_where_an_episode_asks_for_one_cpu_or_one_gpu(local_ray):
+    # other resources per episode are what each episode must get: one at a time per worker
+    from teachsim.runners import make_executor
+
+    for options, cohort in (({}, 5), ({"gpus_per_episode": 1}, 5), ({"gpus_per_episode": 0.5}, 1),
+                            ({"cpus_per_episode": 2}, 1), ({"cpus_per_episode": 0.5}, 1)):
+        ex = make_executor("ray", **options)   # --cohort auto, the default
+        ex.start(10)                           # 2 CPUs, 2 GPUs: 2 workers share 10 episodes
+        assert ex.cohort == cohort, options
+        ex.close()
+
+
 @pytest.mark.slow
 def test_gpu_share_is_recorded_with_the_episode(local_ray, tmp_path):
     r = teachsim.run(_config(protocols=[{"name": "passive"}]), out=tmp_path / "run", executor="ray",
@@ -383,6 +395,21 @@ def test_episode_whose_worker_is_killed_is_retried(local_ray, tmp_path, plugin):
     assert eps.loc[0, "status"] == "finished" and eps.loc[0, "attempts"] == 2      # killed once, rerun
     assert eps.loc[1, "status"] == "failed" and eps.loc[1, "attempts"] == 4        # 1 + 3 resubmissions
     assert "Ray worker died 4 times" in eps.loc[1, "error"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:task 'faulty-hidden' is registered again")
+def test_a_worker_killed_in_a_cohort_fails_only_the_episode_that_kills_it(local_ray, tmp_path, plugin):
+    # seed 1 kills its worker every time, with three other episodes in its cohort: they
+    # finish (the death is not counted against them; new workers run one at a time), it fails
+    cfg = _config(seeds=[0, 1, 2, 3], protocols=[{"name": "passive"}], **{
+        "task.name": "faulty-hidden", "task.kill_always_seed": 1})
+    r = teachsim.run(cfg, out=tmp_path / "run", executor="ray", workers=1, cohort=4, plugins=(str(plugin),),
+                     progress=False)
+    eps = r.episodes.set_index("seed")
+    assert list(eps.loc[[0, 2, 3], "status"]) == ["finished"] * 3, eps["error"].tolist()
+    assert eps.loc[1, "status"] == "failed" and "Ray worker died 4 times" in eps.loc[1, "error"]
+    assert eps.loc[1, "attempts"] == 5            # 1 in the cohort + 4 alone
 
 
 # -- the command line in its own process: Ctrl-C, kill -9, a real cluster ---------------------------

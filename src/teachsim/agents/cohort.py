@@ -334,7 +334,8 @@ class Cohort:
             self.cancelled = True
             self._cv.notify_all()
 
-    def _stopped(self) -> bool:
+    def stopped(self) -> bool:
+        """Whether the cohort was cancelled (the ``stop`` that training checks every step)."""
         return self.cancelled
 
     def join(self) -> None:
@@ -379,14 +380,14 @@ class Cohort:
         try:
             for group in groups.values():
                 try:
-                    fit_together(group, self._stopped)
+                    fit_together(group, self.stopped)
                 except Cancelled:
                     raise
                 except BaseException:   # noqa: BLE001 - train each alone: a failing episode fails alone
                     for r in group:     # (the batch wrote nothing back: each starts from its own weights)
                         try:
                             r.generator.set_state(r.start)
-                            fit_together([r], self._stopped)
+                            fit_together([r], self.stopped)
                         except Cancelled:
                             raise
                         except BaseException as exc:   # noqa: BLE001 - handed to its episode

@@ -43,7 +43,10 @@ from ..platform.episode import EpisodeResult, now
 from ..platform.spec import EpisodeSpec
 
 LOST_RETRIES = 3
-"""Resubmissions of an episode whose worker died, before it is recorded as failed."""
+"""Resubmissions of an episode whose worker died under it alone, before it is recorded as
+failed. A worker that dies running a cohort does not count against its episodes: which of
+them killed it is unknown. From then on new workers run one episode at a time, so the one
+that did dies alone, and the cohort workers left are finite: the retries end."""
 
 HEALTH_S = 5.0     # how often the driver asks whether the cluster still has a live node
 STOP_GRACE = 30.0  # seconds past the time limit before the driver stops a worker itself
@@ -190,11 +193,12 @@ def _loopback_only() -> Iterator[None]:
 class _Item:
     spec: EpisodeSpec
     failures: int = 0    # attempts that returned a failed result
-    losses: int = 0      # attempts whose worker died
+    losses: int = 0      # attempts whose worker died under it alone
+    shared: int = 0      # attempts whose worker died running a cohort: not counted against it
 
     @property
     def attempts(self) -> int:
-        return self.failures + self.losses
+        return self.failures + self.losses + self.shared
 
 
 class _Queue:
@@ -431,7 +435,10 @@ class RayExecutor:
         if self.auto:
             from . import auto_cohort
 
-            self.cohort = auto_cohort(episodes, min(want, fit), "gpu" if self.gpus else "cpu")
+            # resources asked per episode (other than 1 CPU, or a share of a GPU, or several)
+            # are what each episode gets: one at a time. A cohort takes 1 CPU or 1 GPU per worker.
+            alone = self.cpus != 1 or (self.gpus and self.gpus != 1)
+            self.cohort = 1 if alone else auto_cohort(episodes, min(want, fit), "gpu" if self.gpus else "cpu")
         self.workers = max(1, min(want, fit, math.ceil(episodes / self.cohort)))
         where = "local Ray" if self.embedded else f"Ray cluster {self._where}"
         share = f"{self.cpus:g} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")
@@ -520,6 +527,7 @@ class RayExecutor:
         idle: list[Any] = []
         actors: list[Any] = []
         failed_starts = 0
+        died_with: dict[Any, int] = {}      # dead actor -> episodes it was running
 
         def spawn() -> None:
             actor = self._new_worker(plugins, registrations)
@@ -541,22 +549,26 @@ class RayExecutor:
             for ref in [r for r, (t, _) in since.items() if time.monotonic() - t > time_limit + STOP_GRACE]:
                 actor, item = running.pop(ref)
                 started = since.pop(ref)[1]
-                retire(actor)
-                spawn()
+                if retire(actor):
+                    spawn()
                 out.append((EpisodeResult(item.spec, "failed", started_at=started, finished_at=now(),
                                           error=f"EpisodeTimeout: the episode ran past its time limit of "
                                                 f"{time_limit:g} s and its Ray worker, still busy "
                                                 f"{STOP_GRACE:g} s later, was stopped"), item.attempts + 1))
             return out
 
-        def retire(actor: Any) -> None:
-            if actor in actors:
+        def retire(actor: Any) -> bool:
+            """Stop ``actor``; whether it was still live (a cohort's episodes each report
+            its death: only the first replaces it)."""
+            live = actor in actors
+            if live:
                 actors.remove(actor)
             idle[:] = [a for a in idle if a is not actor]
             try:
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001, S110 - it may be gone already
                 pass
+            return live
 
         def check_alive() -> None:
             """A cluster whose last node died never starts the workers the run waits for:
@@ -608,9 +620,15 @@ class RayExecutor:
                     except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                             ray.exceptions.ObjectLostError) as exc:
                         # the worker process died under the episode: a new worker, and again
-                        retire(actor)
-                        spawn()
-                        item.losses += 1
+                        if actor not in died_with:   # the first of its episodes to report it
+                            died_with[actor] = 1 + sum(a is actor for a, _ in running.values())
+                        if died_with[actor] > 1:     # a cohort: whose fault is unknown (LOST_RETRIES)
+                            item.shared += 1
+                            self.cohort = 1          # new workers: one episode at a time
+                        else:
+                            item.losses += 1
+                        if retire(actor):
+                            spawn()
                         if item.losses <= LOST_RETRIES:
                             queue.again(item)
                         else:
