@@ -67,8 +67,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-episode", type=float, default=None, metavar="C", dest="cpus_per_episode",
                    help="CPUs reserved per episode (default 1; other than 1, one episode at a time per worker)")
     p.add_argument("--gpus-per-episode", type=float, default=None, metavar="G", dest="gpus_per_episode",
-                   help="GPUs per episode; 0.25 packs four episodes per GPU, one at a time each; 1: one "
-                        "worker per GPU, advancing a cohort (default 0; CPU when no GPU)")
+                   help="GPUs per episode; 0.25 packs four episodes per GPU, one at a time each; 1 (with 1 "
+                        "CPU): one worker per GPU, advancing a cohort (default 0; CPU when no GPU)")
     p.add_argument("--cohort", type=_cohort_size, default=None, metavar="N",
                    help="advance N episodes together in each process (each Ray worker's, or this one with "
                         "--executor serial), their students trained as one batched model; same results; "

@@ -399,13 +399,16 @@ def test_episode_whose_worker_is_killed_is_retried(local_ray, tmp_path, plugin):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:task 'faulty-hidden' is registered again")
-def test_a_worker_killed_in_a_cohort_fails_only_the_episode_that_kills_it(local_ray, tmp_path, plugin):
-    # seed 1 kills its worker every time, with three other episodes in its cohort: they
-    # finish (the death is not counted against them; new workers run one at a time), it fails
+@pytest.mark.parametrize("workers, cohort", [(1, 4), (2, 2)])
+def test_a_worker_killed_in_a_cohort_fails_only_the_episode_that_kills_it(local_ray, tmp_path, plugin, workers,
+                                                                          cohort):
+    # seed 1 kills its worker every time, with other episodes in its cohort: they finish
+    # (the death is not counted against them; from then on workers run one at a time, the
+    # other cohort worker too once its episodes are done), it fails
     cfg = _config(seeds=[0, 1, 2, 3], protocols=[{"name": "passive"}], **{
         "task.name": "faulty-hidden", "task.kill_always_seed": 1})
-    r = teachsim.run(cfg, out=tmp_path / "run", executor="ray", workers=1, cohort=4, plugins=(str(plugin),),
-                     progress=False)
+    r = teachsim.run(cfg, out=tmp_path / "run", executor="ray", workers=workers, cohort=cohort,
+                     plugins=(str(plugin),), progress=False)
     eps = r.episodes.set_index("seed")
     assert list(eps.loc[[0, 2, 3], "status"]) == ["finished"] * 3, eps["error"].tolist()
     assert eps.loc[1, "status"] == "failed" and "Ray worker died 4 times" in eps.loc[1, "error"]

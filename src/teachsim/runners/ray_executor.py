@@ -387,6 +387,7 @@ class RayExecutor:
         self.cpus, self.gpus = float(cpus_per_episode), float(gpus_per_episode)
         self.note = note or (lambda text: None)
         self.workers = 0
+        self.room = 0                # workers the cluster fits (start)
         self.started_ray = False     # we called ray.init (and so call ray.shutdown)
         self.embedded = False        # ... and it started a local instance
         self.worker_info: list[dict[str, Any]] = []
@@ -440,6 +441,7 @@ class RayExecutor:
             alone = self.cpus != 1 or (self.gpus and self.gpus != 1)
             self.cohort = 1 if alone else auto_cohort(episodes, min(want, fit), "gpu" if self.gpus else "cpu")
         self.workers = max(1, min(want, fit, math.ceil(episodes / self.cohort)))
+        self.room = min(want, fit)   # workers at most, one episode at a time each (cohorts stopped)
         where = "local Ray" if self.embedded else f"Ray cluster {self._where}"
         share = f"{self.cpus:g} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")
         self.description = (f"ray: {self.workers} worker(s) x ({share}) on {where} "
@@ -498,9 +500,9 @@ class RayExecutor:
                 pass
 
     # -- running -----------------------------------------------------------------------
-    def _new_worker(self, plugins, registrations):
-        return _RemoteWorker.options(num_cpus=self.cpus, num_gpus=self.gpus, max_concurrency=self.cohort).remote(
-            plugins, registrations, min(1.0, self.gpus) if self.gpus else 1.0, self.cohort, self.cpus)
+    def _new_worker(self, plugins, registrations, cohort: int):
+        return _RemoteWorker.options(num_cpus=self.cpus, num_gpus=self.gpus, max_concurrency=cohort).remote(
+            plugins, registrations, min(1.0, self.gpus) if self.gpus else 1.0, cohort, self.cpus)
 
     def run(self, specs: Iterable[EpisodeSpec], *, retries: int = 0,
             time_limit: float | None = None) -> Iterator[tuple[EpisodeResult, int]]:
@@ -528,11 +530,29 @@ class RayExecutor:
         actors: list[Any] = []
         failed_starts = 0
         died_with: dict[Any, int] = {}      # dead actor -> episodes it was running
+        size: dict[Any, int] = {}           # actor -> the cohort it advances (its slots)
+        cohort = self.cohort                # 1 after a worker died running a cohort (LOST_RETRIES)
+        if time_limit and cohort > 1:       # the driver says so first
+            raise ConfigError("--cohort", f"cannot enforce a time limit ({time_limit:g} s) on episodes in a "
+                              "cohort's threads; use --cohort 1")
 
         def spawn() -> None:
-            actor = self._new_worker(plugins, registrations)
+            actor = self._new_worker(plugins, registrations, cohort)
             actors.append(actor)
+            size[actor] = cohort
             starting[actor.info.remote()] = actor
+
+        def free(actor: Any) -> None:
+            """One of ``actor``'s episodes ended: its slot is free again, unless it is gone, or
+            it is a cohort worker left from before cohorts stopped: it takes no more episodes
+            and, once it has none, is replaced by a worker that runs one at a time."""
+            if actor not in actors:
+                return
+            if size[actor] <= cohort:
+                idle.append(actor)
+            elif not any(a is actor for a, _ in running.values()):
+                retire(actor)
+                spawn()
 
         def dispatch() -> None:
             while idle and queue:
@@ -611,7 +631,11 @@ class RayExecutor:
                                 raise RunError(f"Ray workers fail to start: {_first_line(exc)}") from None
                             spawn()
                         else:
-                            idle.extend([actor] * self.cohort)   # one slot per episode it advances at once
+                            if size[actor] > cohort:   # started as a cohort worker; cohorts have stopped since
+                                retire(actor)
+                                spawn()
+                            else:
+                                idle.extend([actor] * size[actor])   # one slot per episode it advances at once
                         continue
                     actor, item = running.pop(ref)
                     started = since.pop(ref, (0.0, now()))[1]
@@ -622,25 +646,38 @@ class RayExecutor:
                         # the worker process died under the episode: a new worker, and again
                         if actor not in died_with:   # the first of its episodes to report it
                             died_with[actor] = 1 + sum(a is actor for a, _ in running.values())
+                        replace = retire(actor)      # only the first report of its death replaces it
                         if died_with[actor] > 1:     # a cohort: whose fault is unknown (LOST_RETRIES)
                             item.shared += 1
-                            self.cohort = 1          # new workers: one episode at a time
+                            if cohort > 1:           # from now on one episode at a time, on as many workers
+                                cohort, replace = 1, False
+                                self.note("ray: a worker died running a cohort; its episodes are retried, "
+                                          "from now on one at a time")
+                                for other in list(actors):   # cohort workers: idle or starting ones go now,
+                                    idle[:] = [a for a in idle if a is not other]   # busy ones when done (free)
+                                    if not any(a is other for a, _ in running.values()):
+                                        for ready in [r for r, a in starting.items() if a is other]:
+                                            del starting[ready]
+                                        retire(other)
+                                while len(actors) < self.room:
+                                    spawn()
                         else:
                             item.losses += 1
-                        if retire(actor):
+                        if replace:
                             spawn()
                         if item.losses <= LOST_RETRIES:
                             queue.again(item)
                         else:
                             finished.append((EpisodeResult(
                                 item.spec, "failed", started_at=started, finished_at=now(),
-                                error=f"the Ray worker died {item.losses} times running this episode; "
+                                error=f"the Ray worker died {item.losses} times running this episode alone"
+                                      + (f" ({item.shared} more in a cohort)" if item.shared else "") + "; "
                                       f"last: {type(exc).__name__}: {_first_line(exc)}"), item.attempts))
                         continue
                     except ray.exceptions.RayTaskError as exc:   # e.g. a result that cannot be sent back
                         result = EpisodeResult(item.spec, "failed", started_at=started, finished_at=now(),
                                                error=f"{type(exc).__name__}: {exc}"[:4000])
-                    idle.append(actor)
+                    free(actor)
                     item.failures += result.status != "finished"
                     queue.learn(item, result)
                     if result.status != "finished" and item.failures <= retries:
