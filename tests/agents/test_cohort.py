@@ -208,11 +208,11 @@ def test_a_student_whose_batch_fails_is_trained_alone(monkeypatch):
     calls = []
     real = C.fit_together
 
-    def flaky(group, stop=None):
+    def flaky(group, check=None):
         calls.append(len(group))
         if len(group) > 1:
             raise RuntimeError("boom")
-        real(group, stop)
+        real(group, check)
     monkeypatch.setattr(C, "fit_together", flaky)
     C.Cohort()._train(requests)   # what the last of two waiting episodes does (30 points: batches of 16)
     assert calls == [2, 1, 1] and all(r.done and r.error is None for r in requests)
@@ -249,7 +249,7 @@ def test_a_cohort_gives_the_transcripts_and_scores_of_one_by_one(tmp_path, monke
     one = teachsim.run(cfg, out=tmp_path / "one", executor="serial", progress=False, cohort=1)
     sizes = []
     real = C.fit_together
-    monkeypatch.setattr(C, "fit_together", lambda group, stop=None: (sizes.append(len(group)), real(group, stop))[1])
+    monkeypatch.setattr(C, "fit_together", lambda group, check=None: (sizes.append(len(group)), real(group, check))[1])
     many = teachsim.run(cfg, out=tmp_path / "many", executor="serial", progress=False, cohort=4)
     assert max(sizes) >= 3   # students did train together (passive, margin, counterexample, trades)
     again = teachsim.run(cfg, out=tmp_path / "again", executor="serial", progress=False, cohort=10)
@@ -369,7 +369,7 @@ def test_a_cohort_the_caller_stops_reading_stops_its_episodes(tmp_path, restore_
     cfg["protocols"] = [{"name": "passive"}, {"name": "breaks"}]   # 3 of these 4 at once: 1 or 2 breaks
     trained = []
     real = C.fit_together
-    monkeypatch.setattr(C, "fit_together", lambda group, stop=None: (real(group, stop), trained.append(1)))
+    monkeypatch.setattr(C, "fit_together", lambda group, check=None: (real(group, check), trained.append(1)))
     results = run_cohort(config_mod.load(cfg).episodes, size=3)
     first, _ = next(results)
     assert first.status == "failed"      # breaks fails early; the passive episodes are mid-conversation

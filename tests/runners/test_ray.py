@@ -418,11 +418,15 @@ def test_a_worker_killed_in_a_cohort_fails_only_the_episode_that_kills_it(local_
 # -- the command line in its own process: Ctrl-C, kill -9, a real cluster ---------------------------
 @pytest.mark.slow
 @needs_proc
-def test_ctrl_c_stops_cleanly_keeps_finished_episodes_and_resume_finishes(tmp_path):
-    cfg, out = _write(LONG, tmp_path / "long.toml"), tmp_path / "run"
+@pytest.mark.parametrize("options", [
     # cohorts of 2 (the default would put all 8 in one wave): episodes finish in waves
-    proc = _popen(["run", str(cfg), "--out", str(out), "--executor", "ray", "--workers", "2", "--retries", "1",
-                   "--cohort", "2"], _env(), tmp_path)
+    ["--executor", "ray", "--workers", "2", "--retries", "1", "--cohort", "2"],
+    # the serial executor's cohort runs in threads of the driver: Ctrl-C reaches the main
+    # thread, which stops the others, keeps what finished and leaves no thread behind
+    ["--executor", "serial", "--cohort", "2"]], ids=["ray", "serial"])
+def test_ctrl_c_stops_cleanly_keeps_finished_episodes_and_resume_finishes(tmp_path, options):
+    cfg, out = _write(LONG, tmp_path / "long.toml"), tmp_path / "run"
+    proc = _popen(["run", str(cfg), "--out", str(out), *options], _env(), tmp_path)
     try:
         _wait_for_finished(out, proc)
         os.killpg(proc.pid, signal.SIGINT)            # what Ctrl-C in a terminal does
@@ -432,36 +436,10 @@ def test_ctrl_c_stops_cleanly_keeps_finished_episodes_and_resume_finishes(tmp_pa
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    # the resume command runs the way the run did: executor, workers and retries kept
+    # the resume command runs the way the run did: executor, workers, retries and cohort kept
     assert last.startswith("teachsim: interrupted;"), err
-    assert last.endswith(f"--out {out} --executor ray --workers 2 --retries 1 --cohort 2 --resume"), err
+    assert last.endswith(f"--out {out} {' '.join(options)} --resume"), err
     assert not left, f"processes left behind: {left}"
-    kept = _rows(out, "SELECT key, status, started_at FROM episodes ORDER BY key")
-    assert 1 <= len(kept) < 8 and {s for _, s, _ in kept} == {"finished"}
-    res, _ = _cli(["run", str(cfg), "--out", str(out), "--resume", "--executor", "serial", "--quiet"], _env(),
-                  tmp_path)
-    assert res.returncode == 0, res.stderr
-    after = _rows(out, "SELECT key, status, started_at FROM episodes ORDER BY key")
-    assert len(after) == 8 and set(kept) <= set(after)
-
-
-@pytest.mark.slow
-@needs_proc
-def test_ctrl_c_of_a_serial_cohort_keeps_finished_episodes_and_resume_finishes(tmp_path):
-    # the serial executor's default is a cohort too (episodes in threads of the driver):
-    # Ctrl-C reaches the main thread, which keeps what finished and leaves no thread behind
-    cfg, out = _write(LONG, tmp_path / "long.toml"), tmp_path / "run"
-    proc = _popen(["run", str(cfg), "--out", str(out), "--executor", "serial", "--cohort", "2"], _env(), tmp_path)
-    try:
-        _wait_for_finished(out, proc)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        left = _reap(proc.pid)
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err and not left
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("teachsim: interrupted;") and last.endswith("--executor serial --cohort 2 --resume"), err
     kept = _rows(out, "SELECT key, status, started_at FROM episodes ORDER BY key")
     assert 1 <= len(kept) < 8 and {s for _, s, _ in kept} == {"finished"}
     res, _ = _cli(["run", str(cfg), "--out", str(out), "--resume", "--executor", "serial", "--quiet"], _env(),

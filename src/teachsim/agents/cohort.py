@@ -245,10 +245,10 @@ def _penalty(stacked: Stacked, V: torch.Tensor, xb: torch.Tensor, gens: Generato
     return sum(along_norm(g, v) for g, v in zip(grad.chunk(k), V))
 
 
-def fit_together(requests: list[Request], stop=None) -> None:
+def fit_together(requests: list[Request], check=None) -> None:
     """Train every request's student as its own ``Student._fit`` would, in one batched model.
-    ``stop`` (a callable, checked before every step) raises :class:`Cancelled` when true:
-    nothing is written back then."""
+    ``check`` (a callable, e.g. :meth:`Cohort.check`) is called before every step; what it
+    raises stops the training, with nothing written back."""
     from .methods import TrainContext
     from .student import box_tensors
 
@@ -273,8 +273,8 @@ def fit_together(requests: list[Request], stop=None) -> None:
         ctx = replace(ctx, rows=tuple(sizes))
     stacked.train()
     for step in range(steps):
-        if stop is not None and stop():
-            raise Cancelled("the run was interrupted")
+        if check is not None:
+            check()
         ctx = replace(ctx, step=step, steps=steps)
         if fixed is not None:
             xb, yb = fixed
@@ -334,9 +334,10 @@ class Cohort:
             self.cancelled = True
             self._cv.notify_all()
 
-    def stopped(self) -> bool:
-        """Whether the cohort was cancelled (the ``stop`` that training checks every step)."""
-        return self.cancelled
+    def check(self) -> None:
+        """Raise :class:`Cancelled` once the cohort is cancelled (training calls it every step)."""
+        if self.cancelled:
+            raise Cancelled("the run was interrupted")
 
     def join(self) -> None:
         with self._cv:
@@ -351,16 +352,14 @@ class Cohort:
     def fit(self, request: Request) -> None:
         """Wait for the cohort and train ``request`` with it; raises what training raised."""
         with self._cv:
-            if self.cancelled:
-                raise Cancelled("the run was interrupted")
+            self.check()
             self._waiting.append(request)
             batch = self._take()
         self._train(batch)
         with self._cv:
             while not request.done and not self.cancelled:
                 self._cv.wait()
-        if self.cancelled:
-            raise Cancelled("the run was interrupted")
+        self.check()
         if request.error is not None:
             raise request.error
 
@@ -380,14 +379,14 @@ class Cohort:
         try:
             for group in groups.values():
                 try:
-                    fit_together(group, self.stopped)
+                    fit_together(group, self.check)
                 except Cancelled:
                     raise
                 except BaseException:   # noqa: BLE001 - train each alone: a failing episode fails alone
                     for r in group:     # (the batch wrote nothing back: each starts from its own weights)
                         try:
                             r.generator.set_state(r.start)
-                            fit_together([r], self.stopped)
+                            fit_together([r], self.check)
                         except Cancelled:
                             raise
                         except BaseException as exc:   # noqa: BLE001 - handed to its episode
@@ -419,11 +418,12 @@ class judging:
             _local.cohort = None   # left: member's exit does not leave twice
             self.cohort.leave()
             while not self.cohort.judges.acquire(timeout=0.25):
-                if self.cohort.cancelled:
-                    raise Cancelled("the run was interrupted")
-            if self.cohort.cancelled:
+                self.cohort.check()
+            try:
+                self.cohort.check()
+            except Cancelled:
                 self.cohort.judges.release()
-                raise Cancelled("the run was interrupted")
+                raise
 
     def __exit__(self, *exc: object) -> None:
         if self.cohort is not None:

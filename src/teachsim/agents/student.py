@@ -118,11 +118,11 @@ class Student:
     def _fit(self, model: torch.nn.Module, X: np.ndarray, y: np.ndarray, steps: int,
              g: torch.Generator) -> None:
         together = cohort.current()   # in an interrupted cohort, stop (cohort.Cancelled) at the next step
-        stop = None if together is None else together.stopped
+        check = None if together is None else together.check
         if cohort.batchable(self, model):
             # mlp and linear students train through the stacked model, alone too: a cohort's
             # students then train bit for bit as they would one by one
-            cohort.fit_together([cohort.Request(self, X, y, steps, g, model)], stop)
+            cohort.fit_together([cohort.Request(self, X, y, steps, g, model)], check)
             return
         ctx = TrainContext(generator=g, box=self.data.box, params=self.method_params)
         dev = model_device(model)   # the student trains where its model lives (a GPU under Ray)
@@ -134,8 +134,8 @@ class Student:
         model.train()
         n, bs = len(yt), min(self.batch_size, len(yt))
         for step in range(steps):
-            if stop is not None and stop():
-                raise cohort.Cancelled("the run was interrupted")
+            if check is not None:
+                check()
             ctx = dataclasses.replace(ctx, step=step, steps=steps)
             idx = torch.randint(n, (bs,), generator=g) if bs < n else torch.arange(n)
             xb, yb = Xt[idx.to(dev)], yt[idx.to(dev)]

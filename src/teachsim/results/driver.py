@@ -121,7 +121,7 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
     import sys
 
     from .. import registry
-    from ..runners import make_executor
+    from ..runners import make_executor, refuse_time_limit
     from ..runners.progress import Progress
     from .store import Store
 
@@ -143,10 +143,8 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
              else exp.config.get("time_limit"))
     if limit and getattr(runner, "auto", False):   # --cohort auto yields to a time limit: one at a time
         runner.auto = False
-    if limit and getattr(runner, "cohort", 1) > 1:   # the alarm reaches the main thread only
-        raise ConfigError("--cohort", f"cannot enforce a time limit ({limit:g} s, "
-                          f"{'--time-limit' if time_limit is not None else 'time_limit'}) on episodes in a cohort's "
-                          "threads; drop one of the two")
+    if getattr(runner, "cohort", 1) > 1:   # refused before anything runs (the executors check too)
+        refuse_time_limit(limit, "--time-limit" if time_limit is not None else "time_limit")
     run_dir = Path(out) if out is not None else Path("runs") / exp.name
     text = config_mod.to_toml(exp.config)
     cfg_path = run_dir / "config.toml"

@@ -44,6 +44,15 @@ run on. CPU, 16: on the 2-core machine 32 quick-suite episodes took 74 s in coho
 what keeps a GPU busy; a worker holds its GPU)."""
 
 
+def refuse_time_limit(limit: float | None, source: str | None = None) -> None:
+    """A cohort's episodes run in threads, which a time limit's alarm (it reaches the main
+    thread only) cannot stop: a time limit with a cohort is refused, naming ``source``."""
+    if limit:
+        where = f", {source}" if source else ""
+        raise ConfigError("--cohort", f"cannot enforce a time limit ({limit:g} s{where}) on episodes in a cohort's "
+                          "threads; drop one of the two")
+
+
 def auto_cohort(episodes: int, workers: int, device: str = "cpu") -> int:
     """The cohort size ``--cohort auto`` picks: :data:`AUTO_COHORT` for the device, but no
     more than each worker's share of the episodes (so every worker has some)."""

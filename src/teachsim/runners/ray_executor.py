@@ -532,9 +532,10 @@ class RayExecutor:
         died_with: dict[Any, int] = {}      # dead actor -> episodes it was running
         size: dict[Any, int] = {}           # actor -> the cohort it advances (its slots)
         cohort = self.cohort                # 1 after a worker died running a cohort (LOST_RETRIES)
-        if time_limit and cohort > 1:       # the driver says so first
-            raise ConfigError("--cohort", f"cannot enforce a time limit ({time_limit:g} s) on episodes in a "
-                              "cohort's threads; use --cohort 1")
+        if cohort > 1:
+            from . import refuse_time_limit
+
+            refuse_time_limit(time_limit)
 
         def spawn() -> None:
             actor = self._new_worker(plugins, registrations, cohort)
@@ -552,6 +553,20 @@ class RayExecutor:
                 idle.append(actor)
             elif not any(a is actor for a, _ in running.values()):
                 retire(actor)
+                spawn()
+
+        def stop_cohorts() -> None:
+            """From now on one episode at a time (LOST_RETRIES), on as many workers as fit:
+            idle or starting cohort workers go now, busy ones once their episodes end (free)."""
+            nonlocal cohort
+            cohort = 1
+            self.note("ray: a worker died running a cohort; its episodes are retried, from now on one at a time")
+            for actor in [a for a in actors if not any(b is a for b, _ in running.values())]:
+                for ready in [r for r, a in starting.items() if a is actor]:
+                    del starting[ready]
+                retire(actor)
+            idle.clear()   # what is left is busy cohort workers: they take no more episodes
+            while len(actors) < self.room:
                 spawn()
 
         def dispatch() -> None:
@@ -631,11 +646,7 @@ class RayExecutor:
                                 raise RunError(f"Ray workers fail to start: {_first_line(exc)}") from None
                             spawn()
                         else:
-                            if size[actor] > cohort:   # started as a cohort worker; cohorts have stopped since
-                                retire(actor)
-                                spawn()
-                            else:
-                                idle.extend([actor] * size[actor])   # one slot per episode it advances at once
+                            idle.extend([actor] * size[actor])   # one slot per episode it advances at once
                         continue
                     actor, item = running.pop(ref)
                     started = since.pop(ref, (0.0, now()))[1]
@@ -649,18 +660,9 @@ class RayExecutor:
                         replace = retire(actor)      # only the first report of its death replaces it
                         if died_with[actor] > 1:     # a cohort: whose fault is unknown (LOST_RETRIES)
                             item.shared += 1
-                            if cohort > 1:           # from now on one episode at a time, on as many workers
-                                cohort, replace = 1, False
-                                self.note("ray: a worker died running a cohort; its episodes are retried, "
-                                          "from now on one at a time")
-                                for other in list(actors):   # cohort workers: idle or starting ones go now,
-                                    idle[:] = [a for a in idle if a is not other]   # busy ones when done (free)
-                                    if not any(a is other for a, _ in running.values()):
-                                        for ready in [r for r, a in starting.items() if a is other]:
-                                            del starting[ready]
-                                        retire(other)
-                                while len(actors) < self.room:
-                                    spawn()
+                            if cohort > 1:
+                                stop_cohorts()
+                                replace = False   # stop_cohorts refilled the workers
                         else:
                             item.losses += 1
                         if replace:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Self
 
-from ..errors import ConfigError
 from ..platform.episode import EpisodeResult, run_episode
 from ..platform.spec import EpisodeSpec
 
@@ -57,11 +56,10 @@ class SerialExecutor:
     def run(self, specs: Iterable[EpisodeSpec], *, retries: int = 0,
             time_limit: float | None = None) -> Iterator[tuple[EpisodeResult, int]]:
         if self.cohort > 1:
+            from . import refuse_time_limit
             from .cohort import run_cohort
 
-            if time_limit:   # the alarm reaches the main thread only (the driver says so first)
-                raise ConfigError("--cohort", f"cannot enforce a time limit ({time_limit:g} s) on episodes in a "
-                                  "cohort's threads; use --cohort 1")
+            refuse_time_limit(time_limit)
 
             return run_cohort(specs, size=self.cohort, retries=retries)
         return run_serial(specs, retries=retries, time_limit=time_limit)
