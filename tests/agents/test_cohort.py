@@ -377,3 +377,36 @@ def test_a_cohort_the_caller_stops_reading_stops_its_episodes(tmp_path, restore_
     results.close()   # what a KeyboardInterrupt in the consuming loop does too
     assert not [t.name for t in threading.enumerate() if t.name.startswith("episode-")]
     assert len(trained) - before <= 1    # at most the training under way finished (not the episodes)
+
+
+def test_a_cohort_takes_the_other_seeds_of_what_it_runs(monkeypatch):
+    # a group's seeds share its schedule, so their students learn at the same moments and
+    # train as one; a cohort filled one group at a time (a Ray worker) would get none
+    import threading
+
+    from teachsim import config as config_mod
+    from teachsim.platform.episode import EpisodeResult
+    from teachsim.runners import cohort as runner
+
+    cfg = copy.deepcopy(TINY)
+    cfg["seeds"] = [0, 1, 2]
+    cfg["protocols"] = [{"name": "passive"}, {"name": "passive", "batch": 5}]
+    specs = config_mod.resolve_experiment(cfg).episodes
+    a0, a1, a2, b0, b1, b2 = specs                  # config order: each protocol's seeds together
+    assert runner.partner([b0, b1, a1, a2], [a0]) == 2     # another seed of a running group first
+    assert runner.partner([b0, b1], [a0, a1]) is None      # none waits: the caller's own order
+    assert runner.partner([b0, a2], []) is None
+
+    # run_cohort fills and refills its cohort so
+    started, both = [], threading.Barrier(2)
+
+    def fake(spec, **_):
+        started.append((spec.label, spec.seed))
+        if len(started) <= 2:
+            both.wait(timeout=10)    # the first two are in the cohort at once
+        return EpisodeResult(spec, "finished")
+
+    monkeypatch.setattr(runner, "run_episode", fake)
+    out = list(runner.run_cohort([a0, b0, b1, a1], size=2))
+    assert len(out) == 4
+    assert set(started[:2]) == {("passive", 0), ("passive", 1)}

@@ -293,6 +293,13 @@ def test_queue_learns_each_group_then_hands_out_the_longest_first():
     assert q.pop() is first[0]
     assert len(q) == 2 and {q.pop().spec.label for _ in range(2)} == {"passive"}
     assert len(q) == 0
+    # a cohort worker's free slot takes another seed of a group it runs, whatever the costs
+    q = _Queue(_Item(s) for s in specs)
+    live = [q.pop().spec]
+    assert live[0] is specs[0]
+    assert q.pop(live).spec is specs[1]                       # passive seed 1, beside seed 0
+    assert q.pop(live).spec is specs[2]                       # and seed 2
+    assert q.pop(live).spec.label == "passive(batch=5)"       # none left: the queue's own order
 
 
 # -- in-process local Ray ----------------------------------------------------------------------

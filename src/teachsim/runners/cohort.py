@@ -6,7 +6,8 @@ its student learns, the thread waits until every other live episode of the cohor
 also waiting to learn (or has finished); the last one to arrive trains them all at once
 and wakes them. Everything else an episode does (protocol turns, the judge) runs in its
 thread, concurrently with the others. ``size`` episodes are live at a time; as one
-finishes the next starts, so the cohort stays full. Results come out as episodes finish.
+finishes the next starts, so the cohort stays full; each one to start is chosen to train
+with the running ones (:func:`partner`). Results come out as episodes finish.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from ..platform.episode import EpisodeResult, run_episode
 from ..platform.spec import EpisodeSpec
@@ -32,6 +33,19 @@ def judge_slots() -> int:
     at a time beside the training measured fastest (32 at once: 0.57x one at a time)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores - 1)
+
+
+def partner(waiting: Sequence[EpisodeSpec], live: Iterable[EpisodeSpec]) -> int | None:
+    """Which waiting episode should join a cohort running ``live`` (an index into
+    ``waiting``, or None when none suits): the first that is another seed of a protocol
+    and variant the cohort runs. Its schedule is theirs, so its learn calls come when
+    theirs do and its student trains with theirs as one. (Without it a Ray worker's cohort
+    got one episode of each protocol, since Ray's queue starts one of each first to learn
+    their costs: every pgd-at student, the costliest to train, then trained alone.)"""
+    same = {(s.label, s.variant) for s in live}
+    if not same:
+        return None
+    return next((i for i, s in enumerate(waiting) if (s.label, s.variant) in same), None)
 
 
 def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> Iterator[tuple[EpisodeResult, int]]:
@@ -57,8 +71,10 @@ def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> 
         done.put((result, attempt))
 
     threads: list[threading.Thread] = []
+    running: list[EpisodeSpec] = []
 
     def start(spec: EpisodeSpec, attempt: int) -> None:
+        running.append(spec)
         thread = threading.Thread(target=work, args=(spec, attempt), daemon=True, name=f"episode-{spec.key}")
         threads.append(thread)
         thread.start()
@@ -66,18 +82,19 @@ def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> 
     try:
         live = 0
         while todo and live < size:
-            start(todo.pop(0), 1)
+            start(todo.pop(partner(todo, running) or 0), 1)
             live += 1
         while live:
             result, attempt = done.get()
             live -= 1
+            running.remove(result.spec)
             if result.status != "finished" and attempt <= retries:
                 start(result.spec, attempt + 1)
                 live += 1
                 continue
             yield result, attempt
             if todo:
-                start(todo.pop(0), 1)
+                start(todo.pop(partner(todo, running) or 0), 1)
                 live += 1
     except BaseException:
         # interrupted (Ctrl-C), or the caller stopped reading: stop the episodes still running

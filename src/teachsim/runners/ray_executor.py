@@ -207,7 +207,10 @@ class _Queue:
     The last episodes of a run decide when it ends: one long episode started last keeps a
     single worker busy while the others idle. So the queue first starts one episode of each
     group (protocol and task variant) to learn what a group costs, then hands out the
-    episodes of the costliest groups first. Episodes to run again go first of all.
+    episodes of the costliest groups first. Episodes to run again go first of all. A
+    cohort worker's free slot takes a partner of the episodes it runs where one waits
+    (:func:`teachsim.runners.cohort.partner`: the group's other seeds first), so that
+    their students train as one.
     """
 
     def __init__(self, items: Iterable[_Item]):
@@ -223,9 +226,18 @@ class _Queue:
     def _group(item: _Item) -> tuple[str, str]:
         return item.spec.label, item.spec.variant
 
-    def pop(self) -> _Item:
+    def pop(self, live: Iterable[EpisodeSpec] = ()) -> _Item:
+        """The next episode for a worker slot; ``live``: what that worker runs now."""
         if self.retry:
             return self.retry.popleft()
+        live = list(live)
+        if live:
+            from .cohort import partner
+
+            i = partner([item.spec for item in self.items], live)
+            if i is not None:
+                self.started.add(self._group(self.items[i]))
+                return self.items.pop(i)
         for i, item in enumerate(self.items):          # a group not started yet: learn its cost
             if self._group(item) not in self.started:
                 self.started.add(self._group(item))
@@ -571,7 +583,8 @@ class RayExecutor:
 
         def dispatch() -> None:
             while idle and queue:
-                actor, item = idle.pop(), queue.pop()
+                actor = idle.pop()
+                item = queue.pop([i.spec for a, i in running.values() if a is actor] if size[actor] > 1 else ())
                 ref = actor.run.remote(item.spec, time_limit)
                 running[ref] = (actor, item)
                 since[ref] = (time.monotonic(), now())
