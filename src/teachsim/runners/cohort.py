@@ -80,22 +80,17 @@ def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> 
         thread.start()
 
     try:
-        live = 0
-        while todo and live < size:
+        while todo and len(running) < size:
             start(todo.pop(partner(todo, running) or 0), 1)
-            live += 1
-        while live:
+        while running:
             result, attempt = done.get()
-            live -= 1
             running.remove(result.spec)
             if result.status != "finished" and attempt <= retries:
                 start(result.spec, attempt + 1)
-                live += 1
                 continue
             yield result, attempt
             if todo:
                 start(todo.pop(partner(todo, running) or 0), 1)
-                live += 1
     except BaseException:
         # interrupted (Ctrl-C), or the caller stopped reading: stop the episodes still running
         # rather than leave them computing (at interpreter exit, a thread inside torch aborts

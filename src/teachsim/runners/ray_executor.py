@@ -30,7 +30,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -226,17 +226,15 @@ class _Queue:
     def _group(item: _Item) -> tuple[str, str]:
         return item.spec.label, item.spec.variant
 
-    def pop(self, live: Iterable[EpisodeSpec] = ()) -> _Item:
+    def pop(self, live: Sequence[EpisodeSpec] = ()) -> _Item:
         """The next episode for a worker slot; ``live``: what that worker runs now."""
         if self.retry:
             return self.retry.popleft()
-        live = list(live)
-        if live:
+        if live:   # (a partner's group has started: its running seed was popped here)
             from .cohort import partner
 
             i = partner([item.spec for item in self.items], live)
             if i is not None:
-                self.started.add(self._group(self.items[i]))
                 return self.items.pop(i)
         for i, item in enumerate(self.items):          # a group not started yet: learn its cost
             if self._group(item) not in self.started:
