@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
@@ -20,6 +21,24 @@ from .schema import Param, suggest
 
 class TeachsimWarning(UserWarning):
     """Warnings teachsim emits (never printed directly)."""
+
+
+_importing = threading.RLock()
+
+
+def imported(module: str) -> Any:
+    """``importlib.import_module(module)``, one thread at a time: how teachsim imports a
+    heavy dependency (modAL, scikit-learn, scipy) where it is used, which keeps ``import
+    teachsim`` light.
+
+    A cohort's episodes are threads of one process, and CPython's per-module import locks
+    let two threads that import a package with an import cycle (scikit-learn) for the
+    first time at once fail with "partially initialized module" or ``_DeadlockError``
+    (seen: an ``entropy`` and a ``qbc`` episode starting together in a Ray worker's
+    cohort, the first of each recorded failed). Imported through here, the second waits.
+    A plugin that imports such a package inside a function should do the same."""
+    with _importing:
+        return importlib.import_module(module)
 
 
 def _load(ref: str, name: str) -> Any:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..registry import imported
 from ..schema import Choice, Float
 
 Strategy = Callable[..., np.ndarray]
@@ -40,21 +41,21 @@ def random(model: Any, X_pool: np.ndarray, n: int, *, rng: np.random.Generator) 
 
 def uncertainty(model: Any, X_pool: np.ndarray, n: int, *, rng: np.random.Generator) -> np.ndarray:
     """Least confident: highest ``1 - max_k p_k`` (modAL ``classifier_uncertainty``)."""
-    from modAL.uncertainty import classifier_uncertainty
+    classifier_uncertainty = imported("modAL.uncertainty").classifier_uncertainty
 
     return top(classifier_uncertainty(model, X_pool), n)
 
 
 def margin(model: Any, X_pool: np.ndarray, n: int, *, rng: np.random.Generator) -> np.ndarray:
     """Smallest gap between the two most probable classes (modAL ``classifier_margin``)."""
-    from modAL.uncertainty import classifier_margin
+    classifier_margin = imported("modAL.uncertainty").classifier_margin
 
     return top(-classifier_margin(model, X_pool), n)
 
 
 def entropy(model: Any, X_pool: np.ndarray, n: int, *, rng: np.random.Generator) -> np.ndarray:
     """Highest predictive entropy (modAL ``classifier_entropy``)."""
-    from modAL.uncertainty import classifier_entropy
+    classifier_entropy = imported("modAL.uncertainty").classifier_entropy
 
     return top(classifier_entropy(model, X_pool), n)
 
@@ -66,7 +67,7 @@ def qbc(model: Any, X_pool: np.ndarray, n: int, *, rng: np.random.Generator) -> 
     ``predict_proba`` averages its members); the ``active-student`` protocol builds one
     by bagging the student. Given a single model it reduces to ``entropy``.
     """
-    from modAL.disagreement import consensus_entropy
+    consensus_entropy = imported("modAL.disagreement").consensus_entropy
 
     return top(consensus_entropy(model, X_pool), n)
 
@@ -81,8 +82,8 @@ def density(model: Any, X_pool: np.ndarray, n: int, *, rng: np.random.Generator,
     Score = uncertainty x (mean similarity to the pool) ** beta (Settles & Craven 2008),
     so that outliers are not asked about.
     """
-    from modAL.density import information_density
-    from modAL.uncertainty import classifier_uncertainty
+    information_density = imported("modAL.density").information_density
+    classifier_uncertainty = imported("modAL.uncertainty").classifier_uncertainty
 
     # O(pool^2) per call: about 0.1 s for a 2000-point pool in 50 dimensions.
     return top(classifier_uncertainty(model, X_pool) * information_density(X_pool, metric) ** beta, n)

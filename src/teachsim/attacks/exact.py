@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..registry import imported
+
 TIGHTEN = 1e-6   # witnesses sit this far inside their polyhedron (relative to each row's norm)
 
 
@@ -108,7 +110,7 @@ def _box_rows(box, dim: int) -> tuple[np.ndarray, np.ndarray]:
 # -- distances ----------------------------------------------------------------------------
 def _linf_point(x: np.ndarray, G: np.ndarray, h: np.ndarray) -> tuple[float, np.ndarray | None]:
     """min ||y - x||_inf s.t. G y <= h, by HiGHS; (inf, None) if empty."""
-    from scipy.optimize import linprog
+    linprog = imported("scipy.optimize").linprog
 
     d = len(x)
     eye = np.eye(d)
@@ -173,7 +175,7 @@ def _l2_point(x: np.ndarray, G: np.ndarray, h: np.ndarray, max_iter: int = 1000)
 def _l2_fallback(x: np.ndarray, G: np.ndarray, h: np.ndarray, y0: np.ndarray) -> tuple[float, np.ndarray]:
     # A degenerate vertex can make the active-set method cycle; SLSQP from the same
     # feasible point, then checked, settles it.
-    from scipy.optimize import minimize
+    minimize = imported("scipy.optimize").minimize
 
     res = minimize(lambda y: 0.5 * np.sum((y - x) ** 2), y0, jac=lambda y: y - x, method="SLSQP",
                    constraints=[{"type": "ineq", "fun": lambda y: h - G @ y, "jac": lambda y: -G}],
@@ -425,8 +427,8 @@ def _milp_feasible(layers, lo: np.ndarray, hi: np.ndarray, bounds, TG: np.ndarra
     """Is there x in [lo, hi] with TG x <= Th where the MLP's logit s >= logit c? ``bounds``:
     :func:`_interval_bounds` over [lo, hi]. True / False, or None when the solver ran out
     of time."""
-    from scipy.optimize import LinearConstraint, milp
-    from scipy.sparse import lil_matrix
+    optimize = imported("scipy.optimize")
+    lil_matrix = imported("scipy.sparse").lil_matrix
 
     dim = len(lo)
     # variables: x, then per hidden layer its outputs and one binary per unstable neuron
@@ -472,10 +474,9 @@ def _milp_feasible(layers, lo: np.ndarray, hi: np.ndarray, bounds, TG: np.ndarra
     for r, coefs in enumerate(rows):
         for j, v in coefs.items():
             M[r, j] = v
-    from scipy.optimize import Bounds
-
-    res = milp(np.zeros(n_var), constraints=LinearConstraint(M.tocsr(), lb, ub), integrality=integrality,
-               bounds=Bounds(lo_var, hi_var), options={"time_limit": time_limit})
+    res = optimize.milp(np.zeros(n_var), constraints=optimize.LinearConstraint(M.tocsr(), lb, ub),
+                        integrality=integrality, bounds=optimize.Bounds(lo_var, hi_var),
+                        options={"time_limit": time_limit})
     if res.status == 0:
         return True
     if res.status == 2:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import seeding
+from ..registry import imported
 from . import rules
 from .base import Distribution, Task
 
@@ -29,9 +30,7 @@ POOL = 2
 
 @functools.lru_cache(maxsize=1)
 def _images() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
+    d = imported("sklearn.datasets").load_digits()
     return (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
 
 
