@@ -58,6 +58,34 @@ def test_a_cohort_trains_each_student_bit_for_bit_as_alone(method, params, optim
 
 
 
+@pytest.mark.parametrize("method,params", [m for m in METHODS if m[0] in ("pgd-at", "trades", "lrat", "gairat", "mail")],
+                         ids=lambda v: v if isinstance(v, str) else v.get("norm", ""))
+def test_students_with_different_radii_train_together_bit_for_bit_as_alone(method, params):
+    # the paper suite trains pgd-at at two radii: each student's training attack runs in
+    # its own ball, with the step and projection it takes alone
+    radii = (0.5, 2.0, params["eps"], 0.101)   # 0.101: its step rounds differently in float32 arithmetic
+
+    def make(seed, eps):
+        s, X, y = _student(method, {**params, "eps": eps}, seed, 50)
+        return C.Request(s, X, y, 20, torch.Generator().manual_seed(seed + 100))
+
+    alone = [make(seed, eps) for seed, eps in enumerate(radii)]
+    for r in alone:
+        C.fit_together([r])
+    together = [make(seed, eps) for seed, eps in enumerate(radii)]
+    assert len({r.key() for r in together}) == 1
+    C.fit_together(together)
+    for a, r in zip(alone, together):
+        for (name, p), q in zip(a.model.named_parameters(), r.model.parameters()):
+            assert torch.equal(p, q), (r.params()["eps"], name, (p - q).abs().max().item())
+    # a radius of 0 (no attack: no random start drawn) keeps to its own kind
+    assert make(0, 0.0).key() != together[0].key()
+    # beta-at's radius is used beyond the training attack: keyed as before
+    b1, b2 = (C.Request(*_student("beta-at", {"eps": e, "norm": "linf"}, 0, 50), 20, torch.Generator())
+              for e in (0.3, 0.5))
+    assert b1.key() != b2.key()
+
+
 @pytest.mark.parametrize("method,params", [METHODS[0], METHODS[2], METHODS[3], METHODS[6]],
                          ids=["erm", "pgd-at-l2", "trades", "gairat"])
 def test_odd_batches_train_together_bit_for_bit_as_alone(method, params):
@@ -230,8 +258,9 @@ def _config():
     cfg["protocols"] = [{"name": "passive"}, {"name": "active-student", "strategy": "margin"},
                         {"name": "active-teacher", "push": "counterexample"},
                         {"name": "active-teacher", "push": "invariance"},
-                        {"name": "passive", "student": {"method": "trades", "eps": 0.5}, "label": "trades"}]
-    return cfg
+                        {"name": "passive", "student": {"method": "trades", "eps": 0.5}, "label": "trades"},
+                        {"name": "passive", "student": {"method": "trades", "eps": 0.2}, "label": "trades 0.2"}]
+    return cfg   # (the two trades radii train together)
 
 
 def _same(a, b) -> bool:
@@ -254,7 +283,7 @@ def test_a_cohort_gives_the_transcripts_and_scores_of_one_by_one(tmp_path, monke
     assert max(sizes) >= 3   # students did train together (passive, margin, counterexample, trades)
     again = teachsim.run(cfg, out=tmp_path / "again", executor="serial", progress=False, cohort=10)
     keys = list(one.episodes["key"])
-    assert len(keys) == 10 and (one.episodes["status"] == "finished").all()
+    assert len(keys) == 12 and (one.episodes["status"] == "finished").all()
     for run in (many, again):
         assert (run.episodes["status"] == "finished").all()
         for key in keys:

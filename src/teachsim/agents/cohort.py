@@ -199,12 +199,19 @@ class Request:
         return (self.student.method is erm and self.basis is None and self.batch >= len(self.y)
                 and _device(self.model).type == "cpu")
 
+    def params(self) -> dict[str, Any]:
+        """The student's method parameters, defaults included."""
+        s = self.student
+        return {**{k: p.default for k, p in getattr(s.method, "PARAMS", {}).items()}, **s.method_params}
+
     def key(self) -> tuple:
-        """Students with equal keys train in one batched model."""
+        """Students with equal keys train in one batched model: a parameter the method
+        ``STACKS_OVER`` (a training attack's radius) may differ if positive."""
         s = self.student
         size = "all points" if self.ragged else self.batch
-        return (stackable(self.model), str(_device(self.model)), s.method,
-                tuple(sorted((k, repr(v)) for k, v in s.method_params.items())),
+        over = getattr(s.method, "STACKS_OVER", ())
+        params = tuple(sorted((k, "> 0" if k in over and v > 0 else repr(v)) for k, v in self.params().items()))
+        return (stackable(self.model), str(_device(self.model)), s.method, params,
                 s.optimizer, s.lr, s.weight_decay, self.steps, size, self.batch < len(self.y),
                 repr(s.data.box), s.classes, None if self.basis is None else
                 (self.basis.shape, s.invariance_scale, s.invariance_penalty))
@@ -257,7 +264,12 @@ def fit_together(requests: list[Request], check=None) -> None:
     k, steps, bs = len(requests), requests[0].steps, requests[0].batch
     stacked = Stacked([r.model for r in requests])
     gens = Generators([r.generator for r in requests])
-    ctx = TrainContext(generator=gens, box=first.data.box, params=first.method_params, cohort=k)
+    params = dict(first.method_params)
+    for name in getattr(first.method, "STACKS_OVER", ()):   # students' own radii (Request.key)
+        values = tuple(float(r.params()[name]) for r in requests)
+        if len(set(values)) > 1:
+            params[name] = values
+    ctx = TrainContext(generator=gens, box=first.data.box, params=params, cohort=k)
     data = [(torch.from_numpy(r.X).to(dev), torch.from_numpy(r.y).to(dev)) for r in requests]
     full = [torch.arange(len(y), device=dev) for _, y in data]
     opt = first.make_optimizer(stacked.parameters())   # the group shares optimiser, lr and weight decay

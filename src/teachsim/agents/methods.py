@@ -104,12 +104,15 @@ class AttackTrace:
     final_correct: torch.Tensor
 
 
-def train_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
-                 steps: int, box=None, generator: torch.Generator | None = None, objective: str = "ce",
+def train_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | tuple[float, ...],
+                 norm: str, steps: int, box=None, generator: torch.Generator | None = None, objective: str = "ce",
                  start: str = "ball") -> AttackTrace:
     """The training attack: ``steps`` steps of projected steepest ascent, final iterate.
 
     Args:
+        eps: the radius; or, for stacked students (``generator`` a
+            :class:`teachsim.seeding.Generators`, equal blocks of rows), one positive
+            radius per student (:data:`STACKS_OVER`), each block attacked in its own ball.
         objective: ``"ce"``: cross-entropy on the true label (Madry; GAIRAT, MAIL);
             ``"kl"``: KL(p(x) || p(x_adv)) with p(x) fixed (TRADES).
         start: ``"ball"``: uniform in the eps-ball (Madry, GAIRAT); ``"near"``:
@@ -119,17 +122,25 @@ def train_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
 
     b = as_box(box, x)
     x = x.detach()
-    alpha = 2.5 * eps / max(1, steps)
     k = len(generator) if isinstance(generator, seeding.Generators) else 1   # students stacked in x
+    radii = eps
+    if isinstance(eps, tuple):   # each student's own radius and step, per row (its block)
+        # the step is computed as alone, in Python's double, then rounded to float32 where
+        # it multiplies, as a number would be: each row gets the bits it gets alone
+        alpha = torch.tensor([2.5 * e / max(1, steps) for e in eps], dtype=x.dtype).repeat_interleave(len(x) // k)
+        eps = torch.tensor(eps, dtype=x.dtype).repeat_interleave(len(x) // k)
+        alpha, eps = (v.view(-1, *([1] * (x.dim() - 1))).to(x.device) for v in (alpha, eps))
+    else:
+        alpha = 2.5 * eps / max(1, steps)
     with _eval_mode(model):
         p_clean = None
         if objective == "kl":
             with torch.no_grad():
                 p_clean = F.softmax(model(x), dim=1)
-        if eps <= 0:
+        if not isinstance(radii, tuple) and eps <= 0:
             delta = torch.zeros_like(x)
         elif start == "ball":
-            delta = random_in_ball(x, eps, norm, generator)
+            delta = random_in_ball(x, radii, norm, generator)
         else:
             delta = project(0.001 * seeding.randn(x.shape, generator).to(x.device), eps, norm)
         xa = clip(x + delta, b)
@@ -307,6 +318,12 @@ def mail(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainCon
                             probabilistic_margin(logits, y))
     return mean(w * F.cross_entropy(logits, y, reduction="none"), ctx)
 
+
+# What stacked students may differ in and still train as one batched model: the radius
+# of a method whose only use of it is the training attack (train_attack takes one per
+# student; the paper suite's two pgd-at radii then train together)
+for _m in (pgd_at, trades, lrat, gairat, mail):
+    _m.STACKS_OVER = ("eps",)  # type: ignore[attr-defined]
 
 pgd_at.PARAMS = rules.PGD_AT  # type: ignore[attr-defined]
 trades.PARAMS = rules.TRADES  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,18 +28,21 @@ def _l2_keepdim(d: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(d, dim=tuple(range(1, d.dim())), keepdim=True)
 
 
-def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Project perturbations onto the eps-ball."""
+def project(delta: torch.Tensor, eps: float | torch.Tensor, norm: str) -> torch.Tensor:
+    """Project perturbations onto the eps-ball (``eps`` a number, or a tensor of one radius
+    per row shaped to broadcast against ``delta``: stacked students' own radii)."""
     if norm == "linf":
         return delta.clamp(-eps, eps)
-    return delta * (eps / _l2_keepdim(delta).clamp_min(1e-12)).clamp(max=1.0)
+    # reciprocal() * eps is what ``eps / tensor`` computes for a number eps (Tensor.__rdiv__):
+    # written out, a tensor eps gives each row the bits a number gives it
+    return delta * (_l2_keepdim(delta).clamp_min(1e-12).reciprocal() * eps).clamp(max=1.0)
 
 
-def project_(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+def project_(delta: torch.Tensor, eps: float | torch.Tensor, norm: str) -> torch.Tensor:
     """:func:`project` in place (returns ``delta``): one allocation less per attack step."""
     if norm == "linf":
         return delta.clamp_(-eps, eps)
-    return delta.mul_((eps / _l2_keepdim(delta).clamp_min(1e-12)).clamp(max=1.0))
+    return delta.mul_((_l2_keepdim(delta).clamp_min(1e-12).reciprocal() * eps).clamp(max=1.0))
 
 
 def ascent_(grad: torch.Tensor, norm: str) -> torch.Tensor:
@@ -57,18 +62,20 @@ def ascent(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / _l2_keepdim(grad).clamp_min(1e-12)
 
 
-def random_in_ball(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None,
+def random_in_ball(x: torch.Tensor, eps: float | Sequence[float], norm: str, generator: torch.Generator | None,
                    counts: list[int] | None = None) -> torch.Tensor:
     """A uniform random perturbation in the eps-ball, on ``x``'s device.
 
     The numbers are drawn on the CPU (the generator is a CPU one), so a seed gives the
     same start on every device. With a :class:`teachsim.seeding.Generators` (several
     students' rows, one block each: equal blocks, or ``counts`` rows each) every block
-    is drawn from its student's own generator, as that student alone would draw it.
+    is drawn from its student's own generator, as that student alone would draw it, in
+    its own ball where ``eps`` is a sequence (one radius per student).
     """
     if isinstance(generator, seeding.Generators):   # (an empty block draws nothing)
         parts = x.chunk(len(generator)) if counts is None else x.split(counts)
-        return torch.cat([random_in_ball(part, eps, norm, g) for part, g in zip(parts, generator.generators)])
+        radii = eps if isinstance(eps, Sequence) else [eps] * len(generator)
+        return torch.cat([random_in_ball(part, e, norm, g) for part, e, g in zip(parts, radii, generator.generators)])
     if norm == "linf":
         return ((torch.rand(x.shape, generator=generator) * 2 - 1) * eps).to(x.device)
     d = torch.randn(x.shape, generator=generator)
