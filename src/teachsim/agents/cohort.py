@@ -318,6 +318,30 @@ class Cancelled(KeyboardInterrupt):
     episode is not recorded as failed by it."""
 
 
+def train(requests: list[Request], check=None) -> None:
+    """Train ``requests``, grouped by :meth:`Request.key`, each group in one batched model.
+    A group that raises is trained again request by request (the batch wrote nothing back:
+    each starts from its own weights), so a failing student fails alone: what its training
+    raised is left in its ``error``. :class:`Cancelled` (from ``check``) propagates."""
+    groups: dict[tuple, list[Request]] = {}
+    for r in requests:
+        groups.setdefault(r.key(), []).append(r)
+    for group in groups.values():
+        try:
+            fit_together(group, check)
+        except Cancelled:
+            raise
+        except BaseException:   # noqa: BLE001 - train each alone: a failing episode fails alone
+            for r in group:
+                try:
+                    r.generator.set_state(r.start)
+                    fit_together([r], check)
+                except Cancelled:
+                    raise
+                except BaseException as exc:   # noqa: BLE001 - handed to its episode
+                    r.error = exc
+
+
 class Cohort:
     """Episodes advancing together in threads of one process: a student's learn call waits
     until every live episode is waiting in one, then the last to arrive trains all of them
@@ -331,6 +355,7 @@ class Cohort:
     def __init__(self, judges: int = 1) -> None:
         self._cv = threading.Condition()
         self._live = 0
+        self._arrived = 0   # live episodes waiting in fit (each with one or more requests)
         self._waiting: list[Request] = []
         # Judging is not batched: at most `judges` judges at once (the runners give one per
         # core, less one for the training) run beside the training (32 judges at once on 2
@@ -361,48 +386,35 @@ class Cohort:
             batch = self._take()
         self._train(batch)
 
-    def fit(self, request: Request) -> None:
-        """Wait for the cohort and train ``request`` with it; raises what training raised."""
+    def fit(self, *requests: Request) -> None:
+        """Wait for the cohort and train ``requests`` (one episode's: its student, or a
+        committee's members) with it; raises what training raised."""
         with self._cv:
             self.check()
-            self._waiting.append(request)
+            self._waiting.extend(requests)
+            self._arrived += 1
             batch = self._take()
         self._train(batch)
         with self._cv:
-            while not request.done and not self.cancelled:
+            while not all(r.done for r in requests) and not self.cancelled:
                 self._cv.wait()
         self.check()
-        if request.error is not None:
-            raise request.error
+        for r in requests:
+            if r.error is not None:
+                raise r.error
 
     def _take(self) -> list[Request]:
         # every live episode is waiting: this thread trains them (outside the lock)
-        if self._waiting and len(self._waiting) >= self._live and not self.cancelled:
-            batch, self._waiting = self._waiting, []
+        if self._waiting and self._arrived >= self._live and not self.cancelled:
+            batch, self._waiting, self._arrived = self._waiting, [], 0
             return batch
         return []
 
     def _train(self, batch: list[Request]) -> None:
         if not batch:
             return
-        groups: dict[tuple, list[Request]] = {}
-        for r in batch:
-            groups.setdefault(r.key(), []).append(r)
         try:
-            for group in groups.values():
-                try:
-                    fit_together(group, self.check)
-                except Cancelled:
-                    raise
-                except BaseException:   # noqa: BLE001 - train each alone: a failing episode fails alone
-                    for r in group:     # (the batch wrote nothing back: each starts from its own weights)
-                        try:
-                            r.generator.set_state(r.start)
-                            fit_together([r], self.check)
-                        except Cancelled:
-                            raise
-                        except BaseException as exc:   # noqa: BLE001 - handed to its episode
-                            r.error = exc
+            train(batch, self.check)
         except Cancelled:
             pass   # every waiting episode raises Cancelled itself (fit)
         with self._cv:

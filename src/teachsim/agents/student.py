@@ -177,15 +177,32 @@ class Student:
         import copy
 
         X, y = self.training_set()
-        members = []
+        members = [copy.deepcopy(self.model) for _ in range(size)]
+        if not len(y):
+            return Committee(members)
+        steps = self.steps if steps is None else steps
+        draws = []
         for i in range(size):
-            model = copy.deepcopy(self.model)
-            if len(y):
-                g = seeding.torch_generator(self.seed, "student", "committee", round_, i)
-                pick = torch.randint(len(y), (len(y),), generator=g).numpy()
-                self._fit(model, X[pick], y[pick], self.steps if steps is None else steps, g)
-                _check_finite(model, f"committee member {i} of round {round_}", self)
-            members.append(model)
+            g = seeding.torch_generator(self.seed, "student", "committee", round_, i)
+            draws.append((torch.randint(len(y), (len(y),), generator=g).numpy(), g))
+        if cohort.batchable(self):
+            # the members draw from their own generators only: they train together (with
+            # the cohort's students, in a cohort) bit for bit as one by one
+            requests = [cohort.Request(self, X[pick], y[pick], steps, g, model)
+                        for model, (pick, g) in zip(members, draws)]
+            together = cohort.current()
+            if together is not None:
+                together.fit(*requests)
+            else:
+                cohort.train(requests)
+                for r in requests:
+                    if r.error is not None:
+                        raise r.error
+        else:
+            for model, (pick, g) in zip(members, draws):
+                self._fit(model, X[pick], y[pick], steps, g)
+        for i, model in enumerate(members):
+            _check_finite(model, f"committee member {i} of round {round_}", self)
         return Committee(members)
 
     # -- answering -------------------------------------------------------------------
