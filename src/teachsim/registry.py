@@ -36,7 +36,9 @@ def imported(module: str) -> Any:
     first time at once fail with "partially initialized module" or ``_DeadlockError``
     (seen: an ``entropy`` and a ``qbc`` episode starting together in a Ray worker's
     cohort, the first of each recorded failed). Imported through here, the second waits.
-    A plugin that imports such a package inside a function should do the same."""
+    A plugin that imports such a package inside a function should do the same; not at
+    module level (a thread holding a module's import lock while it waits here could
+    deadlock with one importing through here)."""
     with _importing:
         return importlib.import_module(module)
 

@@ -164,6 +164,53 @@ def test_a_committee_s_members_train_together_bit_for_bit_as_one_by_one(method, 
         assert torch.equal(s.model[0].weight, _student(method, params, 0, n)[0].model[0].weight)   # untouched
 
 
+def test_a_committee_alone_lets_a_time_limit_through(monkeypatch):
+    # one episode's own committee (no cohort) is not retried member by member: the time
+    # limit's alarm (or Ctrl-C) raised inside its training stops the episode, as before
+    from teachsim.errors import EpisodeTimeout
+
+    calls = []
+
+    def alarm(group, check=None):
+        calls.append(len(group))
+        raise EpisodeTimeout("ran past its time limit")
+
+    monkeypatch.setattr(C, "fit_together", alarm)
+    s, X, y = _student("erm", {}, 0, 40)
+    s._X, s._y = [X], [y]
+    with pytest.raises(EpisodeTimeout):
+        s.committee(3, round_=1)
+    assert calls == [3]
+
+
+def test_the_barrier_waits_for_every_episode_not_every_request(monkeypatch):
+    # one episode's committee brings three requests, another episode one: they train as
+    # one batch of four only once both episodes are waiting
+    import threading
+    import time
+
+    groups = []
+    real = C.fit_together
+    monkeypatch.setattr(C, "fit_together", lambda g, check=None: (groups.append(len(g)), real(g, check))[1])
+    cohort = C.Cohort()
+    cohort.join()
+    cohort.join()
+    requests = [C.Request(*_student("erm", {}, seed, 40), 20, torch.Generator().manual_seed(seed)) for seed in range(4)]
+
+    def episode(mine, delay):
+        time.sleep(delay)
+        cohort.fit(*mine)
+        cohort.leave()
+
+    threads = [threading.Thread(target=episode, args=(requests[:3], 0.0)),
+               threading.Thread(target=episode, args=(requests[3:], 0.3))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert groups == [4] and all(r.done and r.error is None for r in requests)
+
+
 def test_what_cannot_stack_trains_alone_as_before():
     g = torch.Generator().manual_seed(0)
     assert C.stackable(mlp(6, 2, hidden=[4], init_std=0.0, generator=g)) is not None

@@ -361,7 +361,8 @@ def test_two_episode_threads_importing_modal_for_the_first_time_do_not_fail():
     import sys
 
     def race(mode):
-        out = subprocess.run([sys.executable, "-c", _RACE, mode], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", _RACE, mode], capture_output=True, text=True, check=True,
+                             timeout=120)
         return out.stdout.strip()
 
     # unguarded, the overlap fails about 7 times in 8 here: up to 3 tries to see it fail

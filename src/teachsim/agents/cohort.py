@@ -205,8 +205,10 @@ class Request:
         return {**{k: p.default for k, p in getattr(s.method, "PARAMS", {}).items()}, **s.method_params}
 
     def key(self) -> tuple:
-        """Students with equal keys train in one batched model: a parameter the method
-        ``STACKS_OVER`` (a training attack's radius) may differ if positive."""
+        """Students with equal keys train in one batched model. A parameter named in the
+        method's ``STACKS_OVER`` (a training attack's radius) may differ between them if
+        positive: :func:`fit_together` hands the method a tuple of them, one per student,
+        which the method must take (the built-ins' ``train_attack`` does)."""
         s = self.student
         size = "all points" if self.ragged else self.batch
         over = getattr(s.method, "STACKS_OVER", ())
@@ -329,14 +331,14 @@ def train(requests: list[Request], check=None) -> None:
     for group in groups.values():
         try:
             fit_together(group, check)
-        except Cancelled:
+        except KeyboardInterrupt:   # Cancelled, or Ctrl-C where this runs in the main thread
             raise
         except BaseException:   # noqa: BLE001 - train each alone: a failing episode fails alone
             for r in group:
                 try:
                     r.generator.set_state(r.start)
                     fit_together([r], check)
-                except Cancelled:
+                except KeyboardInterrupt:
                     raise
                 except BaseException as exc:   # noqa: BLE001 - handed to its episode
                     r.error = exc
@@ -389,6 +391,8 @@ class Cohort:
     def fit(self, *requests: Request) -> None:
         """Wait for the cohort and train ``requests`` (one episode's: its student, or a
         committee's members) with it; raises what training raised."""
+        if not requests:
+            return
         with self._cv:
             self.check()
             self._waiting.extend(requests)
@@ -417,10 +421,14 @@ class Cohort:
             train(batch, self.check)
         except Cancelled:
             pass   # every waiting episode raises Cancelled itself (fit)
-        with self._cv:
-            for r in batch:
-                r.done = True
-            self._cv.notify_all()
+        except Exception as exc:   # noqa: BLE001 - e.g. a key that cannot be computed: each
+            for r in batch:        # waiting episode fails with it rather than wait forever
+                r.error = r.error or exc
+        finally:
+            with self._cv:
+                for r in batch:
+                    r.done = True
+                self._cv.notify_all()
 
 
 _local = threading.local()

@@ -112,7 +112,7 @@ def train_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
     Args:
         eps: the radius; or, for stacked students (``generator`` a
             :class:`teachsim.seeding.Generators`, equal blocks of rows), one positive
-            radius per student (:data:`STACKS_OVER`), each block attacked in its own ball.
+            radius per student (the methods' ``STACKS_OVER``), each block attacked in its own ball.
         objective: ``"ce"``: cross-entropy on the true label (Madry; GAIRAT, MAIL);
             ``"kl"``: KL(p(x) || p(x_adv)) with p(x) fixed (TRADES).
         start: ``"ball"``: uniform in the eps-ball (Madry, GAIRAT); ``"near"``:

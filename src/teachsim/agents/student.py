@@ -178,7 +178,7 @@ class Student:
 
         X, y = self.training_set()
         members = [copy.deepcopy(self.model) for _ in range(size)]
-        if not len(y):
+        if not len(y) or not members:
             return Committee(members)
         steps = self.steps if steps is None else steps
         draws = []
@@ -193,11 +193,8 @@ class Student:
             together = cohort.current()
             if together is not None:
                 together.fit(*requests)
-            else:
-                cohort.train(requests)
-                for r in requests:
-                    if r.error is not None:
-                        raise r.error
+            else:   # one episode's own: what raises (a time limit, Ctrl-C) stops it, as before
+                cohort.fit_together(requests)
         else:
             for model, (pick, g) in zip(members, draws):
                 self._fit(model, X[pick], y[pick], steps, g)
