@@ -201,8 +201,9 @@ class Request:
 
     def params(self) -> dict[str, Any]:
         """The student's method parameters, defaults included."""
-        s = self.student
-        return {**{k: p.default for k, p in getattr(s.method, "PARAMS", {}).items()}, **s.method_params}
+        from .methods import settings
+
+        return settings(self.student.method, self.student.method_params)
 
     def key(self) -> tuple:
         """Students with equal keys train in one batched model. A parameter named in the

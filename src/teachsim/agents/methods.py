@@ -70,11 +70,15 @@ def erm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainCont
 ATTACK_PARAMS = rules.ATTACK_PARAMS   # eps, norm, attack_steps (agents/rules.py: torch-free)
 
 
-def _settings(method: Callable[..., Any], ctx: TrainContext) -> dict[str, Any]:
-    """The method's parameters: its PARAMS defaults overridden by ``ctx.params``."""
-    out = {k: p.default for k, p in method.PARAMS.items()}
-    out.update(ctx.params)
+def settings(method: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A method's parameters: its PARAMS defaults (if it has any) overridden by ``params``."""
+    out = {k: p.default for k, p in getattr(method, "PARAMS", {}).items()}
+    out.update(params)
     return out
+
+
+def _settings(method: Callable[..., Any], ctx: TrainContext) -> dict[str, Any]:
+    return settings(method, ctx.params)
 
 
 @contextmanager
@@ -118,7 +122,7 @@ def train_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
         start: ``"ball"``: uniform in the eps-ball (Madry, GAIRAT); ``"near"``:
             ``0.001 * N(0, I)`` (the TRADES and MAIL code; a KL ascent cannot leave x itself).
     """
-    from ..attacks.common import as_box, ascent, clip, loss_per_point, project, random_in_ball
+    from ..attacks.common import _view, as_box, ascent, clip, loss_per_point, project, random_in_ball
 
     b = as_box(box, x)
     x = x.detach()
@@ -129,7 +133,7 @@ def train_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
         # it multiplies, as a number would be: each row gets the bits it gets alone
         alpha = torch.tensor([2.5 * e / max(1, steps) for e in eps], dtype=x.dtype).repeat_interleave(len(x) // k)
         eps = torch.tensor(eps, dtype=x.dtype).repeat_interleave(len(x) // k)
-        alpha, eps = (v.view(-1, *([1] * (x.dim() - 1))).to(x.device) for v in (alpha, eps))
+        alpha, eps = (_view(v, x).to(x.device) for v in (alpha, eps))
     else:
         alpha = 2.5 * eps / max(1, steps)
     with _eval_mode(model):
