@@ -5,6 +5,8 @@ give one by one; a failing episode fails alone."""
 from __future__ import annotations
 
 import copy
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -350,9 +352,19 @@ def test_a_cohort_gives_the_transcripts_and_scores_of_one_by_one(tmp_path, monke
     many = teachsim.run(cfg, out=tmp_path / "many", executor="serial", progress=False, cohort=4)
     assert max(sizes) >= 3   # students did train together (passive, qbc's committee, counterexample, trades)
     again = teachsim.run(cfg, out=tmp_path / "again", executor="serial", progress=False, cohort=10)
+    # judged as on a GPU: episodes of one seed in one pass (on the CPU the same bits)
+    from teachsim.platform import judge
+
+    passes = []
+    real_judge = judge.judge_episodes
+    monkeypatch.setattr(C, "JUDGE_TOGETHER", ("cpu", "cuda"))
+    monkeypatch.setattr(judge, "judge_episodes", lambda episodes, *a: (passes.append(len(episodes)),
+                                                                       real_judge(episodes, *a))[1])
+    together = teachsim.run(cfg, out=tmp_path / "together", executor="serial", progress=False, cohort=12)
+    assert sum(passes) == 12 and max(passes) > 1
     keys = list(one.episodes["key"])
     assert len(keys) == 12 and (one.episodes["status"] == "finished").all()
-    for run in (many, again):
+    for run in (many, again, together):
         assert (run.episodes["status"] == "finished").all()
         for key in keys:
             assert _same(one.transcript(key), run.transcript(key)), key
@@ -364,6 +376,52 @@ def test_a_cohort_gives_the_transcripts_and_scores_of_one_by_one(tmp_path, monke
                 a = one.student(key, budget).state_dict()
                 b = run.student(key, budget).state_dict()
                 assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_judges_together_one_pass_at_a_time_by_key_and_a_failure_fails_its_own_episode():
+    """Cohort.judge_together (a GPU's cohort judging): whoever finds the pass free takes
+    every waiting item of its key; passes never overlap; a pass that raises is run again
+    item by item, so only the failing item's episode gets the error."""
+    cohort = C.Cohort(judges=1)
+    passes, running, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def run(items):
+        with lock:
+            passes.append(list(items))
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.1)
+            if 3 in items:
+                raise ValueError("item 3 cannot be judged")
+            return [10 * i for i in items]
+        finally:
+            with lock:
+                running[0] -= 1
+
+    start, out = threading.Barrier(8), {}
+
+    def episode(i):
+        with C.member(cohort):
+            start.wait()
+            time.sleep(0.01 * (i > 0))   # item 0 takes the pass first; the others queue behind it
+            try:
+                out[i] = C.judged("cuda", i % 2, i, run)
+            except ValueError as exc:
+                out[i] = exc
+
+    threads = [threading.Thread(target=episode, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert all(out[i] == 10 * i for i in range(8) if i != 3)
+    assert isinstance(out[3], ValueError)
+    assert most[0] == 1                                     # one pass at a time
+    assert all(len({i % 2 for i in p}) == 1 for p in passes)  # one key per pass
+    assert max(len(p) for p in passes) >= 3                 # the waiting ones went together
+    assert [3] in passes and sorted(i for p in passes if 3 not in p for i in p) == [0, 1, 2, 4, 5, 6, 7]
 
 
 PROTOCOL = '''

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ipaddress
+import json
 import logging
 import os
 import secrets
@@ -274,6 +275,42 @@ def test_episode_on_an_absent_gpu_runs_on_the_cpu_with_identical_results():
     if not torch.cuda.is_available():
         assert cuda.stats["device"] == "cpu"
         assert cuda.scores == cpu.scores and cuda.messages == cpu.messages
+
+
+GPU_CHECK = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+
+
+def test_gpu_check_without_cuda_says_so_and_exits_2(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = subprocess.run([sys.executable, str(GPU_CHECK)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "no usable CUDA device" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gpu_check_dry_run_times_every_mode_and_compares_scores_with_the_cpu(tmp_path):
+    """scripts/gpu-check's plumbing, on the CPU: a GPU machine's first (and maybe only)
+    call must not fail on the script. One logical GPU; every mode runs on the CPU, so the
+    GPU modes' scores equal the CPU reference's exactly."""
+    out = tmp_path / "gpu.jsonl"
+    proc = subprocess.Popen([sys.executable, str(GPU_CHECK), "quick@0:gpu-cohort,cpu", "--dry-run", "--json",
+                             str(out)], env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        left = _reap(proc.pid, timeout=30)
+    assert proc.returncode == 0, stdout + stderr
+    assert not left, f"processes left behind: {left}"
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["suite"], r["mode"], r["finished"]) for r in rows] == [("quick@0", "gpu-cohort", 5),
+                                                                        ("quick@0", "cpu", 5)]
+    assert rows[0]["devices"] == ["cpu (GPU 0)"] and rows[1]["devices"] == ["cpu"]
+    gap = rows[1]["vs_cpu"]["gpu-cohort"]
+    assert gap["compared"] == 5 * 5 * 6 and gap["max_abs"] == 0.0   # 5 episodes x 5 budgets x 6 metrics
+    assert "gpu-cohort / cpu:" in stdout
 
 
 def test_queue_learns_each_group_then_hands_out_the_longest_first():

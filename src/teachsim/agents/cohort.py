@@ -26,6 +26,7 @@ trains alone through ``Student._fit``: other models (``cnn``, plugins' models).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -360,10 +361,14 @@ class Cohort:
         self._live = 0
         self._arrived = 0   # live episodes waiting in fit (each with one or more requests)
         self._waiting: list[Request] = []
-        # Judging is not batched: at most `judges` judges at once (the runners give one per
-        # core, less one for the training) run beside the training (32 judges at once on 2
-        # cores measured 0.57x, the threads thrashing)
+        # On the CPU judging is not batched across episodes: at most `judges` judges at
+        # once (the runners give one per core, less one for the training) run beside the
+        # training (32 judges at once on 2 cores measured 0.57x, the threads thrashing)
         self.judges = threading.Semaphore(judges)
+        # Where judging is batched (JUDGE_TOGETHER): one pass at a time, so the episodes
+        # that arrive meanwhile queue up and go in the next pass together
+        self._batch_slot = threading.Semaphore(1)
+        self._to_judge: list[_Judging] = []
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -430,6 +435,86 @@ class Cohort:
                 for r in batch:
                     r.done = True
                 self._cv.notify_all()
+
+
+    def judge_together(self, key: Any, item: Any, run: Callable[[list], list]) -> Any:
+        """``run([item])[0]``, run together with the items of the same ``key`` that other
+        episodes of the cohort are waiting to have judged: one pass at a time; whoever
+        finds the pass free takes every waiting item of its key (group commit). A pass
+        that raises is run again one item at a time, so a failure fails its own episode."""
+        entry = _Judging(key, item)
+        with self._cv:
+            self._to_judge.append(entry)
+        while True:
+            with self._cv:
+                group = None
+                while group is None and not entry.done:
+                    self.check()
+                    if self._batch_slot.acquire(blocking=False):
+                        group = [e for e in self._to_judge if e.key == key]
+                        self._to_judge = [e for e in self._to_judge if e.key != key]
+                    else:
+                        self._cv.wait(0.25)
+            if group is None:   # judged in another episode's pass
+                break
+            try:
+                _judge_group(group, run)
+            finally:
+                self._batch_slot.release()
+                with self._cv:
+                    for e in group:
+                        e.done = True
+                    self._cv.notify_all()
+        if entry.error is not None:
+            raise entry.error
+        return entry.result
+
+
+@dataclass(eq=False)
+class _Judging:
+    """One episode's checkpoints, waiting in :meth:`Cohort.judge_together`."""
+
+    key: Any
+    item: Any
+    result: Any = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+def _judge_group(group: list[_Judging], run: Callable[[list], list]) -> None:
+    try:
+        for e, result in zip(group, run([e.item for e in group]), strict=True):
+            e.result = result
+        return
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:   # noqa: BLE001 - handed to its episode (or retried alone)
+        if len(group) == 1:
+            group[0].error = exc
+            return
+    for e in group:
+        _judge_group([e], run)
+
+
+JUDGE_TOGETHER = ("cuda",)
+"""Device types on which a cohort's episodes that share a task, a seed and a judge config
+are judged in one pass (:func:`judged`). Not the CPU: there one episode per pass is faster
+(``teachsim.platform.judge.judge_episodes``), so each episode is judged alone, under
+:class:`judging`, as it would be outside a cohort."""
+
+
+def judged(device: Any, key: Any, item: Any, run: Callable[[list], list]) -> Any:
+    """An episode's judge, ``run([item])[0]``. In a cohort the episode first leaves the
+    training barrier; on a :data:`JUDGE_TOGETHER` device its item is then judged together
+    with other episodes' items of the same ``key`` (:meth:`Cohort.judge_together`), else
+    alone when a judge slot is free (:class:`judging`)."""
+    cohort = current()
+    if cohort is not None and torch.device(device).type in JUDGE_TOGETHER:
+        _local.cohort = None   # left: member's exit does not leave twice
+        cohort.leave()
+        return cohort.judge_together(key, item, run)
+    with judging():
+        return run([item])[0]
 
 
 _local = threading.local()

@@ -391,6 +391,7 @@ def grid_strong(model: nn.Module, task, x: np.ndarray, *, radius: float, norm: s
     found = np.zeros(n, bool)
     witness = x.copy()
     model.eval()
+    dev = next(model.parameters()).device
     per = max(1, chunk // len(offsets))
     for start in range(0, n, per):
         pts = (x[start:start + per, None, :] + offsets[None]).reshape(-1, dim)
@@ -400,7 +401,7 @@ def grid_strong(model: nn.Module, task, x: np.ndarray, *, radius: float, norm: s
             inside = np.all((pts >= lo) & (pts <= hi), axis=1)
         t = task.label(pts)
         with torch.no_grad():
-            s = model(torch.from_numpy(pts)).argmax(1).numpy()
+            s = model(torch.from_numpy(pts).to(dev)).argmax(1).cpu().numpy()
         bad = (inside & (t >= 0) & (s != t)).reshape(-1, len(offsets))
         for k in range(len(bad)):
             hits = np.flatnonzero(bad[k])
@@ -551,19 +552,20 @@ def penalty_strong(model: nn.Module, task, x: np.ndarray, *, radius: float, norm
     class counts, so everything it reports is real."""
     from .common import as_box, clip, project, random_in_ball
 
-    xt = torch.as_tensor(np.asarray(x, np.float32))
+    dev = next(model.parameters()).device   # the search runs where the student lives
+    xt = torch.as_tensor(np.asarray(x, np.float32), device=dev)
     n, dim = xt.shape
     C = int(task.classes)
     gen = torch.Generator().manual_seed(seed)
     rows = xt.repeat_interleave(C * starts, dim=0)                    # (n * C * starts, dim)
-    target = torch.arange(C).repeat_interleave(starts).repeat(n)
-    first = (torch.arange(len(rows)) % starts) == 0
+    target = torch.arange(C, device=dev).repeat_interleave(starts).repeat(n)
+    first = (torch.arange(len(rows), device=dev) % starts) == 0
     start = torch.where(first[:, None], rows, random_in_ball(rows, radius, norm, gen))
     box = as_box(getattr(task, "box", None), rows)
     delta = (clip(start, box) - rows).requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=radius / 20)
     gamma = float(task.gamma)
-    hit = torch.zeros(len(rows), dtype=torch.bool)
+    hit = torch.zeros(len(rows), dtype=torch.bool, device=dev)
     witness = rows.clone()
     model.eval()
     for t in range(steps):
@@ -584,6 +586,6 @@ def penalty_strong(model: nn.Module, task, x: np.ndarray, *, radius: float, norm
         opt.step()
     # checked again with the teacher's labelling rule and the student, as the judge does
     with torch.no_grad():
-        hit &= torch.from_numpy(task.label(witness)) == target
+        hit &= torch.from_numpy(task.label(witness)).to(dev) == target
         hit &= model(witness).argmax(dim=1) != target
-    return hit.view(n, C * starts).any(dim=1).numpy()
+    return hit.view(n, C * starts).any(dim=1).cpu().numpy()

@@ -413,7 +413,10 @@ def teacher_attack(model, task, x: torch.Tensor, *, radius: float, norm: str = "
     if polish > 0:
         todo = (~found).nonzero().squeeze(1)
         if len(todo):
-            targets = {i: [int(c) for c, d in zip(order[i], dist[i]) if d <= reach * radius] for i in todo.tolist()}
+            # read on the CPU once (element by element on a GPU, each read would wait for the
+            # device); the distances compared in float32, as before
+            order_h, near = order.cpu().tolist(), (dist <= reach * radius).cpu().tolist()
+            targets = {i: [c for c, ok in zip(order_h[i], near[i]) if ok] for i in todo.tolist()}
             for i, y in _polish(model, task, x, todo, targets, radius=radius, norm=norm, box=b,
                                 target=target, rounds=polish).items():
                 out[i], found[i] = y, True

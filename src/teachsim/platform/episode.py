@@ -8,6 +8,7 @@ moves specs in and results out; the driver alone writes results.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
 import threading
@@ -134,9 +135,9 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
     none) fails the episode with :class:`~teachsim.errors.EpisodeTimeout` when it runs
     longer (see :func:`time_limit`).
     """
-    from ..agents.cohort import judging
+    from ..agents.cohort import judged
     from ..agents.teacher import Teacher
-    from .judge import VERSION, judge_episode
+    from .judge import VERSION, judge_episodes
 
     import torch
 
@@ -152,6 +153,11 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
         with time_limit(limit):
             dev = resolve_device(device)
             stats["device"] = str(dev)
+            if dev.type == "cuda":
+                # full float32 and repeatable kernels: cuDNN's convolutions (cnn students)
+                # default to TF32 and may pick nondeterministic algorithms
+                torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
             task = build_task(spec.task, spec.seed)
             student = build_student(spec.student, task, spec.seed)
             student.model.to(dev)
@@ -164,8 +170,11 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
                 models[budget] = build_model(spec.student, task, spec.seed)
                 models[budget].load_state_dict(weights)
                 models[budget].to(dev)
-            with judging():   # in a cohort: its students train on while this one is judged
-                result.scores, result.flags, result.judged = judge_episode(models, task, spec.judge, spec.seed)
+            # in a cohort: its students train on while this one is judged (on a GPU, in one
+            # pass with the cohort's other episodes of the same task, seed and judge)
+            key = json.dumps([spec.task, spec.seed, spec.judge, str(dev)], sort_keys=True, default=str)
+            result.scores, result.flags, result.judged = judged(
+                dev, key, models, lambda episodes: judge_episodes(episodes, task, spec.judge, spec.seed))
             result.judge_version = VERSION
             result.messages, result.payloads = transcript_rows(conv.channel.log)
             result.payloads["learn_log"] = np.asarray(student.learn_log, dtype=np.int64).reshape(-1, 2)

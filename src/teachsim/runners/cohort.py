@@ -29,7 +29,8 @@ way finishes its episode's checkpoints first)."""
 
 def judge_slots() -> int:
     """Judges a cohort in this process runs at once: one per core this process may use,
-    less one for the training (at least 1). Judging is not batched; on 2 cores, one judge
+    less one for the training (at least 1). On the CPU judging is not batched across
+    episodes (on a GPU, see ``agents.cohort.judged``); on 2 cores, one judge
     at a time beside the training measured fastest (32 at once: 0.57x one at a time)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores - 1)
