@@ -367,7 +367,7 @@ class Cohort:
         self.judges = threading.Semaphore(judges)
         # Where judging is batched (JUDGE_TOGETHER): one pass at a time, so the episodes
         # that arrive meanwhile queue up and go in the next pass together
-        self._batch_slot = threading.Semaphore(1)
+        self._passing = False
         self._to_judge: list[_Judging] = []
         self.cancelled = False
 
@@ -436,34 +436,32 @@ class Cohort:
                     r.done = True
                 self._cv.notify_all()
 
-
     def judge_together(self, key: Any, item: Any, run: Callable[[list], list]) -> Any:
         """``run([item])[0]``, run together with the items of the same ``key`` that other
         episodes of the cohort are waiting to have judged: one pass at a time; whoever
-        finds the pass free takes every waiting item of its key (group commit). A pass
+        finds no pass running takes every waiting item of its key (group commit). A pass
         that raises is run again one item at a time, so a failure fails its own episode."""
         entry = _Judging(key, item)
         with self._cv:
             self._to_judge.append(entry)
-        while True:
-            with self._cv:
-                group = None
-                while group is None and not entry.done:
-                    self.check()
-                    if self._batch_slot.acquire(blocking=False):
-                        group = [e for e in self._to_judge if e.key == key]
-                        self._to_judge = [e for e in self._to_judge if e.key != key]
-                    else:
-                        self._cv.wait(0.25)
-            if group is None:   # judged in another episode's pass
-                break
+            while True:
+                self.check()
+                if entry.done or not self._passing:
+                    break
+                self._cv.wait()
+            group = None
+            if not entry.done:   # else judged in another episode's pass
+                self._passing = True
+                group = [e for e in self._to_judge if e.key == key]
+                self._to_judge = [e for e in self._to_judge if e.key != key]
+        if group is not None:
             try:
                 _judge_group(group, run)
             finally:
-                self._batch_slot.release()
                 with self._cv:
                     for e in group:
                         e.done = True
+                    self._passing = False
                     self._cv.notify_all()
         if entry.error is not None:
             raise entry.error
@@ -510,8 +508,7 @@ def judged(device: Any, key: Any, item: Any, run: Callable[[list], list]) -> Any
     alone when a judge slot is free (:class:`judging`)."""
     cohort = current()
     if cohort is not None and torch.device(device).type in JUDGE_TOGETHER:
-        _local.cohort = None   # left: member's exit does not leave twice
-        cohort.leave()
+        _leave_barrier()
         return cohort.judge_together(key, item, run)
     with judging():
         return run([item])[0]
@@ -525,16 +522,24 @@ def current() -> Cohort | None:
     return getattr(_local, "cohort", None)
 
 
+def _leave_barrier() -> Cohort | None:
+    """This thread's episode leaves its cohort's training barrier (its student learns no
+    more, so the others need not wait for it); returns the cohort, if any."""
+    cohort = current()
+    if cohort is not None:
+        _local.cohort = None   # left: member's exit does not leave twice
+        cohort.leave()
+    return cohort
+
+
 class judging:
     """``with judging():`` around an episode's judge. In a cohort, the episode leaves the
     training barrier first (its student learns no more, so the others need not wait for
     its judge) and then judges when the cohort's judge slot is free; alone, nothing."""
 
     def __enter__(self) -> None:
-        self.cohort = current()
+        self.cohort = _leave_barrier()
         if self.cohort is not None:
-            _local.cohort = None   # left: member's exit does not leave twice
-            self.cohort.leave()
             while not self.cohort.judges.acquire(timeout=0.25):
                 self.cohort.check()
             try:
