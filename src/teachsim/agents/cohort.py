@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .. import seeding
+from ..attacks.common import model_device
 from ..seeding import Generators
 
 
@@ -44,10 +45,6 @@ ROWS = 16
 other row counts CPU ``bmm`` gives a student's input gradient a last-bit difference
 depending on how many students are stacked; with multiples of 16 a grid of 240 shapes (K
 = 2 to 32, widths 2 to 200) is bit for bit the same. A student alone pads the same way."""
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def stackable(model: nn.Module) -> tuple | None:
@@ -198,7 +195,7 @@ class Request:
         from .methods import erm
 
         return (self.student.method is erm and self.basis is None and self.batch >= len(self.y)
-                and _device(self.model).type == "cpu")
+                and model_device(self.model).type == "cpu")
 
     def params(self) -> dict[str, Any]:
         """The student's method parameters, defaults included."""
@@ -215,7 +212,7 @@ class Request:
         size = "all points" if self.ragged else self.batch
         over = getattr(s.method, "STACKS_OVER", ())
         params = tuple(sorted((k, "> 0" if k in over and v > 0 else repr(v)) for k, v in self.params().items()))
-        return (stackable(self.model), str(_device(self.model)), s.method, params,
+        return (stackable(self.model), str(model_device(self.model)), s.method, params,
                 s.optimizer, s.lr, s.weight_decay, self.steps, size, self.batch < len(self.y),
                 repr(s.data.box), s.classes, None if self.basis is None else
                 (self.basis.shape, s.invariance_scale, s.invariance_penalty))
@@ -264,7 +261,7 @@ def fit_together(requests: list[Request], check=None) -> None:
     from .student import box_tensors
 
     first = requests[0].student
-    dev = _device(requests[0].model)
+    dev = model_device(requests[0].model)
     k, steps, bs = len(requests), requests[0].steps, requests[0].batch
     stacked = Stacked([r.model for r in requests])
     gens = Generators([r.generator for r in requests])

@@ -14,6 +14,7 @@ import torch
 
 from .. import messages as m
 from .. import seeding
+from ..attacks.common import model_device
 from ..errors import DivergedError
 from ..tasks.base import Distribution
 from . import cohort
@@ -230,13 +231,6 @@ def _check_finite(model: torch.nn.Module, where: str, student: Student) -> None:
         raise DivergedError(f"training diverged at {where}: non-finite weights in {', '.join(bad[:3])}"
                             f"{' ...' if len(bad) > 3 else ''} (optimizer {student.optimizer}, lr {student.lr:g}, "
                             f"method {getattr(student.method, '__name__', student.method)}); lower student.lr")
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """Where a model's parameters live (the CPU for a model without any)."""
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 @torch.no_grad()

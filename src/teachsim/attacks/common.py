@@ -13,6 +13,14 @@ from .. import seeding
 NORMS = ("linf", "l2")
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's parameters live (the CPU for a model without any): students train,
+    and are attacked and judged, where they live (a GPU under Ray)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
 def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 

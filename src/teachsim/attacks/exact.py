@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..registry import imported
+from .common import model_device
 
 TIGHTEN = 1e-6   # witnesses sit this far inside their polyhedron (relative to each row's norm)
 
@@ -391,7 +392,7 @@ def grid_strong(model: nn.Module, task, x: np.ndarray, *, radius: float, norm: s
     found = np.zeros(n, bool)
     witness = x.copy()
     model.eval()
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     per = max(1, chunk // len(offsets))
     for start in range(0, n, per):
         pts = (x[start:start + per, None, :] + offsets[None]).reshape(-1, dim)
@@ -552,7 +553,7 @@ def penalty_strong(model: nn.Module, task, x: np.ndarray, *, radius: float, norm
     class counts, so everything it reports is real."""
     from .common import as_box, clip, project, random_in_ball
 
-    dev = next(model.parameters()).device   # the search runs where the student lives
+    dev = model_device(model)   # the search runs where the student lives
     xt = torch.as_tensor(np.asarray(x, np.float32), device=dev)
     n, dim = xt.shape
     C = int(task.classes)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import registry, seeding
+from ..attacks.common import model_device
 from ..messages import ABSTAIN
 from .judge_params import (  # noqa: F401 - the judge's own table, read here too
     ALWAYS, ATTACK_OPTIONS, INFO_FLAGS, LP_METRICS, METRICS, OPTIONAL, PARAMS, VERSION, attack_options, setting)
@@ -69,12 +70,6 @@ def call_attack(name: str, model, x, y, cfg, generator, box):
     return fn(model, x, y, eps=cfg["eps"], norm=cfg["norm"], box=box, generator=generator, **extra)
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def _predict(model, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         if not len(x):
@@ -90,7 +85,7 @@ def sanity_flags(model: torch.nn.Module, task, test: TestSet, cfg: Mapping[str, 
     - ``stochastic``: 1 if two forward passes in eval mode disagree (randomised defences
       need EOT, which the judge does not do).
     """
-    dev = _device(model)
+    dev = model_device(model)
     x = torch.from_numpy(test.x).to(dev).requires_grad_(True)
     logits = model(x)
     from ..attacks.common import loss_per_point
@@ -203,7 +198,7 @@ def _together(models: list[torch.nn.Module], rows: int):
     runs beside it."""
     from ..agents.cohort import Routed
 
-    return Routed.blocks(models, rows, _device(models[0])) if len(models) > 1 else None
+    return Routed.blocks(models, rows, model_device(models[0])) if len(models) > 1 else None
 
 
 def _attack_together(models, task, test: TestSet, cfg, seed: int, sets: list[list[str]]) -> list[dict]:
@@ -213,7 +208,7 @@ def _attack_together(models, task, test: TestSet, cfg, seed: int, sets: list[lis
     from ..agents.cohort import stack
 
     caches: list[dict] = [{} for _ in models]
-    dev = _device(models[0])
+    dev = model_device(models[0])
     x, y = torch.from_numpy(test.x).to(dev), torch.from_numpy(test.y).to(dev)
     names = [a for a in dict.fromkeys(a for s in sets for a in s) if a in BATCHED_ATTACKS]
     for group in _groups(len(models), x):
@@ -239,7 +234,7 @@ def _search_together(models, task, test: TestSet, cfg, seed: int) -> list[torch.
             if not (setting(cfg, "strong_exact") and exact.exact_available(m, task))]
     out: list[torch.Tensor | None] = [None] * len(models)
     if need:
-        x = torch.from_numpy(test.x).to(_device(models[0]))
+        x = torch.from_numpy(test.x).to(model_device(models[0]))
         for group in _groups(len(need), x):
             found = _search([models[need[j]] for j in group], task, x, cfg, seed)
             for j, f in zip(group, found):
@@ -303,7 +298,7 @@ def _judge(model, task, test: TestSet, cfg: Mapping[str, Any], seed: int, sets: 
     ``found`` (the search's answer) and ``cache`` (attacks' outputs) are what
     :func:`judge_episode` computed for all checkpoints at once; else computed here."""
     _prepared(model)
-    dev = _device(model)   # the judge works where the student lives (a GPU under Ray)
+    dev = model_device(model)   # the judge works where the student lives (a GPU under Ray)
     x, y = torch.from_numpy(test.x).to(dev), torch.from_numpy(test.y).to(dev)
     bx, by = torch.from_numpy(test.broad_x).to(dev), torch.from_numpy(test.broad_y).to(dev)
     pred = _predict(model, x)
@@ -351,7 +346,7 @@ def strong_counterexamples(model, task, x, cfg: Mapping[str, Any], seed: int = 0
     if setting(cfg, "strong_exact") and exact.exact_available(model, task):
         return ~np.asarray(exact.exact_strong(model, task, np.asarray(x, np.float32), radius=cfg["strong_radius"],
                                               norm=cfg["norm"]).robust, bool)
-    xt = torch.from_numpy(np.asarray(x, np.float32)).to(_device(model))
+    xt = torch.from_numpy(np.asarray(x, np.float32)).to(model_device(model))
     return _search([model], task, xt, cfg, seed)[0].cpu().numpy()
 
 
