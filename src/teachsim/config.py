@@ -15,7 +15,7 @@ import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from . import registry
 from .errors import ConfigError, TeachsimError
@@ -330,20 +330,43 @@ def _key(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _rejected(call: Callable[[], Any]) -> Any:
+    """``call()``, with what a task raises about its parameters as a :class:`ConfigError`
+    on ``task`` (a plugin's own ConfigError keeps its field; one without a field gets
+    ``task``)."""
+    try:
+        return call()
+    except ConfigError as exc:
+        if exc.field:
+            raise
+        raise ConfigError("task", exc.detail) from None
+    except TeachsimError:
+        raise
+    except Exception as exc:
+        raise ConfigError("task", f"the task rejected its parameters: {type(exc).__name__}: {exc}") from None
+
+
+def check_task_params(task: Mapping[str, Any]) -> tuple[int, int] | None:
+    """Run the task's registered ``check(**params)`` on a resolved ``[task]`` table; its
+    ``(dim, classes)``, or None where the task registered no check."""
+    entry = registry.tasks.get(task["name"])
+    if entry.checker is None:
+        return None
+    params = {k: v for k, v in task.items() if k != "name"}
+    return _rejected(lambda: entry.checker(**params))
+
+
 def _validate_task(task: Mapping[str, Any], student: Mapping[str, Any] | None = None,
                    test_points: int | None = None) -> None:
     # Cross-field rules (manifold_dim <= dim, a cnn needs square images, ...) without
     # building anything where the task was registered with a ``check``: checking a config
     # never trains a teacher or imports torch. A task without one is built once.
-    params = {k: v for k, v in task.items() if k != "name"}
-    entry = registry.tasks.get(task["name"])
-    try:
-        shape = entry.checker(**params) if entry.checker is not None else None
-        built = None if shape is not None else entry.factory(0, **params)
-    except TeachsimError:
-        raise
-    except Exception as exc:
-        raise ConfigError("task", f"the task rejected its parameters: {type(exc).__name__}: {exc}") from None
+    shape = check_task_params(task)
+    built = None
+    if shape is None:
+        from .platform.build import build_task   # the same build (and box check) an episode makes
+
+        built = _rejected(lambda: build_task(task, 0))
     if student is None:
         return
     dim, classes = shape if shape is not None else (built.dim, built.classes)

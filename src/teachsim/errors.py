@@ -18,12 +18,17 @@ class ConfigError(TeachsimError, ValueError):
 
     Args:
         field: dotted path of the offending key.
-        detail: what is wrong: what was expected and what came.
+        detail: what is wrong: what was expected and what came. Given alone
+            (``ConfigError("gamma must be below width")``, as a plugin's ``check`` may
+            raise it), it is the detail and the field is left to the caller to name
+            (``field`` is then ``""``; the config loader fills in the table).
     """
 
-    def __init__(self, field: str, detail: str):
+    def __init__(self, field: str, detail: str | None = None):
+        if detail is None:
+            field, detail = "", field
         self.field, self.detail = field, detail
-        super().__init__(f"{field}: {detail}")
+        super().__init__(f"{field}: {detail}" if field else detail)
 
     @classmethod
     def expected(cls, field: str, what: str, got: object) -> "ConfigError":

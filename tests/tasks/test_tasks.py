@@ -97,7 +97,7 @@ def test_builtin_catalogue_has_the_spec_tasks():
 def test_check_task_passes_multiclass_net_teacher():
     report = check_task("hidden-feature", params={"dim": 8, "teacher": "net", "classes": 4}, seed=3)
     assert report.ok, str(report)
-    assert "4 classes in the data" in report.results["certain"][1]
+    assert "classes present in the data: 4" in report.results["certain"][1]
 
 
 def test_check_task_unknown_task_or_parameter_is_a_config_error():
@@ -227,6 +227,22 @@ class OutsideBox(GoodLinear):
         self.box = (np.full(self.dim, -0.5, np.float32), np.full(self.dim, 0.5, np.float32))
 
 
+class WrongBoxShape(GoodLinear):
+    """States a box with one value too many per side."""
+
+    def __init__(self, seed: int, **kw):
+        super().__init__(seed, **kw)
+        self.box = (np.full(self.dim + 1, -2.0, np.float32), np.full(self.dim + 1, 2.0, np.float32))
+
+
+class ScalarBox(GoodLinear):
+    """States its box as two numbers: every feature in [-2, 2] (the broad cube's own)."""
+
+    def __init__(self, seed: int, **kw):
+        super().__init__(seed, **kw)
+        self.box = (-2.0, 2.0)
+
+
 class FalseInvariances(GoodLinear):
     """Claims to ignore w itself, the one direction it uses."""
 
@@ -255,6 +271,7 @@ BROKEN = [
     (WrongDtype, "samples"),
     (WrongShape, "samples"),
     (OutsideBox, "samples"),
+    (WrongBoxShape, "builds"),
     (FalseInvariances, "invariances"),
     (NotOrthonormal, "invariances"),
     (CrashesOnBuild, "builds"),
@@ -280,6 +297,57 @@ def test_check_task_catches_a_broken_user_task(restore_registry, factory, check)
     order = list(report.results)
     assert all(ok for k, (ok, _) in report.results.items() if order.index(k) < order.index(check)), str(report)
     assert f"FAIL {check}" in str(report) and "check(s) failed" in str(report)
+
+
+def test_a_box_of_two_numbers_holds_for_every_feature_through_a_whole_episode(restore_registry, tiny_config):
+    # a box of numbers once passed check-task and failed every episode at judging (after
+    # all its training): a number now holds for every feature, everywhere the box is read
+    from teachsim.config import load
+    from teachsim.platform.build import build_task
+    from teachsim.platform.episode import run_episode
+
+    teachsim.register_task("scalar-box-test", ScalarBox)
+    assert check_task("scalar-box-test").ok
+    task = build_task({"name": "scalar-box-test"}, 0)
+    for box in (task.box, task.data.box, task.broad.box):
+        if box is not None:
+            assert all(b.dtype == np.float32 and b.shape == (4,) for b in box)
+    np.testing.assert_array_equal(task.box[0], np.full(4, -2.0, np.float32))
+    spec = load({**tiny_config, "seeds": [0], "task": {"name": "scalar-box-test"}}).episodes[0]
+    result = run_episode(spec)
+    assert result.status == "finished", result.error
+    strong = [v for _, k, v in result.scores if k == "strong_robust_acc"]
+    assert len(strong) == len(spec.budgets) and all(0 <= v <= 1 for v in strong)
+
+
+def test_a_bad_box_is_named_when_the_task_is_built(restore_registry):
+    from teachsim.errors import PluginError
+    from teachsim.platform.build import build_task
+
+    teachsim.register_task("wrong-box-test", WrongBoxShape)
+    with pytest.raises(PluginError, match=r"box: expected \(lo, hi\), each a number or 4 finite values"):
+        build_task({"name": "wrong-box-test"}, 0)
+    report = check_task("wrong-box-test")
+    assert not report.results["builds"][0] and "box: expected (lo, hi)" in report.results["builds"][1]
+
+
+def _at_most_width(*, dim: int = 4, gamma: float = 0.05):
+    if gamma >= 0.5:
+        raise ConfigError("gamma must be below 0.5")   # no field: the README's first try
+    return dim, 2
+
+
+def test_check_task_runs_the_tasks_registered_check(restore_registry, capsys):
+    from teachsim.schema import Float, Int
+
+    teachsim.register_task("checked-test", GoodLinear, check=_at_most_width,
+                           params={"dim": Int(4, lo=1), "gamma": Float(0.05, lo=0.0)})
+    assert check_task("checked-test", params={"gamma": 0.1}).ok
+    with pytest.raises(ConfigError, match="^task: gamma must be below 0.5$"):
+        check_task("checked-test", params={"gamma": 0.6})
+    assert main(["check-task", "checked-test", "--param", "gamma=0.6"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["teachsim: error: task: gamma must be below 0.5"], err
 
 
 def test_cli_check_task_exit_codes(restore_registry, capsys):

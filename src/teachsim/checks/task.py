@@ -19,13 +19,16 @@ from .protocol import Report
 
 def _build(name: str, params: Mapping[str, Any], seed: int):
     from .. import registry
-    from ..config import _plugin_table
+    from ..config import _plugin_table, check_task_params
+    from ..platform.build import build_task
 
-    # Parameters are checked by the config loader's own rules, as in a config file; the
-    # task is then built here, not by the loader (which turns any exception of the
-    # constructor into a ConfigError), so that a task that crashes fails ``builds``.
+    # Parameters are checked by the config loader's own rules, as in a config file (the
+    # task's registered check included); the task is then built here, not by the loader
+    # (which turns any exception of the constructor into a ConfigError), so that a task
+    # that crashes, or states a box of the wrong shape, fails ``builds``.
     table = _plugin_table({"name": name, **params}, "task", registry.tasks, None)
-    return table, registry.tasks.get(name).factory(seed, **{k: v for k, v in table.items() if k != "name"})
+    check_task_params(table)
+    return table, build_task(table, seed)
 
 
 def check_task(name: str, *, params: Mapping[str, Any] | None = None, seed: int = 0, n: int = 500,
@@ -101,7 +104,7 @@ def check_task(name: str, *, params: Mapping[str, Any] | None = None, seed: int 
     present = len(np.unique(y_data[y_data != ABSTAIN]))
     ok = certain_broad >= min_certain and certain_data >= 0.5 and present >= 2
     res["certain"] = (ok, f"certain on {certain_data:.0%} of data, {certain_broad:.0%} of broad; "
-                          f"{present} classes in the data")
+                          f"classes present in the data: {present}")
 
     xg = xt[:64].clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(task.margin(xg, create_graph=True).sum(), xg, allow_unused=True)

@@ -10,9 +10,12 @@ from ..protocols.base import Protocol
 
 
 def build_task(task_cfg: Mapping[str, Any], seed: int):
-    """The task of an episode (its mechanism is seeded by the episode seed)."""
+    """The task of an episode (its mechanism is seeded by the episode seed), its boxes
+    checked and made per-feature arrays (:func:`teachsim.tasks.base.settle_boxes`)."""
+    from ..tasks.base import settle_boxes
+
     params = {k: v for k, v in task_cfg.items() if k != "name"}
-    return registry.tasks.get(task_cfg["name"]).factory(seed, **params)
+    return settle_boxes(registry.tasks.get(task_cfg["name"]).factory(seed, **params))
 
 
 def build_model(student_cfg: Mapping[str, Any], task, seed: int):

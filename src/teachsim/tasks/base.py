@@ -17,7 +17,8 @@ from ..messages import ABSTAIN
 class Distribution:
     """A sampler of inputs that knows nothing about labels.
 
-    Subclasses implement :meth:`sample`; ``box`` is ``(lo, hi)`` per feature or ``None``.
+    Subclasses implement :meth:`sample`; ``box`` is ``(lo, hi)`` per feature or ``None``
+    (a number for ``lo`` or ``hi`` holds for every feature: :func:`settle_boxes`).
     """
 
     dim: int
@@ -150,3 +151,44 @@ class _TeacherModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._task.logits(x)
+
+
+def settle_boxes(task: Task) -> Task:
+    """Check the boxes of ``task`` and its distributions and make each ``(lo, hi)`` a pair of
+    float32 arrays of shape ``(dim,)``: a number for ``lo`` or ``hi`` holds for every feature.
+
+    Why here: attacks, training and pushes read a box as one value per feature; a box of
+    another shape once passed ``check-task`` and failed every episode at judging, after all
+    of its training. Called where a task is built (episodes, config checks, check-task).
+
+    Raises:
+        PluginError: a box that is not ``(lo, hi)`` with numbers or ``dim`` finite values
+            each and ``lo <= hi``.
+    """
+    from ..errors import PluginError
+
+    dim = getattr(task, "dim", None)
+    if not isinstance(dim, int):
+        return task   # check-task names the missing attribute
+    owners = [("box", task)] + [(f"{name}.box", getattr(task, name, None)) for name in ("data", "broad", "test")]
+    for where, owner in owners:
+        box = getattr(owner, "box", None)
+        if owner is None or box is None:
+            continue
+        try:
+            lo, hi = box
+            lo, hi = (np.broadcast_to(np.asarray(b, dtype=np.float32), (dim,)).copy() for b in (lo, hi))
+            ok = bool(np.isfinite(lo).all() and np.isfinite(hi).all() and (lo <= hi).all())
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise PluginError(f"task {getattr(task, 'name', '') or type(task).__name__!r}: {where}: expected "
+                              f"(lo, hi), each a number or {dim} finite values, with lo <= hi; got "
+                              f"{_short(box)}")
+        owner.box = (lo, hi)
+    return task
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
