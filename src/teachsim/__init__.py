@@ -102,5 +102,8 @@ def register_strategy(name: str, factory: Any, *, params: Any = None, version: i
 
 
 def register_method(name: str, factory: Any, *, params: Any = None, version: int | None = None) -> None:
-    """Register a learning method ``(model, x, y, ctx) -> loss``."""
+    """Register a learning method ``(model, x, y, ctx) -> loss``. It trains each student
+    alone (the model itself, a plain ``torch.Generator`` in ``ctx.generator``), in a cohort
+    too, unless ``factory.STACKS = True`` says it was written for stacked students, as the
+    built-ins are (README, "Cohorts")."""
     registry.methods.register(name, factory, params=params, version=version)

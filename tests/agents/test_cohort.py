@@ -565,3 +565,100 @@ def test_a_cohort_takes_the_other_seeds_of_what_it_runs(monkeypatch):
     out = list(runner.run_cohort([a0, b0, b1, a1], size=2))
     assert len(out) == 4
     assert set(started[:2]) == {("passive", 0), ("passive", 1)}
+
+
+# -- what does not stack, and what must not leak between episodes -------------------------------
+
+def _noisy(model, x, y, ctx):
+    """A user's method, written as for one student: the model itself, a plain generator."""
+    assert not isinstance(model, C.Stacked) and ctx.cohort == 1
+    noise = 0.01 * torch.randn(x.shape, generator=ctx.generator)
+    return torch.nn.functional.cross_entropy(model(x + noise), y)
+
+
+def _specs(protocols, seeds=(0, 1)):
+    from teachsim.config import load
+
+    cfg = copy.deepcopy(TINY)
+    cfg["seeds"], cfg["protocols"] = list(seeds), protocols
+    return load(cfg).episodes
+
+
+def test_a_users_method_trains_alone_as_written_in_a_cohort_too(restore_registry):
+    # a method without STACKS once got the stacked model and a cohort's Generators (mlp
+    # students), alone too: torch.randn(generator=ctx.generator) raised, means mixed students
+    from teachsim.runners.cohort import run_cohort
+    from teachsim.runners.serial import run_serial
+
+    teachsim.register_method("noisy-test", _noisy)
+    s, _, _ = _student("erm", {}, 0, 20)
+    s.method = _noisy
+    assert not C.batchable(s)
+    specs = _specs([{"name": "passive"}, {"name": "passive", "student": {"method": "noisy-test"}, "label": "noisy"}])
+    one = {r.spec.key: r for r, _ in run_serial(specs)}
+    many = {r.spec.key: r for r, _ in run_cohort(specs, size=4)}
+    assert all(r.status == "finished" for r in [*one.values(), *many.values()]), [r.error for r in many.values()]
+    for key, r in one.items():
+        assert r.scores == many[key].scores and r.messages == many[key].messages
+        assert all(np.array_equal(r.snapshots[b][k], many[key].snapshots[b][k]) for b in r.snapshots
+                   for k in r.snapshots[b])
+
+
+def test_an_episode_that_trains_alone_does_not_hold_up_its_cohort(restore_registry):
+    # it never arrives at the others' barrier: it leaves it at its first learn call (before,
+    # every other episode waited for its whole episode at each of their learn calls)
+    from teachsim.runners.cohort import run_cohort
+
+    others_done, waited = threading.Event(), []
+
+    def patient(model, x, y, ctx):
+        if not waited:
+            waited.append(others_done.wait(30))
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    teachsim.register_method("patient-test", patient)
+    specs = _specs([{"name": "passive"}, {"name": "passive", "batch": 5},
+                    {"name": "passive", "student": {"method": "patient-test"}, "label": "patient"}], seeds=(0,))
+    results = []
+    for result, _ in run_cohort(specs, size=3):
+        results.append(result)
+        if len(results) == 2:
+            others_done.set()
+    assert waited == [True], "the other episodes waited for the one that trains alone"
+    assert results[-1].spec.label == "patient" and all(r.status == "finished" for r in results)
+
+
+def test_training_ignores_the_calling_threads_no_grad():
+    # grad mode is per thread: in a cohort the last to arrive trains everyone, so a
+    # protocol's torch.no_grad() around its learn call must not decide for the others
+    a, X, y = _student("erm", {}, 0, 30)
+    b, _, _ = _student("erm", {}, 0, 30)
+    C.fit_together([C.Request(a, X, y, 5, torch.Generator().manual_seed(0))])
+    with torch.no_grad():
+        C.fit_together([C.Request(b, X, y, 5, torch.Generator().manual_seed(0))])
+        b._fit(b.model, X, y, 0, torch.Generator().manual_seed(0))
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+
+
+def test_a_key_that_cannot_be_computed_fails_only_its_own_student(monkeypatch):
+    requests = [C.Request(*_student("erm", {}, seed, 30), 5, torch.Generator().manual_seed(seed)) for seed in range(3)]
+    real = C.Request.key
+
+    def key(self):
+        if self is requests[1]:
+            raise ValueError("no key")
+        return real(self)
+    monkeypatch.setattr(C.Request, "key", key)
+    C.Cohort()._train(requests)
+    assert all(r.done for r in requests)
+    assert [type(r.error).__name__ if r.error else None for r in requests] == [None, "ValueError", None]
+    assert requests[0].trained and requests[2].trained and not requests[1].trained
+
+
+def test_boxes_group_by_their_values_not_their_repr():
+    lo = np.zeros(2000, np.float32)
+    other = lo.copy()
+    other[1000] = -1.0   # hidden in numpy's shortened repr
+    assert repr(lo) == repr(other)
+    assert C._box_key((lo, lo + 1)) != C._box_key((other, lo + 1))
+    assert C._box_key((lo, lo + 1)) == C._box_key((lo.copy(), lo + 1))

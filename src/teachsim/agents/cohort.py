@@ -25,6 +25,8 @@ trains alone through ``Student._fit``: other models (``cnn``, plugins' models).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -169,6 +171,7 @@ class Request:
     generator: torch.Generator
     model: nn.Module | None = None   # what trains: the student's model unless given (a committee member)
     done: bool = False
+    trained: bool = False   # its group's batch finished and wrote its weights back
     error: BaseException | None = None
 
     def __post_init__(self) -> None:
@@ -214,14 +217,26 @@ class Request:
         params = tuple(sorted((k, "> 0" if k in over and v > 0 else repr(v)) for k, v in self.params().items()))
         return (stackable(self.model), str(model_device(self.model)), s.method, params,
                 s.optimizer, s.lr, s.weight_decay, self.steps, size, self.batch < len(self.y),
-                repr(s.data.box), s.classes, None if self.basis is None else
+                _box_key(s.data.box), s.classes, None if self.basis is None else
                 (self.basis.shape, s.invariance_scale, s.invariance_penalty))
+
+
+def _box_key(box) -> tuple | None:
+    """A box as a key, by its values (not its repr, which numpy shortens for long arrays:
+    two boxes differing in the hidden part once shared a key, and one student trained in
+    the other's box)."""
+    if box is None:
+        return None
+    return tuple((a.shape, a.dtype.str, a.tobytes()) for a in (np.asarray(b) for b in box))
 
 
 def batchable(student, model: nn.Module | None = None) -> bool:
     """Whether this student trains through :func:`fit_together` (alone or with a cohort):
-    a stackable model (else ``Student._fit`` trains it)."""
-    return stackable(student.model if model is None else model) is not None
+    a stackable model and a method written for stacked students (``STACKS = True``: the
+    built-ins; see ``agents.methods``). Else ``Student._fit`` trains it, alone: a user's
+    method gets the model itself, its own batch and a plain generator, in a cohort too."""
+    return (getattr(student.method, "STACKS", False)
+            and stackable(student.model if model is None else model) is not None)
 
 
 def _shifted(requests: list[Request], V: torch.Tensor, xb: torch.Tensor, gens: Generators, box) -> torch.Tensor:
@@ -253,6 +268,26 @@ def _penalty(stacked: Stacked, V: torch.Tensor, xb: torch.Tensor, gens: Generato
     return sum(along_norm(g, v) for g, v in zip(grad.chunk(k), V))
 
 
+def trains(fn: Callable) -> Callable:
+    """Run a training function with gradients on, outside inference mode and without
+    autocast, whatever the calling thread's modes. Those modes are per thread: in a cohort
+    the thread that trains everyone is whichever arrived last, so a protocol that wraps its
+    learn call in ``torch.no_grad()`` must not decide for the others (their training
+    failed, which ones depending on timing); alone, the same rule keeps one at a time
+    equal to a cohort."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with contextlib.ExitStack() as modes:
+            modes.enter_context(torch.inference_mode(False))
+            modes.enter_context(torch.enable_grad())
+            modes.enter_context(torch.autocast("cpu", enabled=False))
+            if torch.cuda.is_available():
+                modes.enter_context(torch.autocast("cuda", enabled=False))
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@trains
 def fit_together(requests: list[Request], check=None) -> None:
     """Train every request's student as its own ``Student._fit`` would, in one batched model.
     ``check`` (a callable, e.g. :meth:`Cohort.check`) is called before every step; what it
@@ -326,7 +361,12 @@ def train(requests: list[Request], check=None) -> None:
     raised is left in its ``error``. :class:`Cancelled` (from ``check``) propagates."""
     groups: dict[tuple, list[Request]] = {}
     for r in requests:
-        groups.setdefault(r.key(), []).append(r)
+        try:
+            groups.setdefault(r.key(), []).append(r)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:   # noqa: BLE001 - a key that cannot be computed fails its own episode
+            r.error = exc
     for group in groups.values():
         try:
             fit_together(group, check)
@@ -341,6 +381,11 @@ def train(requests: list[Request], check=None) -> None:
                     raise
                 except BaseException as exc:   # noqa: BLE001 - handed to its episode
                     r.error = exc
+                else:
+                    r.trained = True
+        else:
+            for r in group:
+                r.trained = True
 
 
 class Cohort:
@@ -424,9 +469,10 @@ class Cohort:
             train(batch, self.check)
         except Cancelled:
             pass   # every waiting episode raises Cancelled itself (fit)
-        except Exception as exc:   # noqa: BLE001 - e.g. a key that cannot be computed: each
-            for r in batch:        # waiting episode fails with it rather than wait forever
-                r.error = r.error or exc
+        except BaseException as exc:   # noqa: BLE001 - a last resort: the episodes not yet trained
+            for r in batch:            # fail with it rather than go on untrained or wait forever
+                if not r.trained:
+                    r.error = r.error or exc
         finally:
             with self._cv:
                 for r in batch:
@@ -505,7 +551,7 @@ def judged(device: Any, key: Any, item: Any, run: Callable[[list], list]) -> Any
     alone when a judge slot is free (:class:`judging`)."""
     cohort = current()
     if cohort is not None and torch.device(device).type in JUDGE_TOGETHER:
-        _leave_barrier()
+        leave_barrier()
         return cohort.judge_together(key, item, run)
     with judging():
         return run([item])[0]
@@ -515,18 +561,26 @@ _local = threading.local()
 
 
 def current() -> Cohort | None:
-    """The cohort this thread's episode belongs to, if any."""
+    """The cohort this thread's episode belongs to, if any (its :meth:`Cohort.check`
+    stops the episode's training once the run is interrupted)."""
     return getattr(_local, "cohort", None)
 
 
-def _leave_barrier() -> Cohort | None:
-    """This thread's episode leaves its cohort's training barrier (its student learns no
-    more, so the others need not wait for it); returns the cohort, if any."""
-    cohort = current()
+def training() -> Cohort | None:
+    """The cohort whose training barrier this thread's episode is at, if any: the one its
+    student's learn calls wait for and train with."""
+    return current() if getattr(_local, "at_barrier", False) else None
+
+
+def leave_barrier() -> Cohort | None:
+    """This thread's episode leaves its cohort's training barrier, once (its student learns
+    no more, or never with the others: a model or method that does not stack), so the
+    others need not wait for it; returns the cohort it still belongs to, if any."""
+    cohort = training()
     if cohort is not None:
-        _local.cohort = None   # left: member's exit does not leave twice
+        _local.at_barrier = False   # left: member's exit does not leave twice
         cohort.leave()
-    return cohort
+    return current()
 
 
 class judging:
@@ -535,7 +589,7 @@ class judging:
     its judge) and then judges when the cohort's judge slot is free; alone, nothing."""
 
     def __enter__(self) -> None:
-        self.cohort = _leave_barrier()
+        self.cohort = leave_barrier()
         if self.cohort is not None:
             while not self.cohort.judges.acquire(timeout=0.25):
                 self.cohort.check()
@@ -558,12 +612,11 @@ class member:
 
     def __enter__(self) -> Cohort:
         self.cohort.join()
-        _local.cohort = self.cohort
+        _local.cohort, _local.at_barrier = self.cohort, True
         return self.cohort
 
     def __exit__(self, *exc: object) -> None:
-        if _local.cohort is not None:   # not left already (see judging)
-            _local.cohort = None
-            self.cohort.leave()
+        leave_barrier()   # unless left already (judging, a student that trains alone)
+        _local.cohort = None
 
 

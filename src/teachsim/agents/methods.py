@@ -323,6 +323,13 @@ def mail(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainCon
     return mean(w * F.cross_entropy(logits, y, reduction="none"), ctx)
 
 
+# The built-in methods train a cohort's students as one batched model (agents.cohort):
+# they take a per-student mean (mean, cross_entropy), draw through seeding's helpers (which
+# accept a cohort's Generators) and treat each student's block of rows as its own. A
+# method without STACKS (a user's) trains each student alone, with a plain generator.
+for _m in (erm, pgd_at, trades, beta_at, lrat, gairat, mail):
+    _m.STACKS = True  # type: ignore[attr-defined]
+
 # What stacked students may differ in and still train as one batched model: the radius
 # of a method whose only use of it is the training attack (train_attack takes one per
 # student; the paper suite's two pgd-at radii then train together)

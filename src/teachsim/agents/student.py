@@ -109,13 +109,19 @@ class Student:
         if len(y) == 0:
             return
         g = seeding.torch_generator(self.seed, "student", "learn", len(self.learn_log))
-        together = cohort.current()
-        if together is not None and cohort.batchable(self):   # trained with its cohort, bit for bit the same
+        together = cohort.training()
+        if together is not None and not cohort.batchable(self):
+            # it will never train with the others (a cnn, a user's method): it leaves their
+            # barrier, so they need not wait for its whole episode at every learn call
+            cohort.leave_barrier()
+            together = None
+        if together is not None:   # trained with its cohort, bit for bit the same
             together.fit(cohort.Request(self, X, y, steps, g))
         else:
             self._fit(self.model, X, y, steps, g)
         _check_finite(self.model, f"learn call {len(self.learn_log)}", self)
 
+    @cohort.trains
     def _fit(self, model: torch.nn.Module, X: np.ndarray, y: np.ndarray, steps: int,
              g: torch.Generator) -> None:
         together = cohort.current()   # in an interrupted cohort, stop (cohort.Cancelled) at the next step
@@ -191,7 +197,7 @@ class Student:
             # the cohort's students, in a cohort) bit for bit as one by one
             requests = [cohort.Request(self, X[pick], y[pick], steps, g, model)
                         for model, (pick, g) in zip(members, draws)]
-            together = cohort.current()
+            together = cohort.training()
             if together is not None:
                 together.fit(*requests)
             else:   # one episode's own: what raises (a time limit, Ctrl-C) stops it, as before
