@@ -662,3 +662,36 @@ def test_boxes_group_by_their_values_not_their_repr():
     assert repr(lo) == repr(other)
     assert C._box_key((lo, lo + 1)) != C._box_key((other, lo + 1))
     assert C._box_key((lo, lo + 1)) == C._box_key((lo.copy(), lo + 1))
+
+
+def test_judge_slots_bound_the_judges_at_once_and_a_cancel_wakes_the_waiting():
+    cohort = C.Cohort(judges=2)
+    inside, most, lock, outcomes = [0], [0], threading.Lock(), []
+
+    def episode(hold):
+        try:
+            with C.member(cohort), C.judging():
+                with lock:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                time.sleep(hold)
+                with lock:
+                    inside[0] -= 1
+            outcomes.append("judged")
+        except C.Cancelled:
+            outcomes.append("cancelled")
+
+    threads = [threading.Thread(target=episode, args=(0.2,)) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert most[0] == 2 and outcomes == ["judged"] * 5 and cohort.judges == 2 and cohort._live == 0
+    # every slot held: a waiting judge wakes at cancel() and stops
+    cohort.judges = 0
+    waiter = threading.Thread(target=episode, args=(0.0,))
+    waiter.start()
+    time.sleep(0.2)
+    cohort.cancel()
+    waiter.join(5)
+    assert not waiter.is_alive() and outcomes[-1] == "cancelled"

@@ -406,7 +406,7 @@ class Cohort:
         # On the CPU judging is not batched across episodes: at most `judges` judges at
         # once (the runners give one per core, less one for the training) run beside the
         # training (32 judges at once on 2 cores measured 0.57x, the threads thrashing)
-        self.judges = threading.Semaphore(judges)
+        self.judges = judges   # free judge slots, under _cv
         # Where judging is batched (JUDGE_TOGETHER): one pass at a time, so the episodes
         # that arrive meanwhile queue up and go in the next pass together
         self._passing = False
@@ -591,17 +591,18 @@ class judging:
     def __enter__(self) -> None:
         self.cohort = leave_barrier()
         if self.cohort is not None:
-            while not self.cohort.judges.acquire(timeout=0.25):
+            with self.cohort._cv:   # a slot frees, or cancel(), wakes this
+                while not self.cohort.judges:
+                    self.cohort.check()
+                    self.cohort._cv.wait()
                 self.cohort.check()
-            try:
-                self.cohort.check()
-            except Cancelled:
-                self.cohort.judges.release()
-                raise
+                self.cohort.judges -= 1
 
     def __exit__(self, *exc: object) -> None:
         if self.cohort is not None:
-            self.cohort.judges.release()
+            with self.cohort._cv:
+                self.cohort.judges += 1
+                self.cohort._cv.notify_all()
 
 
 class member:
