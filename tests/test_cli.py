@@ -155,14 +155,15 @@ def test_list_unknown_kind_is_exit_2(capsys):
 
 def test_transcript(tiny_run, capsys):
     assert main(["transcript", str(tiny_run), "1"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.startswith("# episode 1: passive, seed 0, finished (key ")   # which episode, in words
     n = _rows(tiny_run, "SELECT COUNT(*) FROM messages WHERE episode_id = 1")[0][0]
     assert n >= 3 and len(lines) == n
     assert "initial" in lines[0] and "answer" in lines[0]
     assert any("query" in line for line in lines) and "cum=20" in lines[-1]
     key = _rows(tiny_run, "SELECT key FROM episodes WHERE episode_id = 1")[0][0]
     assert main(["transcript", str(tiny_run), key]) == 0
-    assert capsys.readouterr().out.splitlines() == lines
+    assert capsys.readouterr().out.splitlines() == [header, *lines]
 
 
 def test_show_episodes_lists_ids_and_keys_for_transcript(tiny_run, capsys):

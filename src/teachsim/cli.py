@@ -45,13 +45,16 @@ def suite_names() -> list[str]:
 
 
 def _cohort_size(text: str) -> int | str:
-    """``--cohort``: a whole number (checked >= 1 with the other options) or ``auto``."""
+    """``--cohort``: a whole number >= 1 or ``auto``."""
     if text == "auto":
         return text
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}") from None
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}")
+    return value
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -309,7 +312,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
         sv = s[(s["variant"] == variant) & (s["budget"] == final)]
         av = aucs[aucs["variant"] == variant]
         protos = sorted(sv["protocol"].unique())
-        width = max(len("protocol"), *(len(p) for p in protos))
+        # where episodes failed or stopped short, a mean is over fewer seeds: say so
+        seeds = len(r.config.get("seeds") or [])
+        counts = sv.groupby("protocol")["n"].max()
+        names = {p: p if int(counts.get(p, 0)) >= seeds else f"{p} (n={int(counts.get(p, 0))}/{seeds})"
+                 for p in protos}
+        width = max(len("protocol"), *(len(n) for n in names.values()))
         for title, table, col in ((f"mean at the final budget {final:g} (95% interval)", sv, None),
                                   ("AUC (normalised area under the mean curve)", av, "auc")):
             print(f"\n{title}")
@@ -325,7 +333,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                     else:
                         rr = row.iloc[0]
                         cells.append(f"{_fmt(rr['mean']) + ' [' + _fmt(rr['lo']) + ',' + _fmt(rr['hi']) + ']':>20}")
-                print(f"{p:<{width}}  " + "  ".join(cells))
+                print(f"{names[p]:<{width}}  " + "  ".join(cells))
         print(f"\nbudget to reach {args.target:g} (first checkpoint where the mean reaches it)")
         print(f"{'protocol':<{width}}  " + "  ".join(f"{mt:>20}" for mt in metrics))
         tables = {mt: r.budget_to(mt, args.target, args.judge) for mt in metrics}
@@ -336,7 +344,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 row = t[(t["variant"] == variant) & (t["protocol"] == p)]
                 v = row["budget_to"].iloc[0] if not row.empty else math.nan
                 cells.append(f"{('never' if v == math.inf else f'{v:g}'):>20}")
-            print(f"{p:<{width}}  " + "  ".join(cells))
+            print(f"{names[p]:<{width}}  " + "  ".join(cells))
     from .platform.judge_params import INFO_FLAGS, VERSION
 
     old = [v for v in r.judge_versions.get(args.judge, []) if v != VERSION]
@@ -495,6 +503,9 @@ def _cmd_transcript(args: argparse.Namespace) -> int:
     r = open_run(args.run_dir)
     ep = int(args.episode) if args.episode.isdigit() else args.episode
     row = r._row(ep)
+    variant = f", {row['variant']}" if row.get("variant") else ""
+    print(f"# episode {row['episode_id']}: {row['protocol']}{variant}, seed {row['seed']}, {row['status']} "
+          f"(key {row['key']})")
     for rec in r.transcript(ep):
         payload = ", ".join(f"{k}{tuple(v.shape)}" for k, v in rec["payload"].items())
         reason = f" reason={rec['reason']}" if rec["reason"] else ""

@@ -695,3 +695,10 @@ def test_judge_slots_bound_the_judges_at_once_and_a_cancel_wakes_the_waiting():
     cohort.cancel()
     waiter.join(5)
     assert not waiter.is_alive() and outcomes[-1] == "cancelled"
+
+
+def test_a_serial_cohort_says_its_size(tmp_path, capsys):
+    cfg = copy.deepcopy(TINY)
+    cfg["seeds"] = [0]
+    teachsim.run(cfg, out=tmp_path / "run", executor="serial", progress=True, cohort="auto")
+    assert "serial: cohorts of 2 episodes in this process" in capsys.readouterr().err

@@ -115,3 +115,56 @@ def test_results_carry_the_registered_name_beside_the_label(run):
     assert set(run.episodes["protocol_name"]) == {"overask", "quitter", "breaks"}
     assert not run.scores.query("protocol_name == 'overask'").empty
     assert repr(run) == f"Run({str(run.dir)!r}: 2 finished, 1 failed episodes; judges: default)"
+
+
+FLAKY = '''
+import teachsim
+from teachsim import messages as m
+from teachsim.protocols.base import ROUND_PARAMS, Protocol
+
+
+class Flaky(Protocol):
+    """Fails on some seeds (its first draw), after one round of 5 labels."""
+
+    PARAMS = ROUND_PARAMS
+
+    def student_turn(self, student, inbox, ctx):
+        self.train(student)
+        if ctx.spent and ctx.rng.random() < 0.5:
+            raise RuntimeError("unlucky seed")
+        return [m.query(student.data.sample(5, ctx.rng))]
+
+    def teacher_turn(self, teacher, inbox, ctx):
+        return [teacher.answer(q) for q in inbox if q.kind == "query"]
+
+
+teachsim.register_protocol("flaky", Flaky)
+'''
+
+
+def test_a_mean_over_fewer_seeds_says_so_and_intervals_stay_in_0_1(tmp_path, tiny_base, capsys):
+    from teachsim import registry
+
+    (tmp_path / "plugin.py").write_text(FLAKY)
+    cfg = {**tiny_base, "seeds": [0, 1, 2, 3], "budgets": [0, 10], "protocols": [{"name": "flaky"}]}
+    with registry.scoped():
+        run = teachsim.run(cfg, out=tmp_path / "run", executor="serial", progress=False,
+                           plugins=(str(tmp_path / "plugin.py"),))
+        finished = int((run.episodes["status"] == "finished").sum())
+        assert 2 <= finished < 4   # (seeds chosen so: some finish, some fail)
+        assert main(["show", str(run.dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"flaky (n={finished}/4)" in out
+    s = run.summary()
+    assert ((s["lo"] >= 0) & (s["hi"] <= 1)).all() and s["lo"].notna().all()
+
+
+def test_intervals_are_clipped_to_the_range_of_a_fraction():
+    import pandas as pd
+
+    from teachsim.results.summary import summarize
+
+    scores = pd.DataFrame({"variant": "", "protocol": "p", "seed": [0, 1, 2], "budget": 0,
+                           "metric": "clean_acc", "value": [1.0, 1.0, 0.98]})
+    row = summarize(scores).iloc[0]
+    assert row["hi"] == 1.0 and 0 < row["lo"] < row["mean"] < 1.0

@@ -181,8 +181,8 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
             status = store.status_by_key()
             todo = [s for s in exp.episodes if status.get(s.key) != "finished"]
             bar = Progress(len(todo), skipped=len(exp.episodes) - len(todo), enabled=progress)
-            if todo and runner.name != "serial":
-                bar.note(runner.description)
+            if todo and (runner.name != "serial" or getattr(runner, "cohort", 1) > 1):
+                bar.note(runner.description)   # where episodes run (one at a time in this process: said by nothing)
             for result, attempts in runner.run(todo, retries=retries, time_limit=limit):
                 store.write(result, attempts)
                 bar.update(result)

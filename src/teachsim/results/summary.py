@@ -14,7 +14,10 @@ def summarize(scores: pd.DataFrame) -> pd.DataFrame:
     """One row per (variant, protocol, budget, metric): n, mean, 95% t-interval (lo, hi).
 
     ``scores`` needs columns variant, protocol, seed, budget, metric, value (``Run.scores``).
-    With one seed the interval is undefined (NaN).
+    With one seed the interval is undefined (NaN). Every metric is a fraction, so the
+    interval is clipped to [0, 1] (a t-interval around a mean near 0 or 1 reaches past it:
+    0.994 [0.971, 1.018] is shown as 0.994 [0.971, 1.000]; the true mean lies in [0, 1], so
+    the clipped interval covers it exactly as often).
     """
     from scipy import stats
 
@@ -26,7 +29,7 @@ def summarize(scores: pd.DataFrame) -> pd.DataFrame:
         mean = float(v.mean()) if n else math.nan
         if n >= 2:
             half = float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n))
-            lo, hi = mean - half, mean + half
+            lo, hi = max(0.0, mean - half), min(1.0, mean + half)
         else:
             lo = hi = math.nan
         rows.append({"variant": variant, "protocol": protocol, "budget": budget, "metric": metric,
