@@ -165,7 +165,7 @@ def settle_boxes(task: Task) -> Task:
         PluginError: a box that is not ``(lo, hi)`` with numbers or ``dim`` finite values
             each and ``lo <= hi``.
     """
-    from ..errors import PluginError
+    from ..errors import PluginError, _show
 
     dim = getattr(task, "dim", None)
     if not isinstance(dim, int):
@@ -173,7 +173,7 @@ def settle_boxes(task: Task) -> Task:
     owners = [("box", task)] + [(f"{name}.box", getattr(task, name, None)) for name in ("data", "broad", "test")]
     for where, owner in owners:
         box = getattr(owner, "box", None)
-        if owner is None or box is None:
+        if box is None:   # (no such distribution, or no box)
             continue
         try:
             lo, hi = box
@@ -184,11 +184,6 @@ def settle_boxes(task: Task) -> Task:
         if not ok:
             raise PluginError(f"task {getattr(task, 'name', '') or type(task).__name__!r}: {where}: expected "
                               f"(lo, hi), each a number or {dim} finite values, with lo <= hi; got "
-                              f"{_short(box)}")
+                              f"{_show(box)}")
         owner.box = (lo, hi)
     return task
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
