@@ -702,3 +702,34 @@ def test_a_serial_cohort_says_its_size(tmp_path, capsys):
     cfg["seeds"] = [0]
     teachsim.run(cfg, out=tmp_path / "run", executor="serial", progress=True, cohort="auto")
     assert "serial: cohorts of 2 episodes in this process" in capsys.readouterr().err
+
+
+def test_an_episode_in_a_cohort_leaves_the_process_thread_count_to_the_cohort(monkeypatch):
+    # torch's thread count is the process's: run_cohort sets 1 for all its episodes and gives
+    # the caller its count back when it ends. An episode that restored the count it found
+    # (1) at its end reset the caller's, when it was still judging after an interrupted
+    # cohort had returned. Alone, an episode runs on one thread and restores what it found.
+    from teachsim.platform import episode as E
+
+    real = E.build_task
+
+    def caller_changes_it(*args):   # what run_cohort's return does while this episode runs
+        torch.set_num_threads(3)
+        return real(*args)
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(E, "build_task", caller_changes_it)
+        spec = _specs([{"name": "passive"}], seeds=(0,))[0]
+        torch.set_num_threads(1)
+        with C.member(C.Cohort(1)):
+            assert E.run_episode(spec).status == "finished"
+        assert torch.get_num_threads() == 3      # left as the cohort's caller set it
+
+        monkeypatch.setattr(E, "build_task", lambda *a: (seen.append(torch.get_num_threads()), real(*a))[1])
+        seen: list[int] = []
+        torch.set_num_threads(2)
+        assert E.run_episode(spec).status == "finished"
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

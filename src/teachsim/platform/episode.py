@@ -135,6 +135,19 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
     none) fails the episode with :class:`~teachsim.errors.EpisodeTimeout` when it runs
     longer (see :func:`time_limit`).
     """
+    from .. import seeding
+    from ..agents.cohort import current
+
+    # One torch thread per episode: small episodes run fastest so, and runs stay
+    # reproducible. A cohort sets that once for all its episodes' threads (run_cohort, a
+    # Ray worker's cohort), and its episodes leave the count alone: torch's count is the
+    # process's, and an episode still judging after its cohort was interrupted would
+    # otherwise reset it under the caller, who had its own count back by then.
+    with contextlib.nullcontext() if current() is not None else seeding.single_thread():
+        return _episode(spec, device, limit)
+
+
+def _episode(spec: EpisodeSpec, device: Any, limit: float | None) -> EpisodeResult:
     from ..agents.cohort import judged
     from ..agents.teacher import Teacher
     from .judge import VERSION, judge_episodes
@@ -144,9 +157,6 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
     warm_up()
     result = EpisodeResult(spec, "failed", started_at=now(), host=socket.gethostname())
     t0 = time.perf_counter()
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # episodes are small: one thread each is fastest and keeps runs reproducible
     stats: dict[str, Any] = {}
     loop = None
     try:
@@ -195,8 +205,6 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
             ch = loop.channel
             result.messages, result.payloads = transcript_rows(ch.log)
             result.stats.update(spent=ch.spent, probed=ch.probed, refused=ch.refused, cut=ch.cut, turns=loop.turn)
-    finally:
-        torch.set_num_threads(threads)
     result.finished_at = now()
     result.seconds = time.perf_counter() - t0
     return result

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
+from .. import seeding
 from ..platform.episode import EpisodeResult, run_episode
 from ..platform.spec import EpisodeSpec
 
@@ -52,16 +53,11 @@ def partner(waiting: Sequence[EpisodeSpec], live: Iterable[EpisodeSpec]) -> int 
 def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> Iterator[tuple[EpisodeResult, int]]:
     """Run episodes ``size`` at a time as one cohort; yields ``(result, attempts)`` as
     each finishes (a failing episode is retried alone in the cohort up to ``retries`` times)."""
-    import torch
-
     from ..agents.cohort import Cohort, member
 
     together = Cohort(judges=judge_slots())
     done: queue.Queue = queue.Queue()
     todo = list(specs)
-    threads_before = torch.get_num_threads()
-    # what each episode sets alone, set before any thread starts: none restores another value
-    torch.set_num_threads(1)
 
     def work(spec: EpisodeSpec, attempt: int) -> None:
         try:
@@ -80,26 +76,27 @@ def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> 
         threads.append(thread)
         thread.start()
 
-    try:
-        while todo and len(running) < size:
-            start(todo.pop(partner(todo, running) or 0), 1)
-        while running:
-            result, attempt = done.get()
-            running.remove(result.spec)
-            if result.status != "finished" and attempt <= retries:
-                start(result.spec, attempt + 1)
-                continue
-            yield result, attempt
-            if todo:
+    # one torch thread, what an episode alone runs on, set here for all of them: the count is
+    # the process's, so the episodes (run_episode in a cohort) leave it alone
+    with seeding.single_thread():
+        try:
+            while todo and len(running) < size:
                 start(todo.pop(partner(todo, running) or 0), 1)
-    except BaseException:
-        # interrupted (Ctrl-C), or the caller stopped reading: stop the episodes still running
-        # rather than leave them computing (at interpreter exit, a thread inside torch aborts
-        # the process). Each stops at its next training step, learn call or judge.
-        together.cancel()
-        end = time.monotonic() + STOP_WAIT
-        for thread in threads:
-            thread.join(max(0.0, end - time.monotonic()))
-        raise
-    finally:
-        torch.set_num_threads(threads_before)
+            while running:
+                result, attempt = done.get()
+                running.remove(result.spec)
+                if result.status != "finished" and attempt <= retries:
+                    start(result.spec, attempt + 1)
+                    continue
+                yield result, attempt
+                if todo:
+                    start(todo.pop(partner(todo, running) or 0), 1)
+        except BaseException:
+            # interrupted (Ctrl-C), or the caller stopped reading: stop the episodes still running
+            # rather than leave them computing (at interpreter exit, a thread inside torch aborts
+            # the process). Each stops at its next training step, learn call or judge.
+            together.cancel()
+            end = time.monotonic() + STOP_WAIT
+            for thread in threads:
+                thread.join(max(0.0, end - time.monotonic()))
+            raise
