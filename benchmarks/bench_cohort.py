@@ -12,13 +12,16 @@ run one at a time, in one process, and the training step alone.
    episode's transcript and scores are identical. With ``--before`` it also runs them one
    at a time with the judge as judge version 4 was released: the polish's l2 projection by
    the primal active-set method, and each checkpoint judged in a pass of its own
-   (``bench_judge.py``), the speed of this project before 2026-12-06.
+   (``bench_judge.py``), the speed of this project before 2026-12-06. With
+   ``--no-judge`` both runs skip the judge (every episode's scores are empty): the ratio a
+   cohort would reach if judging cost nothing, the ceiling of what batching the training
+   and the protocol turns can give.
 
 The one-at-a-time runs are the references, measured in the same run. Run from the
 repository root:
 
     .venv/bin/python benchmarks/bench_cohort.py [--suite quick] [--episodes 32] [--students 32]
-        [--variant V] [--before] [--json out.json]
+        [--variant V] [--before] [--no-judge] [--json out.json]
 
 Not a test and never imported by the package. See benchmarks/README.md.
 """
@@ -83,11 +86,12 @@ def _same(a, b) -> tuple[bool, bool]:
     return scores, messages
 
 
-def episodes(suite: str, n: int, before: bool, variant: str | None = None) -> dict:
+def episodes(suite: str, n: int, before: bool, variant: str | None = None, judged: bool = True) -> dict:
     from teachsim import config as config_mod
     from teachsim.attacks import exact
     from teachsim.cli import SUITES_DIR
     from teachsim.platform import judge
+    from teachsim.platform.episode import warm_up
     from teachsim.runners.cohort import run_cohort
     from teachsim.runners.serial import run_serial
     import tomllib
@@ -100,7 +104,10 @@ def episodes(suite: str, n: int, before: bool, variant: str | None = None) -> di
     if not specs:
         raise SystemExit(f"no episode of the {suite} suite has the variant {variant!r}")
     specs = sorted(specs, key=lambda s: s.seed)[:n]   # seed 0's episodes first
-    out = {"suite": suite, "variant": variant, "episodes": n}
+    out = {"suite": suite, "variant": variant, "episodes": n, "judged": judged}
+    warm_up()   # the first episode's imports (torch._dynamo: about 2 s) are charged to neither run
+    if not judged:   # the ceiling: a judge that costs nothing (run_episode reads the module's name per call)
+        judge.judge_episodes = lambda eps, *a, **k: [([], [], {}) for _ in eps]
     if before:   # the judge as released with version 4: the dual off, one checkpoint per pass
         dual, exact._l2_dual = exact._l2_dual, (lambda *a, **k: None)
         cap, judge.TOGETHER_ELEMENTS = judge.TOGETHER_ELEMENTS, 0
@@ -121,7 +128,8 @@ def episodes(suite: str, n: int, before: bool, variant: str | None = None) -> di
     out.update({"one_at_a_time_s": t_one, "cohort_s": t_many, "ratio": t_one / t_many,
                 "one_per_min": 60 * n / t_one, "cohort_per_min": 60 * n / t_many, "identical_scores": same_scores,
                 "identical_transcripts": same_messages, "finished": finished})
-    print(f"episodes: {n} {suite}-suite episodes: one at a time {t_one:6.1f} s ({out['one_per_min']:.1f}/min), "
+    what = f"{n} {suite}-suite episodes" + ("" if judged else " (not judged)")
+    print(f"episodes: {what}: one at a time {t_one:6.1f} s ({out['one_per_min']:.1f}/min), "
           f"cohort {t_many:6.1f} s ({out['cohort_per_min']:.1f}/min), ratio {out['ratio']:.2f}x; identical "
           f"transcripts {same_messages}, scores {same_scores}; {finished}/{n} finished", flush=True)
     if before:
@@ -144,12 +152,15 @@ def main() -> int:
                    help="only this sweep variant, as the run directory names it (e.g. 'dim=20')")
     p.add_argument("--before", action="store_true",
                    help="also run the episodes one at a time with judge version 4's polish solver")
+    p.add_argument("--no-judge", action="store_true",
+                   help="skip the judge in both runs: the ratio if judging cost nothing")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, python {sys.version.split()[0]}", flush=True)
-    result = {"training": training(args.students) if args.students else None,
-              "episodes": episodes(args.suite, args.episodes, args.before, args.variant) if args.episodes else None}
+    result = {"training": training(args.students) if args.students else None, "episodes": None}
+    if args.episodes:
+        result["episodes"] = episodes(args.suite, args.episodes, args.before, args.variant, not args.no_judge)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
