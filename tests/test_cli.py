@@ -272,10 +272,21 @@ def test_resume_after_interruption_recomputes_only_the_lost_episode(run_copy, ca
             con.execute(f"DELETE FROM {table} WHERE episode_id = ?", (lost_id,))
     con.close()
     assert len(_episodes(run_copy)) == 3
+    # what an interrupted run says of itself: show, show --episodes, the report, the API
+    assert main(["show", str(run_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "3 finished, 0 failed, 1 not run episodes" in out and "not run yet: 1 of the planned" in out
+    assert main(["show", str(run_copy), "--episodes"]) == 0
+    listed = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[0].isdigit()]
+    assert [row[:2] for row in listed if "not" in row] == [["2", lost_key]] and len(listed) == 4
+    r = teachsim.open_run(run_copy)
+    assert list(r.not_run["key"]) == [lost_key] and "1 not run" in repr(r)
+    assert "1 not run (interrupted" in r.report().read_text()
 
     assert main(["run", str(run_copy.parent / "tiny.toml"), "--out", str(run_copy), "--resume"]) == 0
     err = capsys.readouterr().err
     assert "3 finished episode(s) kept, 1 to run" in err
+    assert r.not_run.empty and "not run" not in repr(r)
     after = {e[1]: e for e in _episodes(run_copy)}
     assert sorted(after) == sorted(before)                                     # same keys, none duplicated
     assert len(_rows(run_copy, "SELECT key FROM episodes")) == 4

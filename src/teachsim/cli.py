@@ -258,19 +258,25 @@ def _cmd_show(args: argparse.Namespace) -> int:
     _check_target(args.target)
     r = open_run(args.run_dir)
     episodes = r.episodes
-    print(f"{r.config.get('name')}: {int((episodes['status'] == 'finished').sum())} finished, "
-          f"{int((episodes['status'] != 'finished').sum())} failed episodes  ({r.dir})")
+    print(f"{r.config.get('name')}: {r.counts()} episodes  ({r.dir})")
+    missing = r.not_run
+    if len(missing):   # an interrupted run: its tables hold only what finished
+        print(f"  not run yet: {len(missing)} of the planned episodes (the run was interrupted, or is still going; "
+              "its own teachsim run command with --resume finishes it): what follows holds only what finished")
     if args.judge not in r.judges and args.judge != "default":
         from .errors import ConfigError
 
         raise ConfigError("--judge", f"expected one of {', '.join(r.judges)}, got {args.judge!r}")
     if args.episodes:
-        width = max([len("protocol"), *(len(p) for p in episodes["protocol"])])
+        width = max([len("protocol"), *(len(p) for p in [*episodes["protocol"], *missing["protocol"]])])
         print(f"{'id':>4}  {'key':<16}  {'protocol':<{width}}  {'seed':>6}  {'status':<8}  {'spent':>8}  variant")
         for row in episodes.itertuples():
             spent = "-" if row.spent is None or row.spent != row.spent else f"{row.spent:g}"
             print(f"{row.episode_id:>4}  {row.key:<16}  {row.protocol:<{width}}  {row.seed:>6}  {row.status:<8}  "
                   f"{spent:>8}  {row.variant}")
+        for row in missing.itertuples():   # planned, no record yet: the seed is in the key's spec only
+            print(f"{row.episode_id:>4}  {row.key:<16}  {row.protocol:<{width}}  {'-':>6}  {'not run':<8}  "
+                  f"{'-':>8}  {row.variant}")
         return 0
     if args.matrix:
         return _show_matrix(r, args.metric or "lp_robust_acc")

@@ -133,3 +133,19 @@ def test_episode_ids_follow_the_config_order_and_new_ones_come_after(tmp_path, o
         assert [planned[k] for k in new] == [3, 4]
     finally:
         store.close()
+
+
+def test_attempts_add_up_when_a_failed_episode_is_run_again(tmp_path, one_seed):
+    # --resume runs a failed episode again: its record counts every attempt, the earlier
+    # run's too (it once started again at 1)
+    spec = resolve_experiment(one_seed).episodes[0]
+    store = Store(tmp_path / "run")
+    try:
+        store.plan(resolve_experiment(one_seed).episodes)
+        store.write(EpisodeResult(spec, "failed", error="x"), attempts=2)      # 1 + --retries 1
+        store.write(EpisodeResult(spec, "failed", error="x"), attempts=1)      # a resume without retries
+        assert store.con.execute("SELECT attempts FROM episodes").fetchall() == [(3,)]
+        store.write(EpisodeResult(spec, "finished"), attempts=1)
+        assert store.con.execute("SELECT status, attempts FROM episodes").fetchall() == [("finished", 4)]
+    finally:
+        store.close()

@@ -57,13 +57,10 @@ class Run:
 
     def __repr__(self) -> str:
         try:
-            status = self._query("SELECT status, COUNT(*) AS n FROM episodes GROUP BY status")
-            counts = dict(zip(status["status"], status["n"]))
-            judges = ", ".join(self.judges)
+            counts, judges = self.counts(), ", ".join(self.judges)
         except (RunError, sqlite3.Error) as exc:
             return f"Run({str(self.dir)!r}: unreadable: {exc})"
-        return (f"Run({str(self.dir)!r}: {counts.get('finished', 0)} finished, {counts.get('failed', 0)} failed "
-                f"episodes; judges: {judges or 'none yet'})")
+        return f"Run({str(self.dir)!r}: {counts} episodes; judges: {judges or 'none yet'})"
 
     def _query(self, sql: str, params: tuple = ()) -> pd.DataFrame:
         path = self.dir / "results.sqlite"
@@ -115,6 +112,27 @@ class Run:
             names = [json.loads(s)["protocol_cfg"]["name"] for s in eps["spec"]]
             eps["protocol_name"] = eps.get("protocol_name", pd.Series(names)).fillna(pd.Series(names))
         return eps
+
+    @property
+    def not_run(self) -> pd.DataFrame:
+        """The experiment's planned episodes that have no record yet (columns episode_id, key,
+        protocol, variant): the run was interrupted, or is still going. ``teachsim run``
+        with ``--resume`` runs them. Empty for a directory made before runs recorded their
+        plan."""
+        with reading(self.dir / "results.sqlite") as con:
+            planned = has_table(con, "planned")
+        if not planned:
+            return pd.DataFrame(columns=["episode_id", "key", "protocol", "variant"])
+        return self._query("SELECT p.episode_id, p.key, p.label AS protocol, p.variant FROM planned p "
+                           "LEFT JOIN episodes e USING (key) WHERE e.key IS NULL ORDER BY p.episode_id")
+
+    def counts(self) -> str:
+        """``"7 finished, 0 failed"``, and ``", 13 not run"`` while planned episodes have no
+        record: what ``show``, the report and ``repr`` say of the run's episodes."""
+        status = self.episodes["status"]
+        text = f"{int((status == 'finished').sum())} finished, {int((status != 'finished').sum())} failed"
+        missing = len(self.not_run)
+        return f"{text}, {missing} not run" if missing else text
 
     @property
     def scores(self) -> pd.DataFrame:

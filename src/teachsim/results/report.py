@@ -490,7 +490,8 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
     if config.get("description"):
         out.append(f'<p class="question">{esc(config["description"])}</p>\n')
     meta = [("run directory", str(run.dir)),
-            ("episodes", f"{finished} finished, {len(failed_eps)} failed"),
+            ("episodes", run.counts() + (" (interrupted, or still going: its own teachsim run command with "
+                                         "--resume runs the rest)" if len(run.not_run) else "")),
             ("seeds", ", ".join(map(str, config.get("seeds", [])))),
             ("budgets", ", ".join(f"{b:g}" for b in budgets)),
             ("judge" if judge == "default" else f"judge ({judge})", judge_summary(judge_cfg)),

@@ -392,7 +392,11 @@ class Store:
             _atomic_write(self.dir / "students" / f"{spec.key}.pt", _students_bytes(result.snapshots))
         stats = result.stats
         with self.con:  # one transaction per episode, finished or failed
-            old = self.con.execute("SELECT episode_id FROM episodes WHERE key = ?", (spec.key,)).fetchone()
+            before = self.con.execute("SELECT episode_id, status, attempts FROM episodes WHERE key = ?",
+                                      (spec.key,)).fetchone()
+            old = before[:1] if before else None
+            if before and before[1] != "finished":   # a failed episode run again (--resume): every attempt counts
+                attempts += int(before[2] or 0)
             # the id this episode gets: its old record's, else the one planned for it; rows
             # under that id without an episode (orphans) go first, so nothing is mixed in
             eid_planned = old or ((planned[2],) if planned and planned[2] else None)
