@@ -6,6 +6,8 @@ import copy
 import math
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -473,3 +475,30 @@ def test_a_config_that_changes_recorded_episodes_is_refused(tmp_path, tiny_confi
         teachsim.run(other, out=run_dir, executor="serial", progress=False)
     assert says in str(info.value), str(info.value)
     assert len(teachsim.open_run(run_dir).episodes) == 4   # nothing lost
+
+
+SPIN = """
+import sys, threading, time, torch
+from teachsim.cli import leave
+
+def spin():   # an interrupted cohort's episode, still inside torch
+    x = torch.randn(300, 300)
+    while True:
+        x = (x @ x).tanh()
+
+if sys.argv[1] == "busy":
+    threading.Thread(target=spin, daemon=True, name="episode-abc").start()
+    time.sleep(0.3)
+print("bye", flush=False)
+leave(130)
+"""
+
+
+@pytest.mark.parametrize("threads", ["busy", "idle"])
+def test_the_command_exits_with_its_code_while_episode_threads_are_still_in_torch(tmp_path, threads):
+    # a second Ctrl-C during a cohort's shutdown returned 130 while episode threads computed:
+    # the interpreter's exit then aborted the process under them (exit 134, "terminate called")
+    script = tmp_path / "spin.py"
+    script.write_text(SPIN)
+    res = subprocess.run([sys.executable, str(script), threads], capture_output=True, text=True, timeout=120)
+    assert (res.returncode, res.stdout, res.stderr) == (130, "bye\n", "")

@@ -1,5 +1,5 @@
 """``python -m teachsim``: the command line (:mod:`teachsim.cli`)."""
 
-from .cli import main
+from .cli import entry
 
-raise SystemExit(main())
+entry()

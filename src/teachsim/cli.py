@@ -595,8 +595,31 @@ def _warnings_in_one_line() -> None:
     warnings.showwarning = show
 
 
+def entry() -> None:
+    """The ``teachsim`` console script (and ``python -m teachsim``): :func:`main`, then exit
+    with its code."""
+    leave(main())
+
+
+def leave(code: int) -> None:
+    """Exit the process with ``code``. Where an interrupted cohort's episode threads are
+    still inside torch (a second Ctrl-C cut the wait for them short), the interpreter's
+    exit would abort the process under them ("terminate called without an active
+    exception", exit 134): every finished episode is committed by then and the run's lock
+    released, so the process leaves at once instead, with the code the run earned."""
+    import threading
+
+    if any(t.is_alive() and t.name.startswith("episode-") for t in threading.enumerate()):
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``teachsim`` console script."""
+    """The command line: runs one command and returns its exit code (:func:`entry` exits)."""
     _warnings_in_one_line()
     args = build_parser().parse_args(argv)
     try:
