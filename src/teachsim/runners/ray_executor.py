@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -400,6 +401,7 @@ class RayExecutor:
         self.room = 0                # workers the cluster fits (start)
         self.started_ray = False     # we called ray.init (and so call ray.shutdown)
         self.embedded = False        # ... and it started a local instance
+        self._reaper = None          # the watcher that stops that instance if this process dies
         self.worker_info: list[dict[str, Any]] = []
         self.description = ""
         self._where = "the Ray this process had already started"
@@ -491,11 +493,16 @@ class RayExecutor:
             # Ray (2.50+) turns token authentication on for a new local cluster and says so
             # in a warning on every start: keep the safe default, drop the notice.
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+            from . import reaper
+
+            before = reaper.children(os.getpid()) if os.path.exists("/proc/self/stat") else {}
             try:
                 with _loopback_only():
                     ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK, **quiet)
             except Exception as exc:  # noqa: BLE001
                 raise RunError(f"could not start a local Ray: {_first_line(exc)}") from None
+            # stops what this Ray started if this process dies without ray.shutdown() (kill -9)
+            self._reaper = reaper.watch(before)
             self.embedded = True
             self._where = "local"
         self.started_ray = True
@@ -508,6 +515,15 @@ class RayExecutor:
                 ray.shutdown()
             except Exception:  # noqa: BLE001, S110 - best effort on the way out
                 pass
+        if self._reaper is not None:   # what ray.shutdown() left running, the watcher stops
+            from .reaper import GRACE
+
+            self._reaper.stdin.close()
+            try:
+                self._reaper.wait(GRACE + 5)
+            except subprocess.TimeoutExpired:
+                pass
+            self._reaper = None
 
     # -- running -----------------------------------------------------------------------
     def _new_worker(self, plugins, registrations, cohort: int):
