@@ -480,6 +480,7 @@ def test_a_config_that_changes_recorded_episodes_is_refused(tmp_path, tiny_confi
 SPIN = """
 import sys, threading, time, torch
 from teachsim.cli import leave
+from teachsim.runners.cohort import THREAD
 
 def spin():   # an interrupted cohort's episode, still inside torch
     x = torch.randn(300, 300)
@@ -487,7 +488,7 @@ def spin():   # an interrupted cohort's episode, still inside torch
         x = (x @ x).tanh()
 
 if sys.argv[1] == "busy":
-    threading.Thread(target=spin, daemon=True, name="episode-abc").start()
+    threading.Thread(target=spin, daemon=True, name=THREAD + "abc").start()
     time.sleep(0.3)
 print("bye", flush=False)
 leave(130)

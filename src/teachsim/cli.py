@@ -253,13 +253,12 @@ def _fmt(v: float) -> str:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from .platform.judge_params import METRICS
-    from .results.reader import open_run
+    from .results.reader import counts, open_run
 
     _check_target(args.target)
     r = open_run(args.run_dir)
-    episodes = r.episodes
-    print(f"{r.config.get('name')}: {r.counts()} episodes  ({r.dir})")
-    missing = r.not_run
+    episodes, missing = r.episodes, r.not_run
+    print(f"{r.config.get('name')}: {counts(episodes, missing)} episodes  ({r.dir})")
     if len(missing):   # an interrupted run: its tables hold only what finished
         print(f"  not run yet: {len(missing)} of the planned episodes (the run was interrupted, or is still going; "
               "its own teachsim run command with --resume finishes it): what follows holds only what finished")
@@ -320,8 +319,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         protos = sorted(sv["protocol"].unique())
         # where episodes failed or stopped short, a mean is over fewer seeds: say so
         seeds = len(r.config.get("seeds") or [])
-        counts = sv.groupby("protocol")["n"].max()
-        names = {p: p if int(counts.get(p, 0)) >= seeds else f"{p} (n={int(counts.get(p, 0))}/{seeds})"
+        have = sv.groupby("protocol")["n"].max()
+        names = {p: p if int(have.get(p, 0)) >= seeds else f"{p} (n={int(have.get(p, 0))}/{seeds})"
                  for p in protos}
         width = max(len("protocol"), *(len(n) for n in names.values()))
         for title, table, col in ((f"mean at the final budget {final:g} (95% interval)", sv, None),
@@ -607,9 +606,8 @@ def leave(code: int) -> None:
     exit would abort the process under them ("terminate called without an active
     exception", exit 134): every finished episode is committed by then and the run's lock
     released, so the process leaves at once instead, with the code the run earned."""
-    import threading
-
-    if any(t.is_alive() and t.name.startswith("episode-") for t in threading.enumerate()):
+    cohorts = sys.modules.get("teachsim.runners.cohort")   # not imported: no cohort ran here
+    if cohorts is not None and cohorts.episodes_alive():
         import os
 
         sys.stdout.flush()

@@ -511,10 +511,8 @@ def test_cohort_auto_yields_to_a_time_limit(tmp_path):
 def test_a_cohort_the_caller_stops_reading_stops_its_episodes(tmp_path, restore_registry, monkeypatch):
     # Ctrl-C (or a caller that stops early) must not leave episode threads computing behind
     # the run: the cohort cancels them, each stopping at its next step, learn call or judge
-    import threading
-
     from teachsim import config as config_mod
-    from teachsim.runners.cohort import run_cohort
+    from teachsim.runners.cohort import episodes_alive, run_cohort
 
     plugin = tmp_path / "breaks.py"
     plugin.write_text(PROTOCOL)
@@ -530,7 +528,7 @@ def test_a_cohort_the_caller_stops_reading_stops_its_episodes(tmp_path, restore_
     assert first.status == "failed"      # breaks fails early; the passive episodes are mid-conversation
     before = len(trained)
     results.close()   # what a KeyboardInterrupt in the consuming loop does too
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("episode-")]
+    assert not episodes_alive()
     assert len(trained) - before <= 1    # at most the training under way finished (not the episodes)
 
 

@@ -38,6 +38,15 @@ def _saved_models(spec: EpisodeSpec, path: Path, task) -> dict[float, Any]:
     return models
 
 
+def counts(episodes: pd.DataFrame, not_run: pd.DataFrame) -> str:
+    """``"7 finished, 0 failed"``, and ``", 13 not run"`` while planned episodes have no
+    record (:attr:`Run.episodes`, :attr:`Run.not_run`): what ``show``, the report and
+    ``repr`` say of a run's episodes."""
+    status = episodes["status"]
+    text = f"{int((status == 'finished').sum())} finished, {int((status != 'finished').sum())} failed"
+    return f"{text}, {len(not_run)} not run" if len(not_run) else text
+
+
 def open_run(run_dir: str | Path) -> Run:
     """Open an existing run directory."""
     return Run(run_dir)
@@ -57,10 +66,10 @@ class Run:
 
     def __repr__(self) -> str:
         try:
-            counts, judges = self.counts(), ", ".join(self.judges)
+            said, judges = counts(self.episodes, self.not_run), ", ".join(self.judges)
         except (RunError, sqlite3.Error) as exc:
             return f"Run({str(self.dir)!r}: unreadable: {exc})"
-        return f"Run({str(self.dir)!r}: {counts} episodes; judges: {judges or 'none yet'})"
+        return f"Run({str(self.dir)!r}: {said} episodes; judges: {judges or 'none yet'})"
 
     def _query(self, sql: str, params: tuple = ()) -> pd.DataFrame:
         path = self.dir / "results.sqlite"
@@ -125,14 +134,6 @@ class Run:
             return pd.DataFrame(columns=["episode_id", "key", "protocol", "variant"])
         return self._query("SELECT p.episode_id, p.key, p.label AS protocol, p.variant FROM planned p "
                            "LEFT JOIN episodes e USING (key) WHERE e.key IS NULL ORDER BY p.episode_id")
-
-    def counts(self) -> str:
-        """``"7 finished, 0 failed"``, and ``", 13 not run"`` while planned episodes have no
-        record: what ``show``, the report and ``repr`` say of the run's episodes."""
-        status = self.episodes["status"]
-        text = f"{int((status == 'finished').sum())} finished, {int((status != 'finished').sum())} failed"
-        missing = len(self.not_run)
-        return f"{text}, {missing} not run" if missing else text
 
     @property
     def scores(self) -> pd.DataFrame:

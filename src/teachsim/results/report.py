@@ -470,7 +470,9 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
     except OSError as exc:   # a read-only run directory: it can be shown, not reported into
         raise RunError(f"cannot write the report into {run.dir} ({exc.strerror}); teachsim show {run.dir} "
                        "reads it without writing, or copy the directory somewhere writable") from None
-    episodes = run.episodes
+    from .reader import counts
+
+    episodes, missing = run.episodes, run.not_run
     summary = run.summary(judge)
     protocols = protocol_order(config, episodes)
     variants = variant_order(config, episodes)
@@ -490,8 +492,8 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
     if config.get("description"):
         out.append(f'<p class="question">{esc(config["description"])}</p>\n')
     meta = [("run directory", str(run.dir)),
-            ("episodes", run.counts() + (" (interrupted, or still going: its own teachsim run command with "
-                                         "--resume runs the rest)" if len(run.not_run) else "")),
+            ("episodes", counts(episodes, missing) + (" (interrupted, or still going: its own teachsim run "
+                                                      "command with --resume runs the rest)" if len(missing) else "")),
             ("seeds", ", ".join(map(str, config.get("seeds", [])))),
             ("budgets", ", ".join(f"{b:g}" for b in budgets)),
             ("judge" if judge == "default" else f"judge ({judge})", judge_summary(judge_cfg)),

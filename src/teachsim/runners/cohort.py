@@ -28,6 +28,16 @@ STOP_WAIT = 60.0
 way finishes its episode's checkpoints first)."""
 
 
+THREAD = "episode-"
+"""Name prefix of a cohort's episode threads (``episode-KEY``)."""
+
+
+def episodes_alive() -> bool:
+    """Whether episode threads of a cohort in this process are still running (an
+    interrupted one's, past :data:`STOP_WAIT`, or cut short by a second Ctrl-C)."""
+    return any(t.is_alive() and t.name.startswith(THREAD) for t in threading.enumerate())
+
+
 def judge_slots() -> int:
     """Judges a cohort in this process runs at once: one per core this process may use,
     less one for the training (at least 1). On the CPU judging is not batched across
@@ -72,7 +82,7 @@ def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> 
 
     def start(spec: EpisodeSpec, attempt: int) -> None:
         running.append(spec)
-        thread = threading.Thread(target=work, args=(spec, attempt), daemon=True, name=f"episode-{spec.key}")
+        thread = threading.Thread(target=work, args=(spec, attempt), daemon=True, name=f"{THREAD}{spec.key}")
         threads.append(thread)
         thread.start()
 

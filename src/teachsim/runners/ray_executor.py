@@ -495,7 +495,7 @@ class RayExecutor:
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             from . import reaper
 
-            before = reaper.children(os.getpid()) if os.path.exists("/proc/self/stat") else {}
+            before = reaper.children(os.getpid())
             try:
                 with _loopback_only():
                     ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK, **quiet)

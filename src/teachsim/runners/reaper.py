@@ -38,10 +38,16 @@ def _stat(pid: int) -> tuple[int, str] | None:
     return None if fields[0] in "ZX" else (int(fields[1]), fields[19])
 
 
+def _same(pid: int, start: str) -> bool:
+    """Whether ``pid`` is still the process that started at ``start`` (not a reused pid)."""
+    st = _stat(pid)
+    return st is not None and st[1] == start
+
+
 def processes() -> dict[int, tuple[int, str]]:
-    """Every live process: pid -> (parent pid, start time)."""
+    """Every live process: pid -> (parent pid, start time); none without /proc (not Linux)."""
     out = {}
-    for name in os.listdir("/proc"):
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if name.isdigit() and (st := _stat(int(name))) is not None:
             out[int(name)] = st
     return out
@@ -68,7 +74,7 @@ def _descendants(roots: dict[int, str]) -> dict[int, str]:
 
 def _stop(known: dict[int, str]) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = [p for p, s in known.items() if (st := _stat(p)) is not None and st[1] == s]
+        alive = [p for p, s in known.items() if _same(p, s)]
         for p in alive:
             try:
                 os.kill(p, sig)
@@ -77,7 +83,7 @@ def _stop(known: dict[int, str]) -> None:
         end = time.monotonic() + GRACE
         while sig == signal.SIGTERM and alive and time.monotonic() < end:
             time.sleep(0.1)
-            alive = [p for p in alive if (st := _stat(p)) is not None and st[1] == known[p]]
+            alive = [p for p in alive if _same(p, known[p])]
         if not alive:
             return
 
@@ -86,9 +92,7 @@ def watch(before: dict[int, str]) -> subprocess.Popen | None:
     """Start the watcher for the processes this process started since ``before`` (its
     children then, from :func:`children`): the ones a ``ray.init`` just started. Close
     the returned process's stdin (or end this process) to have them stopped. None where
-    there is no /proc (not Linux) or nothing was started."""
-    if not Path("/proc/self/stat").exists():
-        return None
+    nothing was started (or there is no /proc to see it: not Linux)."""
     started = {p: s for p, s in children(os.getpid()).items() if before.get(p) != s}
     if not started:
         return None
