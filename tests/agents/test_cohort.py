@@ -5,6 +5,9 @@ give one by one; a failing episode fails alone."""
 from __future__ import annotations
 
 import copy
+import os
+import signal
+import sys
 import threading
 import time
 
@@ -352,19 +355,9 @@ def test_a_cohort_gives_the_transcripts_and_scores_of_one_by_one(tmp_path, monke
     many = teachsim.run(cfg, out=tmp_path / "many", executor="serial", progress=False, cohort=4)
     assert max(sizes) >= 3   # students did train together (passive, qbc's committee, counterexample, trades)
     again = teachsim.run(cfg, out=tmp_path / "again", executor="serial", progress=False, cohort=10)
-    # judged as on a GPU: episodes of one seed in one pass (on the CPU the same bits)
-    from teachsim.platform import judge
-
-    passes = []
-    real_judge = judge.judge_episodes
-    monkeypatch.setattr(C, "JUDGE_TOGETHER", ("cpu", "cuda"))
-    monkeypatch.setattr(judge, "judge_episodes", lambda episodes, *a: (passes.append(len(episodes)),
-                                                                       real_judge(episodes, *a))[1])
-    together = teachsim.run(cfg, out=tmp_path / "together", executor="serial", progress=False, cohort=12)
-    assert sum(passes) == 12 and max(passes) > 1
     keys = list(one.episodes["key"])
     assert len(keys) == 12 and (one.episodes["status"] == "finished").all()
-    for run in (many, again, together):
+    for run in (many, again):
         assert (run.episodes["status"] == "finished").all()
         for key in keys:
             assert _same(one.transcript(key), run.transcript(key)), key
@@ -378,14 +371,27 @@ def test_a_cohort_gives_the_transcripts_and_scores_of_one_by_one(tmp_path, monke
                 assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_judges_together_one_pass_at_a_time_by_key_and_a_failure_fails_its_own_episode():
-    """Cohort.judge_together (a GPU's cohort judging): whoever finds the pass free takes
-    every waiting item of its key; passes never overlap; a pass that raises is run again
-    item by item, so only the failing item's episode gets the error."""
-    cohort = C.Cohort(judges=1)
-    passes, running, most = [], [0], [0]
-    lock = threading.Lock()
+def _passes(cohort, items, run, most=None):
+    """Submit ``items`` (key = item % 2) from threads at once; each thread's outcome."""
+    out, start = {}, threading.Barrier(len(items))
 
+    def episode(i):
+        start.wait()
+        time.sleep(0.01 * (i > 0))   # item 0's pass starts first; the others wait behind it
+        try:
+            out[i] = cohort.result(cohort.submit(i % 2, i, run, most))
+        except ValueError as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=episode, args=(i,)) for i in items]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return out
+
+
+def _recording_run(passes, running, most, lock):
     def run(items):
         with lock:
             passes.append(list(items))
@@ -399,29 +405,105 @@ def test_judges_together_one_pass_at_a_time_by_key_and_a_failure_fails_its_own_e
         finally:
             with lock:
                 running[0] -= 1
+    return run
 
-    start, out = threading.Barrier(8), {}
 
-    def episode(i):
-        with C.member(cohort):
-            start.wait()
-            time.sleep(0.01 * (i > 0))   # item 0 takes the pass first; the others queue behind it
-            try:
-                out[i] = C.judged("cuda", i % 2, i, run)
-            except ValueError as exc:
-                out[i] = exc
-
-    threads = [threading.Thread(target=episode, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert all(out[i] == 10 * i for i in range(8) if i != 3)
-    assert isinstance(out[3], ValueError)
-    assert most[0] == 1                                     # one pass at a time
-    assert all(len({i % 2 for i in p}) == 1 for p in passes)  # one key per pass
-    assert max(len(p) for p in passes) >= 3                 # the waiting ones went together
+def test_judge_passes_take_one_key_at_most_most_items_and_a_failure_fails_its_own_item():
+    """Cohort.submit: a judge thread takes the waiting items of the oldest key, at most
+    ``most`` of them; a pass that raises is run again item by item, so only the failing
+    item gets the error; while the cohort trains, ``judges`` passes at a time."""
+    cohort = C.Cohort(judges=1)
+    cohort.join()   # an episode at the training barrier: one judge at a time
+    passes, running, most, lock = [], [0], [0], threading.Lock()
+    out = _passes(cohort, range(8), _recording_run(passes, running, most, lock))
+    assert all(out[i] == 10 * i for i in range(8) if i != 3) and isinstance(out[3], ValueError)
+    assert most[0] == 1                                      # one pass at a time
+    assert all(len({i % 2 for i in p}) == 1 for p in passes)   # one key per pass
+    assert max(len(p) for p in passes) >= 3                  # the waiting ones went together
     assert [3] in passes and sorted(i for p in passes if 3 not in p for i in p) == [0, 1, 2, 4, 5, 6, 7]
+    passes.clear()
+    _passes(cohort, range(8), _recording_run(passes, running, most, lock), most=2)
+    assert max(len(p) for p in passes) <= 2
+    # nothing trains any more: the training's core judges too
+    cohort.leave()
+    passes.clear()
+    most[0] = 0
+    _passes(cohort, [0, 2, 4, 6, 1, 5, 7, 9], _recording_run(passes, running, most, lock), most=1)
+    assert most[0] == 2
+
+
+def _pass(items):   # module level: a judge process gets it pickled
+    if -1 in items:
+        raise ValueError("cannot judge -1")
+    return [(i, os.getpid()) for i in items]
+
+
+def test_a_judge_process_runs_passes_in_another_process_and_hands_back_their_errors():
+    process = C.JudgeProcess()
+    try:
+        got = process(_pass, [1, 2])
+        assert [i for i, _ in got] == [1, 2] and {pid for _, pid in got} == {process.process.pid} != {os.getpid()}
+        with pytest.raises(ValueError, match="cannot judge -1"):
+            process(_pass, [-1])
+        os.kill(process.process.pid, signal.SIGINT)   # Ctrl-C reaches the whole group: ignored
+        time.sleep(0.2)
+        assert process(_pass, [3])[0][1] == process.process.pid
+        process.process.kill()   # dies: its passes run in the caller instead, nothing lost
+        process.process.join(5)
+        assert process(_pass, [4]) == [(4, os.getpid())] and not process.alive
+    finally:
+        process.close()
+    assert not process.process.is_alive()
+
+
+def test_a_judge_process_ends_when_the_driver_s_end_closes():
+    process = C.JudgeProcess()
+    process.conn.close()   # as when the driver dies
+    process.process.join(10)
+    assert not process.process.is_alive()
+
+
+SPY: list = []   # [path]: where _spy_judge notes the process each pass ran in
+
+
+def _spy_judge(*args):
+    from teachsim.platform import episode as E
+
+    with open(SPY[0], "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return E._judge_checkpoints(*args)
+
+
+def test_a_cohort_judges_its_checkpoints_in_a_judge_process_beside_the_training(tmp_path, monkeypatch):
+    """With a core to spare, a serial cohort forks a judge process and judges checkpoints
+    there as they are taken, with the scores of one at a time; the process is gone once
+    the run ends."""
+    import multiprocessing
+
+    from teachsim import config
+    from teachsim.platform import episode as E
+    from teachsim.runners import cohort as R
+    from teachsim.runners.serial import run_serial
+
+    specs = config.load(_config()).episodes[:3]
+    alone = {r.spec.key: r for r, _ in run_serial(specs)}
+    monkeypatch.setattr(R, "cores", lambda: 2)
+    monkeypatch.setattr(E, "_judge_checkpoints", E.judge_checkpoints, raising=False)
+    monkeypatch.setattr(E, "judge_checkpoints", _spy_judge)
+    monkeypatch.setattr(sys.modules[__name__], "SPY", [str(tmp_path / "pids")])
+    results = [r for r, _ in R.run_cohort(specs, size=3)]
+    assert all(r.status == "finished" for r in results)
+    pids = set((tmp_path / "pids").read_text().split())
+    # the judge process judged (and this one too, once nothing trained: the training's core)
+    assert len(pids - {str(os.getpid())}) == 1
+    assert all(r.scores == alone[r.spec.key].scores for r in results)
+    assert multiprocessing.active_children() == []
+    # no core to spare: no judge process, each episode's checkpoints judged at its end, in this one
+    monkeypatch.setattr(R, "cores", lambda: 1)
+    (tmp_path / "pids").unlink()
+    results = [r for r, _ in R.run_cohort(specs, size=3)]
+    assert set((tmp_path / "pids").read_text().split()) == {str(os.getpid())}
+    assert all(r.status == "finished" and r.scores == alone[r.spec.key].scores for r in results)
 
 
 PROTOCOL = '''
@@ -662,37 +744,29 @@ def test_boxes_group_by_their_values_not_their_repr():
     assert C._box_key((lo, lo + 1)) == C._box_key((lo.copy(), lo + 1))
 
 
-def test_judge_slots_bound_the_judges_at_once_and_a_cancel_wakes_the_waiting():
-    cohort = C.Cohort(judges=2)
-    inside, most, lock, outcomes = [0], [0], threading.Lock(), []
+def test_a_cancel_wakes_an_episode_waiting_for_its_scores():
+    cohort = C.Cohort(judges=1)
+    cohort.join()
+    gate = threading.Event()
+    first = cohort.submit("k", 1, lambda items: (gate.wait(10), items)[1])
+    outcome = []
 
-    def episode(hold):
+    def waiter():
         try:
-            with C.member(cohort), C.judging():
-                with lock:
-                    inside[0] += 1
-                    most[0] = max(most[0], inside[0])
-                time.sleep(hold)
-                with lock:
-                    inside[0] -= 1
-            outcomes.append("judged")
+            cohort.result(first)
+            outcome.append("judged")
         except C.Cancelled:
-            outcomes.append("cancelled")
+            outcome.append("cancelled")
 
-    threads = [threading.Thread(target=episode, args=(0.2,)) for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert most[0] == 2 and outcomes == ["judged"] * 5 and cohort.judges == 2 and cohort._live == 0
-    # every slot held: a waiting judge wakes at cancel() and stops
-    cohort.judges = 0
-    waiter = threading.Thread(target=episode, args=(0.0,))
-    waiter.start()
+    thread = threading.Thread(target=waiter)
+    thread.start()
     time.sleep(0.2)
     cohort.cancel()
-    waiter.join(5)
-    assert not waiter.is_alive() and outcomes[-1] == "cancelled"
+    thread.join(5)
+    gate.set()
+    assert not thread.is_alive() and outcome == ["cancelled"]
+    with pytest.raises(C.Cancelled):
+        cohort.submit("k", 2, lambda items: items)
 
 
 def test_a_serial_cohort_says_its_size(tmp_path, capsys):

@@ -348,3 +348,40 @@ def test_checkpoints_beyond_the_memory_cap_go_in_several_passes(monkeypatch):
     monkeypatch.setattr(J, "TOGETHER_ELEMENTS", 2 * x.size)   # two checkpoints per pass
     assert [list(g) for g in J._groups(3, torch.from_numpy(x))] == [[0, 1], [2]]
     assert J.judge_episode({b: copy.deepcopy(m) for b, m in models.items()}, task, cfg, 0)[0] == one_pass
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_a_checkpoint_s_search_is_the_same_bits_in_any_pass_under_an_affine_teacher(classes):
+    # The student's side of a pass (routed, each block padded) gives a checkpoint's search
+    # the same bits alone, first, last, beside more or fewer. (A curved teacher's tanh on
+    # all rows at once can differ in the last bit, so a cohort on the CPU judges each
+    # checkpoint alone: agents.cohort.PASS.)
+    from teachsim import seeding
+    from teachsim.attacks.teacher import teacher_attack
+
+    task = make_task("linear", classes)
+    models = [J._prepared(m) for m in (untrained(task), train_mlp(task, 300, 40, seed=2)[0], trained(task),
+                                       train_mlp(task, 300, 150, seed=5)[0])]
+    cfg = config(test_points=150, strong_radius=1.0, strong_steps=30, strong_restarts=4)
+    x = torch.from_numpy(J.make_test_set(task, cfg, 0).x)
+
+    def search(ms):
+        gens = seeding.Generators([seeding.torch_generator(0, "judge", "teacher") for _ in ms])
+        out, found = teacher_attack(J._together(ms, len(x)), task, x.repeat(len(ms), 1), radius=1.0, norm="l2",
+                                    box=task.box, generator=gens, steps=30, restarts=4)
+        return list(zip(out.chunk(len(ms)), found.chunk(len(ms))))
+
+    alone = [search([m])[0] for m in models]
+    assert len({int(f.sum()) for _, f in alone}) > 1   # the checkpoints differ
+    for pick in ([0, 1], [1, 0], [2, 3, 1], [3, 2, 1, 0], [1, 1, 2]):
+        for i, (out, found) in zip(pick, search([models[i] for i in pick])):
+            assert torch.equal(out, alone[i][0]) and torch.equal(found, alone[i][1]), pick
+
+
+def test_checkpoints_judged_in_passes_of_one_join_into_the_episode_s_judging():
+    task = make_task()
+    models = {0.0: untrained(task), 50.0: train_mlp(task, 300, 40, seed=2)[0], 400.0: trained(task)}
+    cfg = config(test_points=80, eps=0.5, strong_radius=1.0, steps=5, strong_steps=15, attack_sets=[["fgsm"]])
+    whole = J.judge_episode({b: copy.deepcopy(m) for b, m in models.items()}, task, cfg, 0)
+    parts = J.judge_episodes([{b: copy.deepcopy(m)} for b, m in models.items()], task, cfg, 0)
+    assert J.join_checkpoints(parts) == whole

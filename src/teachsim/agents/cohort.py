@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import pickle
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -394,31 +395,43 @@ class Cohort:
     (grouped by :meth:`Request.key`) and wakes the rest.
 
     An episode thread calls :meth:`join` before its episode and :meth:`leave` after it
-    (whatever happened), or as soon as its student will learn no more (its judge runs
-    after, under :meth:`judging`); an episode that finishes or fails lets the others go on.
+    (whatever happened), or as soon as its student will learn no more; an episode that
+    finishes or fails lets the others go on.
+
+    The judge runs beside the training: with judge processes (:attr:`ahead`) each
+    checkpoint is handed to the cohort as it is taken (:meth:`submit`) and judged while the
+    episodes go on learning, else an episode hands over its checkpoints at its end; it
+    waits for their scores (:meth:`result`) only then.
     """
 
-    def __init__(self, judges: int = 1) -> None:
+    def __init__(self, judges: int = 1, name: str = "judge", processes: list[JudgeProcess] | None = None) -> None:
         self._cv = threading.Condition()
         self._live = 0
         self._arrived = 0   # live episodes waiting in fit (each with one or more requests)
         self._waiting: list[Request] = []
-        # On the CPU judging is not batched across episodes: at most `judges` judges at
-        # once (the runners give one per core, less one for the training) run beside the
-        # training (32 judges at once on 2 cores measured 0.57x, the threads thrashing)
-        self.judges = judges   # free judge slots, under _cv
-        # Where judging is batched (JUDGE_TOGETHER): one pass at a time, so the episodes
-        # that arrive meanwhile queue up and go in the next pass together
-        self._passing = False
-        self._to_judge: list[_Judging] = []
+        # Judge threads at once while the cohort trains (the runners give one per core, less
+        # one for the training), and one more once nothing trains (the training's core is
+        # free then: the last checkpoints, the most robust students, come after it)
+        self.judges = judges
+        self.name = name
+        self._queue: list[_Judging] = []
+        self._judging = 0   # judge threads running, under _cv
+        self._started = 0
+        self.judge_threads: list[threading.Thread] = []
+        # Where a judge thread runs its pass: in a judge process when one is free (on the CPU
+        # a thread cannot judge beside the training, see JudgeProcess), else in itself
+        self.processes = list(processes or [])
+        self._idle = list(self.processes)
         self.cancelled = False
 
     def cancel(self) -> None:
-        """Stop every episode of the cohort at its next training step, learn call or judge
-        (:class:`Cancelled`): an interrupted run must not leave threads computing behind it
-        (nor, at interpreter exit, abort inside torch)."""
+        """Stop every episode of the cohort at its next training step, learn call or wait
+        for its scores (:class:`Cancelled`), and the judge threads after their pass: an
+        interrupted run must not leave threads computing behind it (nor, at interpreter
+        exit, abort inside torch)."""
         with self._cv:
             self.cancelled = True
+            self._queue = []
             self._cv.notify_all()
 
     def check(self) -> None:
@@ -434,6 +447,7 @@ class Cohort:
         with self._cv:
             self._live -= 1
             batch = self._take()
+            self._start_judges()   # nothing trains any more: a judge may take the training's core
         self._train(batch)
 
     def fit(self, *requests: Request) -> None:
@@ -479,44 +493,173 @@ class Cohort:
                     r.done = True
                 self._cv.notify_all()
 
-    def judge_together(self, key: Any, item: Any, run: Callable[[list], list]) -> Any:
-        """``run([item])[0]``, run together with the items of the same ``key`` that other
-        episodes of the cohort are waiting to have judged: one pass at a time; whoever
-        finds no pass running takes every waiting item of its key (group commit). A pass
-        that raises is run again one item at a time, so a failure fails its own episode."""
-        entry = _Judging(key, item)
+    @property
+    def ahead(self) -> bool:
+        """Whether checkpoints are judged as they are taken: where the cohort has judge
+        processes. Otherwise an episode hands over all of its checkpoints at its end, as one
+        item: a judge thread beside the training would slow both (the interpreter lock),
+        and an episode's checkpoints in one pass are judged as one at a time judges them."""
+        return bool(self.processes)
+
+    def submit(self, key: Any, item: Any, run: Callable[[list], list], most: int | None = None) -> _Judging:
+        """Have ``item`` judged on a judge thread, in one pass with other waiting items of
+        the same ``key`` (at most ``most`` items in a pass; None: every one waiting):
+        ``run(items)`` returns one result per item. Returns at once; :meth:`result` waits
+        for the answer. A pass that raises is run again one item at a time, so a failure
+        fails only its own item's episode."""
+        entry = _Judging(key, item, run, most)
         with self._cv:
-            self._to_judge.append(entry)
-            while True:
+            self.check()
+            self._queue.append(entry)
+            self._start_judges()
+        return entry
+
+    def result(self, entry: _Judging) -> Any:
+        """Wait for ``entry``'s judging (:meth:`submit`); raises what it raised."""
+        with self._cv:
+            while not entry.done:
                 self.check()
-                if entry.done or not self._passing:
-                    break
                 self._cv.wait()
-            group = None
-            if not entry.done:   # else judged in another episode's pass
-                self._passing = True
-                group = [e for e in self._to_judge if e.key == key]
-                self._to_judge = [e for e in self._to_judge if e.key != key]
-        if group is not None:
-            try:
-                _judge_group(group, run)
-            finally:
-                with self._cv:
-                    for e in group:
-                        e.done = True
-                    self._passing = False
-                    self._cv.notify_all()
         if entry.error is not None:
             raise entry.error
         return entry.result
 
+    def drop(self, entries: Iterable[_Judging]) -> None:
+        """Forget ``entries`` not yet judged (their episode failed: nobody will ask)."""
+        gone = {id(e) for e in entries}
+        with self._cv:
+            self._queue = [e for e in self._queue if id(e) not in gone]
+
+    def _allowed(self) -> int:
+        return self.judges + (0 if self._live else 1)
+
+    def _start_judges(self) -> None:
+        # under _cv. Judge threads end when the queue is empty, so each running one is busy.
+        if self._queue and not self.cancelled and self._judging < self._allowed():
+            self._judging += 1
+            self._started += 1
+            thread = threading.Thread(target=self._judge, daemon=True, name=f"{self.name}-{self._started}")
+            self.judge_threads = [t for t in self.judge_threads if t.is_alive()] + [thread]
+            thread.start()
+
+    def _judge(self) -> None:
+        """A judge thread: passes over the waiting items, oldest key first, until none wait
+        (or the cohort trains again and has more judges than it allows)."""
+        while True:
+            with self._cv:
+                if self.cancelled or not self._queue or self._judging > self._allowed():
+                    self._judging -= 1
+                    return
+                first = self._queue[0]
+                group = [e for e in self._queue if e.key == first.key][:first.most]
+                taken = {id(e) for e in group}
+                self._queue = [e for e in self._queue if id(e) not in taken]
+                process = self._idle.pop() if self._idle else None
+                self._start_judges()   # more waiting than this pass takes, and a judge to spare
+            try:
+                _judge_group(group, first.run if process is None else functools.partial(process, first.run))
+            except BaseException as exc:   # noqa: BLE001 - a KeyboardInterrupt here: its episodes get it
+                for e in group:
+                    if e.result is None and e.error is None:
+                        e.error = exc
+            finally:
+                with self._cv:
+                    if process is not None:
+                        self._idle.append(process)
+                    for e in group:
+                        e.done = True
+                    self._cv.notify_all()
+
+    def close(self) -> None:
+        """End the judge processes (:meth:`cancel` first where judges may still run)."""
+        for process in self.processes:
+            process.close()
+
+
+class JudgeProcess:
+    """A forked process that runs a cohort's judge passes: ``process(run, items)`` is
+    ``run(items)`` computed there (``run`` and ``items`` pickled: plain data and
+    module-level functions).
+
+    Why a process: on the CPU a judge thread cannot work beside the training. Both are
+    mostly per-op dispatch on small tensors, which holds the GIL (measured: two threads of
+    small torch ops did 0.81x the work of one). A process has its own interpreter.
+    Forked, so it has the driver's registry (plugins, a notebook's registrations) without
+    loading anything; fork it before any episode thread starts. It ignores Ctrl-C (the
+    driver ends it) and ends when the driver's end of its pipe closes (a killed driver
+    included). Should it die, its passes run in the calling thread instead."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, self.conn), daemon=True, name="teachsim-judge")
+        self.process.start()
+        child.close()
+        self.alive, self.closed = True, False
+
+    def __call__(self, run: Callable[[list], list], items: list) -> list:
+        if self.alive:
+            try:
+                message = pickle.dumps((run, items))
+            except Exception:   # noqa: BLE001 - e.g. a lambda: judged here instead
+                return run(items)
+            try:
+                self.conn.send_bytes(message)
+                ok, value = self.conn.recv()
+            except (EOFError, OSError):
+                if self.closed:   # the run was interrupted: its pass is for nobody
+                    raise Cancelled("the run was interrupted") from None
+                self.alive = False   # it died: judge here
+            else:
+                if ok:
+                    return value
+                raise value
+        return run(items)
+
+    def close(self) -> None:
+        self.closed = True
+        self.conn.close()
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+
+
+def _serve(conn, driver_end) -> None:
+    """A :class:`JudgeProcess`'s loop: passes in, results (or the error) out, until EOF."""
+    import signal
+
+    driver_end.close()   # the fork's copy: EOF must come when the driver's end closes
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    while True:
+        try:
+            run, items = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply = (True, run(items))
+        except BaseException as exc:   # noqa: BLE001 - handed to the pass's caller
+            reply = (False, exc)
+        try:
+            conn.send(reply)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            conn.send((False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]} (and it could not be "
+                                           f"sent back: {exc})")))
+        except (EOFError, OSError):
+            return
+
 
 @dataclass(eq=False)
 class _Judging:
-    """One episode's checkpoints, waiting in :meth:`Cohort.judge_together`."""
+    """One item waiting for, or in, a judge pass (:meth:`Cohort.submit`)."""
 
     key: Any
     item: Any
+    run: Callable[[list], list]
+    most: int | None = None
     result: Any = None
     error: BaseException | None = None
     done: bool = False
@@ -537,24 +680,15 @@ def _judge_group(group: list[_Judging], run: Callable[[list], list]) -> None:
         _judge_group([e], run)
 
 
-JUDGE_TOGETHER = ("cuda",)
-"""Device types on which a cohort's episodes that share a task, a seed and a judge config
-are judged in one pass (:func:`judged`). Not the CPU: there one episode per pass is faster
-(``teachsim.platform.judge.judge_episodes``), so each episode is judged alone, under
-:class:`judging`, as it would be outside a cohort."""
-
-
-def judged(device: Any, key: Any, item: Any, run: Callable[[list], list]) -> Any:
-    """An episode's judge, ``run([item])[0]``. In a cohort the episode first leaves the
-    training barrier; on a :data:`JUDGE_TOGETHER` device its item is then judged together
-    with other episodes' items of the same ``key`` (:meth:`Cohort.judge_together`), else
-    alone when a judge slot is free (:class:`judging`)."""
-    cohort = current()
-    if cohort is not None and torch.device(device).type in JUDGE_TOGETHER:
-        leave_barrier()
-        return cohort.judge_together(key, item, run)
-    with judging():
-        return run([item])[0]
+PASS = {"cpu": 1}
+"""At most this many items (a checkpoint, or an episode's checkpoints: :attr:`Cohort.ahead`)
+in one judge pass of a cohort, by device type (others: every one waiting of the same task,
+seed and judge). On the CPU one: which items wait together depends on the threads'
+timing, and a checkpoint's scores can depend, in the last bit, on the other rows of its
+pass (a curved teacher's tanh computed on all rows at once); alone, a checkpoint's (or an
+episode's) scores are the same in every run. (Passes of up to five checkpoints were 1.03x
+faster on the quick suite's 32 episodes: not worth repeatability.) On a GPU a larger pass
+launches fewer kernels; there runs are repeatable only up to float rounding anyway."""
 
 
 _local = threading.local()
@@ -581,28 +715,6 @@ def leave_barrier() -> Cohort | None:
         _local.at_barrier = False   # left: member's exit does not leave twice
         cohort.leave()
     return current()
-
-
-class judging:
-    """``with judging():`` around an episode's judge. In a cohort, the episode leaves the
-    training barrier first (its student learns no more, so the others need not wait for
-    its judge) and then judges when the cohort's judge slot is free; alone, nothing."""
-
-    def __enter__(self) -> None:
-        self.cohort = leave_barrier()
-        if self.cohort is not None:
-            with self.cohort._cv:   # a slot frees, or cancel(), wakes this
-                while not self.cohort.judges:
-                    self.cohort.check()
-                    self.cohort._cv.wait()
-                self.cohort.check()
-                self.cohort.judges -= 1
-
-    def __exit__(self, *exc: object) -> None:
-        if self.cohort is not None:
-            with self.cohort._cv:
-                self.cohort.judges += 1
-                self.cohort._cv.notify_all()
 
 
 class member:

@@ -8,6 +8,7 @@ moves specs in and results out; the driver alone writes results.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import signal
 import socket
@@ -147,10 +148,35 @@ def run_episode(spec: EpisodeSpec, device: Any = "cpu", *, limit: float | None =
         return _episode(spec, device, limit)
 
 
+def _model(student_cfg, task, seed: int, weights: dict, dev):
+    """A checkpoint's student: the episode's model with the snapshot's weights, on ``dev``."""
+    model = build_model(student_cfg, task, seed)
+    model.load_state_dict(weights)
+    return model.to(dev)
+
+
+@functools.lru_cache(maxsize=8)
+def _task(task_json: str, seed: int):
+    return build_task(json.loads(task_json), seed)
+
+
+def judge_checkpoints(task_cfg, student_cfg, judge_cfg, seed: int, device: str, items: list) -> list:
+    """Judge ``items`` of episodes that share the task, seed and judge in one pass: each a
+    list of ``(budget, weights)`` checkpoints (an episode's, or one of them); one
+    ``(scores, flags, judged)`` each (``judge.join_checkpoints`` makes an episode's of
+    several). Plain data in and out: a cohort's judge process runs it. The task is built
+    from its config (the same task as the episode's: tasks are seeded)."""
+    from .judge import judge_episodes
+
+    task = _task(json.dumps(task_cfg, sort_keys=True), seed)
+    return judge_episodes([{b: _model(student_cfg, task, seed, w, device) for b, w in item} for item in items],
+                          task, judge_cfg, seed)
+
+
 def _episode(spec: EpisodeSpec, device: Any, limit: float | None) -> EpisodeResult:
-    from ..agents.cohort import judged
+    from ..agents.cohort import PASS, current, leave_barrier
     from ..agents.teacher import Teacher
-    from .judge import VERSION, judge_episodes
+    from .judge import VERSION, join_checkpoints, judge_episodes
 
     import torch
 
@@ -159,6 +185,8 @@ def _episode(spec: EpisodeSpec, device: Any, limit: float | None) -> EpisodeResu
     t0 = time.perf_counter()
     stats: dict[str, Any] = {}
     loop = None
+    cohort = current()
+    waiting: dict[float, Any] = {}   # in a cohort: each checkpoint's judging, under way
     try:
         with time_limit(limit):
             dev = resolve_device(device)
@@ -171,20 +199,28 @@ def _episode(spec: EpisodeSpec, device: Any, limit: float | None) -> EpisodeResu
             task = build_task(spec.task, spec.seed)
             student = build_student(spec.student, task, spec.seed)
             student.model.to(dev)
+            # checkpoints of one task, seed and judge share the test set and every stream
+            key = json.dumps([spec.task, spec.seed, spec.judge, str(dev)], sort_keys=True, default=str)
+            judge = functools.partial(judge_checkpoints, spec.task, spec.student, spec.judge, spec.seed, str(dev))
+
+            def taken(budget: float, weights: dict) -> None:   # judged while the episode goes on
+                waiting[budget] = cohort.submit(key, [(budget, weights)], judge, PASS.get(dev.type))
+
             # the Loop kept apart from its run: a failure still has what was delivered
             loop = Loop(build_protocol(spec.protocol_cfg), Teacher(task), student, spec.budgets,
-                        seed=spec.seed, initial_labels=spec.student["initial_labels"])
+                        seed=spec.seed, initial_labels=spec.student["initial_labels"],
+                        on_snapshot=taken if cohort is not None and cohort.ahead else None)
             conv = loop.run()
-            models = {}
-            for budget, weights in conv.snapshots.items():
-                models[budget] = build_model(spec.student, task, spec.seed)
-                models[budget].load_state_dict(weights)
-                models[budget].to(dev)
-            # in a cohort: its students train on while this one is judged (on a GPU, in one
-            # pass with the cohort's other episodes of the same task, seed and judge)
-            key = json.dumps([spec.task, spec.seed, spec.judge, str(dev)], sort_keys=True, default=str)
-            result.scores, result.flags, result.judged = judged(
-                dev, key, models, lambda episodes: judge_episodes(episodes, task, spec.judge, spec.seed))
+            if cohort is None:   # alone: all checkpoints in one pass
+                models = {b: _model(spec.student, task, spec.seed, w, dev) for b, w in conv.snapshots.items()}
+                result.scores, result.flags, result.judged = judge_episodes([models], task, spec.judge, spec.seed)[0]
+            else:   # learns no more: the others need not wait for it
+                leave_barrier()
+                if not waiting:   # judged at the end, all checkpoints as one item (Cohort.ahead)
+                    waiting[0.0] = cohort.submit(key, sorted(conv.snapshots.items()), judge, PASS.get(dev.type))
+                result.scores, result.flags, result.judged = join_checkpoints(
+                    [cohort.result(waiting[b]) for b in sorted(waiting)])
+
             result.judge_version = VERSION
             result.messages, result.payloads = transcript_rows(conv.channel.log)
             result.payloads["learn_log"] = np.asarray(student.learn_log, dtype=np.int64).reshape(-1, 2)
@@ -205,6 +241,9 @@ def _episode(spec: EpisodeSpec, device: Any, limit: float | None) -> EpisodeResu
             ch = loop.channel
             result.messages, result.payloads = transcript_rows(ch.log)
             result.stats.update(spent=ch.spent, probed=ch.probed, refused=ch.refused, cut=ch.cut, turns=loop.turn)
+    finally:
+        if cohort is not None:   # failed or interrupted: what it handed over is judged for nobody
+            cohort.drop(waiting.values())
     result.finished_at = now()
     result.seconds = time.perf_counter() - t0
     return result

@@ -127,10 +127,8 @@ def judge_episodes(episodes: list[Mapping[float, torch.nn.Module]], task, cfg: M
     and attacked in one pass (:func:`_together`), then scored one by one. Returns one
     ``(scores, flags, judged)`` per episode, in order.
 
-    Why: on a GPU each checkpoint's search is a few thousand tiny kernels; a cohort's
-    episodes judged in one pass launch them once. On the CPU one episode per pass is
-    faster (25 checkpoints of 5 quick-suite episodes in one pass: 0.88x five passes of 5),
-    so there episodes are judged one by one (:func:`teachsim.agents.cohort.judged`)."""
+    A cohort judges each checkpoint as it is taken, as an "episode" of one checkpoint here,
+    and :func:`join_checkpoints` makes the episode's judging of them after."""
     test = make_test_set(task, cfg, seed)
     sets = [list(s) for s in cfg.get("attack_sets") or []]
     names = [attack_set_name(s, cfg["norm"], cfg["eps"]) for s in sets]
@@ -155,6 +153,23 @@ def judge_episodes(episodes: list[Mapping[float, torch.nn.Module]], task, cfg: M
             judged[n]["scores"] += [(budget, k, lp.get(k, v)) for k, v in result.items()]
             judged[n]["flags"] += [(budget, k, v) for k, v in flagged.items()]
     return out
+
+
+def join_checkpoints(parts: list[tuple]) -> tuple[list, list, dict]:
+    """One episode's ``(scores, flags, judged)`` from its checkpoints', each judged as an
+    episode of one checkpoint (:func:`judge_episodes`), given in budget order: what judging
+    them in one pass gives."""
+    scores: list = []
+    flags: list = []
+    judged: dict = {}
+    for s, f, by_set in parts:
+        scores += s
+        flags += f
+        for name, part in by_set.items():
+            into = judged.setdefault(name, {"config": part["config"], "scores": [], "flags": []})
+            into["scores"] += part["scores"]
+            into["flags"] += part["flags"]
+    return scores, flags, judged
 
 
 BATCHED_ATTACKS = ("fgsm", "pgd", "apgd-ce", "beta")
@@ -184,21 +199,24 @@ def _prepared(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _together(models: list[torch.nn.Module], rows: int):
-    """The checkpoints of an episode (on a GPU in a cohort, of several:
-    :func:`judge_episodes`) as one routed model over ``len(models)`` blocks of ``rows``
-    rows (None for a single checkpoint: it runs alone).
+    """The checkpoints of a pass (an episode's, or a cohort's: :func:`judge_episodes`) as
+    one routed model over ``len(models)`` blocks of ``rows`` rows, one checkpoint alone too.
 
     Why: the judge's search and attacks are a few hundred small steps per checkpoint, each
     costing mostly per-op dispatch; all of an episode's checkpoints in one pass pay it once
     (measured: the strong search on 5 checkpoints 2.3x faster than one by one). Each
     checkpoint's rows follow the path they would alone: the stopping rules only stop early
-    what would repeat itself (up to rounding), every random draw comes from the checkpoint's own generator,
-    and only the last bits of a product can differ (another row count). On the CPU the
-    composition is the episode's own, so an episode's scores never depend on what else
-    runs beside it."""
+    what would repeat itself, every random draw comes from the checkpoint's own generator,
+    and each block's products are padded as a stacked student's are
+    (:data:`teachsim.agents.cohort.ROWS`), which on the CPU gives the student's logits the
+    same bits whatever the other blocks; a checkpoint alone goes through the same routed
+    model. What can still differ is the last bit of the teacher's numbers, computed on all
+    rows at once (a curved teacher's tanh takes a vectorised or a scalar path by the rows'
+    positions): equal scores wherever compared, but no bit-for-bit promise, which is why a
+    cohort on the CPU judges each checkpoint in a pass of its own (``agents.cohort.PASS``)."""
     from ..agents.cohort import Routed
 
-    return Routed.blocks(models, rows, model_device(models[0])) if len(models) > 1 else None
+    return Routed.blocks(models, rows, model_device(models[0]))
 
 
 def _attack_together(models, task, test: TestSet, cfg, seed: int, sets: list[list[str]]) -> list[dict]:
@@ -212,8 +230,8 @@ def _attack_together(models, task, test: TestSet, cfg, seed: int, sets: list[lis
     x, y = torch.from_numpy(test.x).to(dev), torch.from_numpy(test.y).to(dev)
     names = [a for a in dict.fromkeys(a for s in sets for a in s) if a in BATCHED_ATTACKS]
     for group in _groups(len(models), x):
-        stacked = stack([models[i] for i in group]) if len(group) > 1 else None
-        if stacked is None:   # alone, or a model Stacked cannot batch: per checkpoint
+        stacked = stack([models[i] for i in group])   # alone too: the same bits in any pass
+        if stacked is None:   # a model Stacked cannot batch: per checkpoint
             continue
         k = len(group)
         xs, ys = x.repeat(k, *([1] * (x.dim() - 1))), y.repeat(k)
@@ -325,12 +343,11 @@ def _search(models: list[torch.nn.Module], task, x: torch.Tensor, cfg: Mapping[s
     from ..attacks.teacher import teacher_attack
 
     k = len(models)
-    gens = [seeding.torch_generator(seed, "judge", "teacher") for _ in models]
-    routed = _together(models, len(x))
+    gens = seeding.Generators([seeding.torch_generator(seed, "judge", "teacher") for _ in models])
     xs = x if k == 1 else x.repeat(k, *([1] * (x.dim() - 1)))
-    _, found = teacher_attack(models[0] if routed is None else routed, task, xs,
+    _, found = teacher_attack(_together(models, len(x)), task, xs,
                               radius=cfg["strong_radius"], norm=cfg["norm"],
-                              box=task.box, generator=gens[0] if k == 1 else seeding.Generators(gens),
+                              box=task.box, generator=gens,
                               steps=cfg["strong_steps"], restarts=cfg["strong_restarts"])
     return list(found.chunk(k))
 

@@ -35,7 +35,8 @@ at a distance equal to the radius) and 7x faster; 1710 scores of three suites co
 equal, benchmarks/README.md. Nor is judging all of an episode's checkpoints in one pass,
 ``judge.judge_episode``: each checkpoint's rows take the path they would alone, and only
 the last bits of a product can differ; 1080 scores of three suites compared equal to
-judging each checkpoint alone.)"""
+judging each checkpoint alone. Nor is a checkpoint judged alone going through the same
+routed, padded model as a pass's, which a cohort's judge does with every checkpoint.)"""
 
 
 INFO_FLAGS = ("strong_exact",)

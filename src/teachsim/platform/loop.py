@@ -38,7 +38,7 @@ class Loop:
     """
 
     def __init__(self, protocol: Protocol, teacher, student, budgets, *, seed: int, initial_labels: int = 0,
-                 explain_cost: float | None = None, probe_limit: int | None = None):
+                 explain_cost: float | None = None, probe_limit: int | None = None, on_snapshot=None):
         rules = protocol.channel_rules()
         if explain_cost is None:
             explain_cost = rules.explain_cost
@@ -46,6 +46,7 @@ class Loop:
             probe_limit = rules.probe_limit
         self.protocol, self.teacher, self.student = protocol, teacher, student
         self.probe_limit = probe_limit
+        self.on_snapshot = on_snapshot   # (budget, weights), as each snapshot is taken
         self.channel = Channel(budgets, observers={m.STUDENT: student.observe, m.TEACHER: teacher.observe},
                                on_checkpoint=self._on_checkpoint, legal=protocol.legal, dim=student.data.dim,
                                classes=student.classes, explain_cost=explain_cost, probe_limit=probe_limit)
@@ -66,9 +67,14 @@ class Loop:
         self.protocol.train(self.student)
 
     def _on_checkpoint(self, budget: float) -> None:
+        self._snapshot(budget, True)
+
+    def _snapshot(self, budget: float, reached: bool) -> None:
         self.learn()
-        self.conv.snapshots[budget] = self.student.snapshot()
-        self.conv.checkpoints.append((budget, self.channel.spent, True))
+        weights = self.conv.snapshots[budget] = self.student.snapshot()
+        self.conv.checkpoints.append((budget, self.channel.spent, reached))
+        if self.on_snapshot is not None:
+            self.on_snapshot(budget, weights)
 
     @property
     def over(self) -> bool:
@@ -117,9 +123,7 @@ class Loop:
         """End the episode; a checkpoint never reached gets the final student."""
         self.conv.turns = self.turn
         for budget in self.channel.close():
-            self.learn()
-            self.conv.snapshots[budget] = self.student.snapshot()
-            self.conv.checkpoints.append((budget, self.channel.spent, False))
+            self._snapshot(budget, False)
         return self.conv
 
 

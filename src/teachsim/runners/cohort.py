@@ -4,9 +4,10 @@ their students learn as one batched model (``teachsim.agents.cohort``).
 Each episode runs in its own thread, exactly as it would alone (``run_episode``). When
 its student learns, the thread waits until every other live episode of the cohort is
 also waiting to learn (or has finished); the last one to arrive trains them all at once
-and wakes them. Everything else an episode does (protocol turns, the judge) runs in its
-thread, concurrently with the others. ``size`` episodes are live at a time; as one
-finishes the next starts, so the cohort stays full; each one to start is chosen to train
+and wakes them. Protocol turns run in the episode's thread, concurrently with the
+others; each checkpoint is judged on the cohort's judge threads as soon as it is taken,
+beside the training (one per core left to spare, :func:`judge_slots`). ``size`` episodes
+are live at a time; as one finishes the next starts, so the cohort stays full; each one to start is chosen to train
 with the running ones (:func:`partner`). Results come out as episodes finish.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,13 +40,17 @@ def episodes_alive() -> bool:
     return any(t.is_alive() and t.name.startswith(THREAD) for t in threading.enumerate())
 
 
+def cores() -> int:
+    """The cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def judge_slots() -> int:
-    """Judges a cohort in this process runs at once: one per core this process may use,
-    less one for the training (at least 1). On the CPU judging is not batched across
-    episodes (on a GPU, see ``agents.cohort.judged``); on 2 cores, one judge
-    at a time beside the training measured fastest (32 at once: 0.57x one at a time)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
+    """Judges a cohort in this process runs at once while it trains: one per core this
+    process may use, less one for the training (at least 1; once nothing trains, one more).
+    Each judges in a process of its own (``agents.cohort.JudgeProcess``) where there is a
+    core to spare. More judges than cores thrash (32 at once on 2 cores: 0.57x one)."""
+    return max(1, cores() - 1)
 
 
 def partner(waiting: Sequence[EpisodeSpec], live: Iterable[EpisodeSpec]) -> int | None:
@@ -63,9 +69,12 @@ def partner(waiting: Sequence[EpisodeSpec], live: Iterable[EpisodeSpec]) -> int 
 def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> Iterator[tuple[EpisodeResult, int]]:
     """Run episodes ``size`` at a time as one cohort; yields ``(result, attempts)`` as
     each finishes (a failing episode is retried alone in the cohort up to ``retries`` times)."""
-    from ..agents.cohort import Cohort, member
+    from ..agents.cohort import Cohort, JudgeProcess, member
 
-    together = Cohort(judges=judge_slots())
+    # the judge processes forked now, before any episode thread exists (see JudgeProcess);
+    # none where the training has no core to spare, nor off Linux (fork is Linux's to trust)
+    spare = judge_slots() if cores() > 1 and sys.platform == "linux" else 0
+    together = Cohort(judges=judge_slots(), name=f"{THREAD}judge", processes=[JudgeProcess() for _ in range(spare)])
     done: queue.Queue = queue.Queue()
     todo = list(specs)
 
@@ -107,6 +116,8 @@ def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> 
             # the process). Each stops at its next training step, learn call or judge.
             together.cancel()
             end = time.monotonic() + STOP_WAIT
-            for thread in threads:
+            for thread in threads + together.judge_threads:
                 thread.join(max(0.0, end - time.monotonic()))
             raise
+        finally:
+            together.close()
