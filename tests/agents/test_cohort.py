@@ -466,12 +466,12 @@ def test_a_judge_process_ends_when_the_driver_s_end_closes():
 SPY: list = []   # [path]: where _spy_judge notes the process each pass ran in
 
 
-def _spy_judge(*args):
+def _spy_judge(judge, items):
     from teachsim.platform import episode as E
 
     with open(SPY[0], "a") as f:
         f.write(f"{os.getpid()}\n")
-    return E._judge_checkpoints(*args)
+    return E._real_judge(judge, items)
 
 
 def test_a_cohort_judges_its_checkpoints_in_a_judge_process_beside_the_training(tmp_path, monkeypatch):
@@ -488,8 +488,8 @@ def test_a_cohort_judges_its_checkpoints_in_a_judge_process_beside_the_training(
     specs = config.load(_config()).episodes[:3]
     alone = {r.spec.key: r for r, _ in run_serial(specs)}
     monkeypatch.setattr(R, "cores", lambda: 2)
-    monkeypatch.setattr(E, "_judge_checkpoints", E.judge_checkpoints, raising=False)
-    monkeypatch.setattr(E, "judge_checkpoints", _spy_judge)
+    monkeypatch.setattr(E, "_real_judge", E.CheckpointJudge.__call__, raising=False)
+    monkeypatch.setattr(E.CheckpointJudge, "__call__", _spy_judge)
     monkeypatch.setattr(sys.modules[__name__], "SPY", [str(tmp_path / "pids")])
     results = [r for r, _ in R.run_cohort(specs, size=3)]
     assert all(r.status == "finished" for r in results)
@@ -805,3 +805,14 @@ def test_an_episode_in_a_cohort_leaves_the_process_thread_count_to_the_cohort(mo
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_episode_s_judge_uses_its_own_task_here_and_leaves_it_behind_for_a_judge_process():
+    import pickle
+
+    from teachsim.platform.episode import CheckpointJudge
+
+    task = build_task({"name": "hidden-feature", "dim": 5, "manifold_dim": 2}, 0)
+    judge = CheckpointJudge({"name": "hidden-feature", "dim": 5, "manifold_dim": 2}, {}, {}, 0, "cpu", task)
+    sent = pickle.loads(pickle.dumps(judge))
+    assert judge.task is task and sent.task is None and sent.task_cfg == judge.task_cfg

@@ -646,8 +646,8 @@ def _serve(conn, driver_end) -> None:
         try:
             conn.send(reply)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            conn.send((False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]} (and it could not be "
-                                           f"sent back: {exc})")))
+            what = "its result" if reply[0] else f"its error ({type(reply[1]).__name__}: {reply[1]})"
+            conn.send((False, RuntimeError(f"a judge pass ran, but {what} could not be sent back: {exc}")))
         except (EOFError, OSError):
             return
 
@@ -729,7 +729,7 @@ class member:
         return self.cohort
 
     def __exit__(self, *exc: object) -> None:
-        leave_barrier()   # unless left already (judging, a student that trains alone)
+        leave_barrier()   # unless left already (its conversation ended, a student that trains alone)
         _local.cohort = None
 
 

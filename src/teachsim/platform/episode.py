@@ -160,17 +160,34 @@ def _task(task_json: str, seed: int):
     return build_task(json.loads(task_json), seed)
 
 
-def judge_checkpoints(task_cfg, student_cfg, judge_cfg, seed: int, device: str, items: list) -> list:
-    """Judge ``items`` of episodes that share the task, seed and judge in one pass: each a
-    list of ``(budget, weights)`` checkpoints (an episode's, or one of them); one
-    ``(scores, flags, judged)`` each (``judge.join_checkpoints`` makes an episode's of
-    several). Plain data in and out: a cohort's judge process runs it. The task is built
-    from its config (the same task as the episode's: tasks are seeded)."""
-    from .judge import judge_episodes
+@dataclass
+class CheckpointJudge:
+    """An episode's judge for its cohort: ``judge(items)`` judges ``items`` of episodes that
+    share the task, seed and judge in one pass, each a list of ``(budget, weights)``
+    checkpoints (an episode's, or one of them); one ``(scores, flags, judged)`` each
+    (``judge.join_checkpoints`` makes an episode's of several).
 
-    task = _task(json.dumps(task_cfg, sort_keys=True), seed)
-    return judge_episodes([{b: _model(student_cfg, task, seed, w, device) for b, w in item} for item in items],
-                          task, judge_cfg, seed)
+    In this process it uses the episode's own ``task``. Pickled for a cohort's judge
+    process it leaves the task behind (a digits task is 2.6 s to build and not small): the
+    process builds it from its config, once per task and seed (the same task: tasks are
+    seeded)."""
+
+    task_cfg: dict
+    student_cfg: dict
+    judge_cfg: dict
+    seed: int
+    device: str
+    task: Any = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "task": None}
+
+    def __call__(self, items: list) -> list:
+        from .judge import judge_episodes
+
+        task = self.task if self.task is not None else _task(json.dumps(self.task_cfg, sort_keys=True), self.seed)
+        return judge_episodes([{b: _model(self.student_cfg, task, self.seed, w, self.device) for b, w in item}
+                               for item in items], task, self.judge_cfg, self.seed)
 
 
 def _episode(spec: EpisodeSpec, device: Any, limit: float | None) -> EpisodeResult:
@@ -201,7 +218,7 @@ def _episode(spec: EpisodeSpec, device: Any, limit: float | None) -> EpisodeResu
             student.model.to(dev)
             # checkpoints of one task, seed and judge share the test set and every stream
             key = json.dumps([spec.task, spec.seed, spec.judge, str(dev)], sort_keys=True, default=str)
-            judge = functools.partial(judge_checkpoints, spec.task, spec.student, spec.judge, spec.seed, str(dev))
+            judge = CheckpointJudge(spec.task, spec.student, spec.judge, spec.seed, str(dev), task)
 
             def taken(budget: float, weights: dict) -> None:   # judged while the episode goes on
                 waiting[budget] = cohort.submit(key, [(budget, weights)], judge, PASS.get(dev.type))
@@ -216,7 +233,7 @@ def _episode(spec: EpisodeSpec, device: Any, limit: float | None) -> EpisodeResu
                 result.scores, result.flags, result.judged = judge_episodes([models], task, spec.judge, spec.seed)[0]
             else:   # learns no more: the others need not wait for it
                 leave_barrier()
-                if not waiting:   # judged at the end, all checkpoints as one item (Cohort.ahead)
+                if not cohort.ahead:   # judged at the end, all checkpoints as one item
                     waiting[0.0] = cohort.submit(key, sorted(conv.snapshots.items()), judge, PASS.get(dev.type))
                 result.scores, result.flags, result.judged = join_checkpoints(
                     [cohort.result(waiting[b]) for b in sorted(waiting)])

@@ -5,10 +5,11 @@ Each episode runs in its own thread, exactly as it would alone (``run_episode``)
 its student learns, the thread waits until every other live episode of the cohort is
 also waiting to learn (or has finished); the last one to arrive trains them all at once
 and wakes them. Protocol turns run in the episode's thread, concurrently with the
-others; each checkpoint is judged on the cohort's judge threads as soon as it is taken,
-beside the training (one per core left to spare, :func:`judge_slots`). ``size`` episodes
-are live at a time; as one finishes the next starts, so the cohort stays full; each one to start is chosen to train
-with the running ones (:func:`partner`). Results come out as episodes finish.
+others; the judge works beside the training, in judge processes where cores are spare
+(:func:`judge_slots`, ``agents.cohort.JudgeProcess``). ``size`` episodes are live at a
+time; as one finishes the next starts, so the cohort stays full; each one to start is
+chosen to train with the running ones (:func:`partner`). Results come out as episodes
+finish.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> 
 
     # the judge processes forked now, before any episode thread exists (see JudgeProcess);
     # none where the training has no core to spare, nor off Linux (fork is Linux's to trust)
-    spare = judge_slots() if cores() > 1 and sys.platform == "linux" else 0
+    spare = cores() - 1 if sys.platform == "linux" else 0
     together = Cohort(judges=judge_slots(), name=f"{THREAD}judge", processes=[JudgeProcess() for _ in range(spare)])
     done: queue.Queue = queue.Queue()
     todo = list(specs)
