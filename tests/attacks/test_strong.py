@@ -184,6 +184,85 @@ def test_min_distance_on_nearly_parallel_rows_matches_rational_arithmetic():
     assert (G @ y <= h + 1e-8 * np.linalg.norm(G, axis=1)).all()
 
 
+def test_pair_bound_is_the_exact_distance_of_two_rows_and_never_above_min_distance():
+    # l2_pair_bound lets the polish skip pieces far outside the ball: it must never be
+    # above the true distance. Two nearly opposite rows (the hidden-feature pieces whose
+    # wedge lies far away) against fractions, closer and closer to opposite; then random
+    # polyhedra of 1 to 5 rows, with and without a box, against min_distance.
+    from fractions import Fraction
+
+    rng = np.random.default_rng(3)
+    for noise in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5):
+        u = rng.normal(size=50)
+        G = np.stack([u, -u + noise * rng.normal(size=50)])
+        x = rng.normal(size=50)
+        h = np.array([u @ x - 0.2, -u @ x - 0.3])
+        A = [[Fraction(float(v)) for v in row] for row in G]
+        X = [Fraction(float(v)) for v in x]
+        M = [[sum(a * b for a, b in zip(A[p], A[q])) for q in range(2)] for p in range(2)]
+        rhs = [sum(a * v for a, v in zip(A[p], X)) - Fraction(float(h[p])) for p in range(2)]
+        det = M[0][0] * M[1][1] - M[0][1] * M[1][0]
+        lam = [(rhs[0] * M[1][1] - rhs[1] * M[0][1]) / det, (M[0][0] * rhs[1] - M[1][0] * rhs[0]) / det]
+        assert min(lam) > 0   # both rows bind
+        exact = float(sum((A[0][k] * lam[0] + A[1][k] * lam[1]) ** 2 for k in range(50))) ** 0.5
+        assert E.l2_pair_bound(x, G, h) == pytest.approx(exact, rel=1e-8), noise
+    checked = 0
+    for _ in range(300):
+        dim, k = int(rng.integers(2, 12)), int(rng.integers(1, 6))
+        G, h, x = rng.normal(size=(k, dim)), rng.normal(size=k), rng.normal(size=dim) * 2
+        box = (-np.full(dim, 3.0), np.full(dim, 3.0)) if rng.uniform() < 0.5 else None
+        try:
+            d, _ = E.min_distance(x, G, h, "l2", box)
+        except np.linalg.LinAlgError:
+            continue
+        checked += 1
+        assert E.l2_pair_bound(x, G, h) <= d * (1 + 1e-9) + 1e-12
+    assert checked > 250
+    # a zero row that cannot hold: empty, infinitely far
+    assert E.l2_pair_bound(np.zeros(3), np.zeros((1, 3)), np.array([-1.0])) == np.inf
+
+
+@pytest.mark.parametrize("teacher,leak,radius", [("linear", 1e-3, 1.0), ("net", 1e-2, 2.0)])
+def test_the_polish_skips_far_pieces_without_changing_the_search(teacher, leak, radius, monkeypatch):
+    # A student that is the teacher plus an off-manifold leak. A small leak: no point
+    # breaks, every point reaches the polish, and its pieces are two nearly opposite rows
+    # meeting far away, which the polish skips (attacks.teacher.FAR). A larger one: the
+    # polish finds counterexamples (a screen that skipped pieces it keeps would change
+    # them). Either way the search's answer is the one without the screen.
+    from teachsim.attacks import teacher as T
+
+    task = HiddenFeature(0, dim=10, manifold_dim=2, gamma=0.1, teacher=teacher)
+    x = torch.from_numpy(points(task, 60))
+    g = torch.Generator().manual_seed(0)
+    off = torch.nn.Linear(10, 2, bias=False)
+    with torch.no_grad():
+        off.weight.copy_(leak * torch.randn(2, 10, generator=g))
+    model = lambda z: task.logits(z) + off(z)   # noqa: E731
+    solve, solved = E.min_distance, []
+
+    def counted(*args, **kwargs):
+        solved.append(1)
+        return solve(*args, **kwargs)
+
+    def run(far):
+        monkeypatch.setattr(T, "FAR", far)
+        solved.clear()
+        out, found = teacher_attack(model, task, x, radius=radius, norm="l2", box=task.box,
+                                    generator=seeding.torch_generator(0, "judge", "teacher"))
+        return out, found, len(solved)
+
+    monkeypatch.setattr(E, "min_distance", counted)
+    out, found, n = run(T.FAR)
+    ref_out, ref_found, n_ref = run(np.inf)
+    assert torch.equal(out, ref_out) and torch.equal(found, ref_found)
+    if leak < 1e-2:
+        assert n_ref - n > 20 and not found.any()   # the polish did skip pieces here
+    else:
+        assert found.any()
+        greedy_out, _, _ = run(0.01)   # skips nearly every piece, so the comparison can fail
+        assert not torch.equal(greedy_out, ref_out)
+
+
 def test_min_distance_reports_an_empty_polyhedron_with_a_box():
     G, h = np.array([[1.0, 0.0]]), np.array([-2.0])    # x0 <= -2, outside the box [-1, 1]^2
     assert E.min_distance(np.zeros(2), G, h, "l2", (-1.0, 1.0)) == (np.inf, None)
