@@ -159,19 +159,11 @@ def test_l2_dual_agrees_with_the_primal_method_on_digits_like_boxes():
             assert got[0] == pytest.approx(ref, rel=1e-9)
     assert certified >= 20
 
-def test_min_distance_on_nearly_parallel_rows_matches_rational_arithmetic():
-    # The polish's typical piece on hidden-feature: the teacher's certain side and the
-    # student's other side, two nearly opposite rows in 50 dimensions whose wedge lies far
-    # away. The primal active-set method cycled here (and ended 5e-7 off); the dual lands
-    # on the exact answer, computed with fractions.
+def _two_binding_rows_distance(x, G, h) -> float:
+    """The l2 distance from ``x`` to {G y <= h} for two rows that both bind at the nearest
+    point (asserted), in rational arithmetic: y = x - G^T lam with (G G^T) lam = G x - h."""
     from fractions import Fraction
 
-    rng = np.random.default_rng(2)
-    u = rng.normal(size=50)
-    G = np.stack([u, -u + 1e-3 * rng.normal(size=50)])
-    x = rng.normal(size=50)
-    h = np.array([u @ x - 0.2, -u @ x - 0.3])
-    d, y = E.min_distance(x, G, h, "l2")
     A = [[Fraction(float(v)) for v in row] for row in G]
     X = [Fraction(float(v)) for v in x]
     M = [[sum(a * b for a, b in zip(A[p], A[q])) for q in range(2)] for p in range(2)]
@@ -179,7 +171,21 @@ def test_min_distance_on_nearly_parallel_rows_matches_rational_arithmetic():
     det = M[0][0] * M[1][1] - M[0][1] * M[1][0]
     lam = [(rhs[0] * M[1][1] - rhs[1] * M[0][1]) / det, (M[0][0] * rhs[1] - M[1][0] * rhs[0]) / det]
     assert min(lam) > 0   # both rows bind at the nearest point
-    exact = float(sum((A[0][k] * lam[0] + A[1][k] * lam[1]) ** 2 for k in range(50))) ** 0.5
+    return float(sum((A[0][k] * lam[0] + A[1][k] * lam[1]) ** 2 for k in range(len(X)))) ** 0.5
+
+
+def test_min_distance_on_nearly_parallel_rows_matches_rational_arithmetic():
+    # The polish's typical piece on hidden-feature: the teacher's certain side and the
+    # student's other side, two nearly opposite rows in 50 dimensions whose wedge lies far
+    # away. The primal active-set method cycled here (and ended 5e-7 off); the dual lands
+    # on the exact answer, computed with fractions.
+    rng = np.random.default_rng(2)
+    u = rng.normal(size=50)
+    G = np.stack([u, -u + 1e-3 * rng.normal(size=50)])
+    x = rng.normal(size=50)
+    h = np.array([u @ x - 0.2, -u @ x - 0.3])
+    d, y = E.min_distance(x, G, h, "l2")
+    exact = _two_binding_rows_distance(x, G, h)
     assert exact > 10 and d == pytest.approx(exact, rel=1e-8)
     assert (G @ y <= h + 1e-8 * np.linalg.norm(G, axis=1)).all()
 
@@ -189,22 +195,13 @@ def test_pair_bound_is_the_exact_distance_of_two_rows_and_never_above_min_distan
     # above the true distance. Two nearly opposite rows (the hidden-feature pieces whose
     # wedge lies far away) against fractions, closer and closer to opposite; then random
     # polyhedra of 1 to 5 rows, with and without a box, against min_distance.
-    from fractions import Fraction
-
     rng = np.random.default_rng(3)
     for noise in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5):
         u = rng.normal(size=50)
         G = np.stack([u, -u + noise * rng.normal(size=50)])
         x = rng.normal(size=50)
         h = np.array([u @ x - 0.2, -u @ x - 0.3])
-        A = [[Fraction(float(v)) for v in row] for row in G]
-        X = [Fraction(float(v)) for v in x]
-        M = [[sum(a * b for a, b in zip(A[p], A[q])) for q in range(2)] for p in range(2)]
-        rhs = [sum(a * v for a, v in zip(A[p], X)) - Fraction(float(h[p])) for p in range(2)]
-        det = M[0][0] * M[1][1] - M[0][1] * M[1][0]
-        lam = [(rhs[0] * M[1][1] - rhs[1] * M[0][1]) / det, (M[0][0] * rhs[1] - M[1][0] * rhs[0]) / det]
-        assert min(lam) > 0   # both rows bind
-        exact = float(sum((A[0][k] * lam[0] + A[1][k] * lam[1]) ** 2 for k in range(50))) ** 0.5
+        exact = _two_binding_rows_distance(x, G, h)
         assert E.l2_pair_bound(x, G, h) == pytest.approx(exact, rel=1e-8), noise
     checked = 0
     for _ in range(300):

@@ -687,7 +687,8 @@ seed and judge). On the CPU one: which items wait together depends on the thread
 timing, and a checkpoint's scores can depend, in the last bit, on the other rows of its
 pass (a curved teacher's tanh computed on all rows at once); alone, a checkpoint's (or an
 episode's) scores are the same in every run. (Passes of up to five checkpoints were 1.03x
-faster on the quick suite's 32 episodes: not worth repeatability.) On a GPU a larger pass
+faster on the quick suite's 32 episodes, passes of every waiting one 1.08x another day:
+not worth repeatability.) On a GPU a larger pass
 launches fewer kernels; there runs are repeatable only up to float rounding anyway."""
 
 
