@@ -31,6 +31,9 @@ BAD = [
     ("out-of-range", _edit("dim = 6", "dim = 0"), "task.dim", ["expected an integer >= 1", "got 0"]),
     ("bool-for-int", _edit("steps = 30", "steps = true"), "student.steps", ["expected an integer", "True"]),
     ("cross-field", _edit("manifold_dim = 2", "manifold_dim = 9"), "task.manifold_dim", ["task.dim = 6", "9"]),
+    # no name: the default task's keys judged another task's: the message says so
+    ("task-name-missing", _edit('name = "hidden-feature"\n', 'outer_radius = 1.5\n'), "task.outer_radius",
+     ["unknown key", "task.name is not given", "default 'hidden-feature'"]),
     ("unknown-task", _edit('name = "hidden-feature"', 'name = "hiden-feature"'), "task.name",
      ["unknown task", "did you mean 'hidden-feature'"]),
     ("unknown-protocol", _edit('name = "passive"\nbatch', 'name = "pasive"\nbatch'), "protocols[1].name",

@@ -8,6 +8,7 @@ traceback; 130 interrupted (finished episodes are kept).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import shlex
 import sys
@@ -34,7 +35,8 @@ def _suite_path(name: str) -> Path:
         if path.is_file():
             return path
     known = suite_names()
-    raise ConfigError("SUITE", f"unknown suite {name!r}{suggest(name, known)}; known: {', '.join(known)}")
+    raise ConfigError("SUITE", f"unknown suite {name!r}{suggest(name, known)}; known: {', '.join(known)} (the "
+                      f"built-in ones and any NAME.toml in {Path.cwd() / 'benchmarks' / 'suites'})")
 
 
 def suite_names() -> list[str]:
@@ -88,7 +90,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="teachsim", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="teachsim", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
                         help="load user tasks/protocols/strategies/methods first (repeatable)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -210,10 +212,10 @@ def _cmd_run(args: argparse.Namespace, config) -> int:
         what = f"run {shlex.quote(str(config))}" if args.command == "run" else f"bench {args.suite}"
         if sys.stderr.isatty():
             print(file=sys.stderr)   # end the progress bar's line
-        said = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {exc}"
+        said, code = _interrupted() if isinstance(exc, KeyboardInterrupt) else (f"error: {exc}", 1)
         print(f"teachsim: {said}; finished episodes are kept in {out}; to finish the run: "
               f"teachsim {plugins}{what} --out {shlex.quote(str(out))}{_run_flags(args)} --resume", file=sys.stderr)
-        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+        return code
     episodes = r.episodes
     failed = episodes[episodes["status"] != "finished"]
     print(f"run directory: {r.dir}  ({len(episodes) - len(failed)} finished, {len(failed)} failed)")
@@ -257,15 +259,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     _check_target(args.target)
     r = open_run(args.run_dir)
+    if args.judge not in r.judges and args.judge != "default":   # before printing anything
+        from .errors import ConfigError
+
+        raise ConfigError("--judge", f"expected one of {', '.join(r.judges)}, got {args.judge!r}")
     episodes, missing = r.episodes, r.not_run
     print(f"{r.config.get('name')}: {counts(episodes, missing)} episodes  ({r.dir})")
     if len(missing):   # an interrupted run: its tables hold only what finished
         print(f"  not run yet: {len(missing)} of the planned episodes (the run was interrupted, or is still going; "
               "its own teachsim run command with --resume finishes it): what follows holds only what finished")
-    if args.judge not in r.judges and args.judge != "default":
-        from .errors import ConfigError
-
-        raise ConfigError("--judge", f"expected one of {', '.join(r.judges)}, got {args.judge!r}")
     if args.episodes:
         width = max([len("protocol"), *(len(p) for p in [*episodes["protocol"], *missing["protocol"]])])
         print(f"{'id':>4}  {'key':<16}  {'protocol':<{width}}  {'seed':>6}  {'status':<8}  {'spent':>8}  variant")
@@ -616,10 +618,50 @@ def leave(code: int) -> None:
     raise SystemExit(code)
 
 
+_TERMINATED: list[bool] = [False]   # SIGTERM, not Ctrl-C, interrupted this command
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (a scheduler's preemption, ``timeout``, ``docker stop``, ``kill``) stops the
+    command as Ctrl-C does: finished episodes committed, the lock emptied, Ray and the
+    judge processes shut down, the resume command printed, exit 143. Without it Python
+    dies at once and leaves the lock's text and the database's -wal file behind. A second
+    SIGTERM during that shutdown ends the process at once (the default)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():   # only the main thread may set handlers
+        yield
+        return
+
+    def on_term(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _TERMINATED[0] = True
+        raise KeyboardInterrupt("SIGTERM")
+
+    _TERMINATED[0] = False
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(code: int = 130) -> tuple[str, int]:
+    """What to call the interruption and the exit code it earns."""
+    return ("terminated (SIGTERM)", 143) if _TERMINATED[0] else ("interrupted", code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: runs one command and returns its exit code (:func:`entry` exits)."""
     _warnings_in_one_line()
     args = build_parser().parse_args(argv)
+    with _sigterm_interrupts():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         for plugin in [*args.plugin, *getattr(args, "plugin_sub", [])]:
             registry.load_plugin(plugin)
@@ -650,10 +692,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
+        said, code = _interrupted()
         if args.command == "judge":
-            print("teachsim: interrupted; the episodes judged so far are kept: run the same teachsim judge command "
+            print(f"teachsim: {said}; the episodes judged so far are kept: run the same teachsim judge command "
                   "again to judge the rest", file=sys.stderr)
         else:
-            print("teachsim: interrupted", file=sys.stderr)
-        return 130
+            print(f"teachsim: {said}", file=sys.stderr)
+        return code
     return 0

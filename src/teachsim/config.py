@@ -124,7 +124,14 @@ def _plugin_table(raw: Mapping[str, Any], where: str, reg: registry.Registry, de
     entry = reg.get(name, f"{where}.name")
     schema = {**(base or {}), **entry.params}
     body = {k: v for k, v in raw.items() if k != "name"}
-    return {"name": reg.canonical(name), **resolve(schema, body, where, ignore=extra)}
+    try:
+        return {"name": reg.canonical(name), **resolve(schema, body, where, ignore=extra)}
+    except ConfigError as exc:
+        if "name" in raw or not exc.field.startswith(f"{where}."):
+            raise
+        # a forgotten name makes the default's schema judge keys meant for another plugin
+        raise ConfigError(exc.field, f"{exc.detail} ({where}.name is not given, so these are the "
+                          f"default {name!r}'s keys; set {where}.name)") from None
 
 
 def resolve_student(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -55,8 +55,15 @@ def Int(default: int, lo: int | None = None, hi: int | None = None, doc: str = "
                  lambda v: _is_int(v) and _within(v, lo, hi), doc)
 
 
-def Float(default: float, lo: float | None = None, hi: float | None = None, doc: str = "") -> Param:
-    """A finite number, optionally bounded (inclusive); integers are accepted."""
+def Float(default: float, lo: float | None = None, hi: float | None = None, doc: str = "",
+          above: float | None = None) -> Param:
+    """A finite number, optionally bounded (``lo``, ``hi`` inclusive; ``above``: strictly
+    greater than); integers are accepted."""
+    if above is not None:
+        if lo is not None:
+            raise ValueError("Float takes lo or above, not both")
+        return Param(default, f"a number > {above}" + (f" and <= {hi}" if hi is not None else ""),
+                     lambda v: _is_num(v) and v > above and _within(v, None, hi), doc, float)
     return Param(default, f"a number{_bounds(lo, hi)}",
                  lambda v: _is_num(v) and _within(v, lo, hi), doc, float)
 

@@ -448,12 +448,47 @@ def test_a_judge_process_runs_passes_in_another_process_and_hands_back_their_err
         os.kill(process.process.pid, signal.SIGINT)   # Ctrl-C reaches the whole group: ignored
         time.sleep(0.2)
         assert process(_pass, [3])[0][1] == process.process.pid
-        process.process.kill()   # dies: its passes run in the caller instead, nothing lost
+        process.process.kill()   # dead before a pass: its passes run in the caller instead
         process.process.join(5)
         assert process(_pass, [4]) == [(4, os.getpid())] and not process.alive
     finally:
         process.close()
     assert not process.process.is_alive()
+
+
+def _segfault() -> None:
+    """A crash in native code, say a plugin's (pytest's fault handler, forked with the
+    process, would print a trace of it)."""
+    import faulthandler
+
+    faulthandler.disable()
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def _die(items):   # module level: a judge process gets it pickled
+    _segfault()
+
+
+def test_a_pass_that_kills_its_judge_process_fails_and_is_not_judged_again_in_the_caller():
+    process = C.JudgeProcess()
+    try:
+        with pytest.raises(C.JudgeProcessDied, match="SIGSEGV"):
+            process(_die, [1])
+        assert not process.alive
+        assert process(_pass, [2]) == [(2, os.getpid())]   # later passes: here
+    finally:
+        process.close()
+
+
+def test_judge_processes_end_as_soon_as_the_driver_closes_them():
+    # each fork inherits the earlier processes' driver ends; holding them kept those alive
+    # past close() until killed (5 s each)
+    processes = [C.JudgeProcess() for _ in range(3)]
+    for process in processes:
+        assert process(_pass, [1])[0][1] == process.process.pid
+    for process in processes:
+        process.close()
+    assert [p.process.exitcode for p in processes] == [0, 0, 0]
 
 
 def test_a_judge_process_ends_when_the_driver_s_end_closes():
@@ -504,6 +539,67 @@ def test_a_cohort_judges_its_checkpoints_in_a_judge_process_beside_the_training(
     results = [r for r, _ in R.run_cohort(specs, size=3)]
     assert set((tmp_path / "pids").read_text().split()) == {str(os.getpid())}
     assert all(r.status == "finished" and r.scores == alone[r.spec.key].scores for r in results)
+
+
+def _crash_judge(judge, items):
+    """Crashes the judge process on seed 1's checkpoints (in the driver it would end the
+    test; there it only raises, which the test would see as a wrong error)."""
+    from teachsim.platform import episode as E
+
+    if judge.seed == 1:
+        if os.getpid() == DRIVER[0]:
+            raise AssertionError("seed 1 was judged again in the driver")
+        _segfault()
+    return E._real_judge(judge, items)
+
+
+DRIVER: list = []
+
+
+def test_episodes_finished_when_the_run_is_interrupted_are_still_handed_over(monkeypatch):
+    """An episode that finished while the driver was busy (recording another) is in the
+    cohort's hands when Ctrl-C comes: it is handed over before the interruption goes on,
+    not computed again by the resume."""
+    from teachsim import config
+    from teachsim.runners import cohort as R
+
+    monkeypatch.setattr(R, "cores", lambda: 1)
+    specs = [s for s in config.load(_config()).episodes if s.label == "passive"]
+    assert len(specs) == 2
+    run = R.run_cohort(specs, size=2)
+    first, _ = next(run)
+    end = time.monotonic() + 120
+    while any(t.name.startswith(R.THREAD) for t in threading.enumerate()):   # the other one finishes
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    second, attempts = run.throw(KeyboardInterrupt())   # Ctrl-C while the driver records the first
+    assert {first.spec.key, second.spec.key} == {s.key for s in specs}
+    assert second.status == "finished" and attempts == 1
+    with pytest.raises(KeyboardInterrupt):
+        next(run)
+
+
+def test_a_crashed_judge_process_fails_only_the_episode_it_was_judging(monkeypatch):
+    from teachsim import config
+    from teachsim.platform import episode as E
+    from teachsim.runners import cohort as R
+    from teachsim.runners.serial import run_serial
+
+    cfg = _config()
+    cfg["seeds"] = [0, 1, 2]
+    specs = [s for s in config.load(cfg).episodes if s.label == "passive"]
+    assert sorted(s.seed for s in specs) == [0, 1, 2]
+    alone = {r.spec.key: r for r, _ in run_serial([s for s in specs if s.seed != 1])}
+    monkeypatch.setattr(R, "cores", lambda: 2)
+    monkeypatch.setattr(E, "_real_judge", E.CheckpointJudge.__call__, raising=False)
+    monkeypatch.setattr(E.CheckpointJudge, "__call__", _crash_judge)
+    monkeypatch.setattr(sys.modules[__name__], "DRIVER", [os.getpid()])
+    results = {r.spec.seed: r for r, _ in R.run_cohort(specs, size=3)}
+    assert results[1].status == "failed" and "JudgeProcessDied" in results[1].error
+    assert "SIGSEGV" in results[1].error
+    for seed in (0, 2):
+        assert results[seed].status == "finished", results[seed].error
+        assert results[seed].scores == alone[results[seed].spec.key].scores
 
 
 PROTOCOL = '''

@@ -78,7 +78,11 @@ def test_attack_matrix(run):
     table = run.attack_matrix()
     assert list(table.index) == METHODS
     assert table.index.name == "method"
-    assert list(table.columns) == ["default", *NAMES]
+    # every judge by default: the run's own, its attack sets, then the re-judgings (the test
+    # above made check-*), as `show --matrix` and the report print them
+    rejudged = sorted(j for j in run.judges if j.startswith("check-"))
+    assert "check-fgsm/l2/2" in rejudged
+    assert list(table.columns) == ["default", *NAMES, *rejudged]
     s = run.scores
     final = s[(s["metric"] == "lp_robust_acc") & (s["budget"] == 20)]
     want = final.groupby("variant")["value"].mean()
@@ -87,7 +91,7 @@ def test_attack_matrix(run):
     assert list(picked.columns) == ["check-fgsm/l2/2", "default"]
     pd.testing.assert_series_equal(picked["check-fgsm/l2/2"], table["fgsm/l2/2"], check_names=False)
     at0 = run.attack_matrix("clean_acc", budget=0)
-    assert list(at0.columns) == ["default", *NAMES]
+    assert list(at0.columns) == ["default", *NAMES, *rejudged]
     # clean accuracy does not depend on the attack set
     for name in NAMES:
         pd.testing.assert_series_equal(at0[name], at0["default"], check_names=False)

@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 import teachsim
@@ -102,6 +104,34 @@ def test_one_writer_at_a_time_and_a_dead_writers_lock_is_taken_over(tmp_path, on
     assert (out / LOCK).read_text() == ""   # released cleanly
 
 
+HOLD_AND_FORK = """
+import os, sys, time
+from pathlib import Path
+from teachsim.results.store import RunLock
+lock = RunLock(Path(sys.argv[1])).acquire()
+child = os.fork()   # as a cohort forks its judge processes, with the lock held
+if child == 0:
+    time.sleep(600)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_forked_child_does_not_keep_a_killed_writers_lock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    child = int(holder.stdout.readline())
+    try:
+        os.kill(holder.pid, signal.SIGKILL)   # the driver dies without cleaning up; its child lives on
+        holder.wait()
+        assert Path(f"/proc/{child}").exists()
+        with RunLock(tmp_path) as lock:   # free at once, not when the child ends
+            assert str(holder.pid) in lock.took_over
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 def test_the_lock_is_exclusive_within_a_process_too(tmp_path):
     with RunLock(tmp_path):
         with pytest.raises(teachsim.RunError, match=f"process {os.getpid()}"):
@@ -149,3 +179,18 @@ def test_attempts_add_up_when_a_failed_episode_is_run_again(tmp_path, one_seed):
         assert store.con.execute("SELECT status, attempts FROM episodes").fetchall() == [("finished", 4)]
     finally:
         store.close()
+
+
+def test_saved_students_keep_every_checkpoint_s_exact_budget(tmp_path):
+    # six significant digits once merged 10 and 10.000001 (and wrote 1234567 as 1.23457e+06)
+    from teachsim.results.store import _students_bytes, budget_text, load_students
+
+    budgets = [0.0, 10.0, 10.000001, 0.1, 1234567.0, 1000000.0, 1000001.0, 1e15, 2.5e-7]
+    saved = {b: {"w": np.full(2, i, np.float32)} for i, b in enumerate(budgets)}
+    path = tmp_path / "s.pt"
+    path.write_bytes(_students_bytes(saved))
+    back = load_students(path)
+    assert sorted(back) == sorted(budgets)
+    for i, b in enumerate(budgets):
+        assert back[b]["w"].tolist() == [i, i]
+    assert [budget_text(b) for b in (0.0, 10.0, 0.1, 400.0)] == ["0", "10", "0.1", "400"]   # as before

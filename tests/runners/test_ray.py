@@ -468,22 +468,32 @@ def test_a_worker_killed_in_a_cohort_fails_only_the_episode_that_kills_it(local_
     # the serial executor's cohort runs in threads of the driver: Ctrl-C reaches the main
     # thread, which stops the others, keeps what finished and leaves no thread behind
     ["--executor", "serial", "--cohort", "2"]], ids=["ray", "serial"])
-def test_ctrl_c_stops_cleanly_keeps_finished_episodes_and_resume_finishes(tmp_path, options):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_cleanly_keeps_finished_episodes_and_resume_finishes(tmp_path, options, how):
+    """Ctrl-C reaches the whole group; SIGTERM (``kill PID``, ``timeout``, a scheduler's
+    preemption) only the command, whose handler Ray's (sys.exit) must not replace: both
+    stop the same way, the lock emptied and the database whole."""
     cfg, out = _write(LONG, tmp_path / "long.toml"), tmp_path / "run"
     proc = _popen(["run", str(cfg), "--out", str(out), *options], _env(), tmp_path)
     try:
         _wait_for_finished(out, proc)
-        os.killpg(proc.pid, signal.SIGINT)            # what Ctrl-C in a terminal does
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)            # what Ctrl-C in a terminal does
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
         left = _reap(proc.pid)
-    assert proc.returncode == 130, err
+    said, code = ("interrupted", 130) if how == "ctrl-c" else ("terminated (SIGTERM)", 143)
+    assert proc.returncode == code, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     # the resume command runs the way the run did: executor, workers, retries and cohort kept
-    assert last.startswith("teachsim: interrupted;"), err
+    assert last.startswith(f"teachsim: {said};"), err
     assert last.endswith(f"--out {out} {' '.join(options)} --resume"), err
     assert not left, f"processes left behind: {left}"
+    assert (out / ".teachsim.lock").read_text() == ""   # released: nothing for the next run to take over
+    assert not (out / "results.sqlite-wal").exists()
     kept = _rows(out, "SELECT key, status, started_at FROM episodes ORDER BY key")
     assert 1 <= len(kept) < 8 and {s for _, s, _ in kept} == {"finished"}
     res, _ = _cli(["run", str(cfg), "--out", str(out), "--resume", "--executor", "serial", "--quiet"], _env(),

@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import pickle
+import signal
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -422,6 +424,9 @@ class Cohort:
         # a thread cannot judge beside the training, see JudgeProcess), else in itself
         self.processes = list(processes or [])
         self._idle = list(self.processes)
+        # id(run) -> (run, error) for each ``run`` (an episode's judge) whose pass killed a
+        # judge process: its other items fail with that error instead of being judged here
+        self._crashed: dict[int, tuple[Callable, BaseException]] = {}
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -557,13 +562,21 @@ class Cohort:
                 process = self._idle.pop() if self._idle else None
                 self._start_judges()   # more waiting than this pass takes, and a judge to spare
             try:
-                _judge_group(group, first.run if process is None else functools.partial(process, first.run))
+                crashed = self._crashed.get(id(first.run), (None, None))
+                if crashed[0] is first.run:
+                    for e in group:
+                        e.error = crashed[1]
+                else:
+                    _judge_group(group, first.run if process is None else functools.partial(process, first.run))
             except BaseException as exc:   # noqa: BLE001 - a KeyboardInterrupt here: its episodes get it
                 for e in group:
                     if e.result is None and e.error is None:
                         e.error = exc
             finally:
                 with self._cv:
+                    for e in group:
+                        if isinstance(e.error, JudgeProcessDied):
+                            self._crashed[id(e.run)] = (e.run, e.error)
                     if process is not None:
                         self._idle.append(process)
                     for e in group:
@@ -574,6 +587,9 @@ class Cohort:
         """End the judge processes (:meth:`cancel` first where judges may still run)."""
         for process in self.processes:
             process.close()
+
+
+_DRIVER_ENDS: "weakref.WeakSet" = weakref.WeakSet()   # the open driver ends of every judge process
 
 
 class JudgeProcess:
@@ -597,9 +613,12 @@ class JudgeProcess:
         self.process = ctx.Process(target=_serve, args=(child, self.conn), daemon=True, name="teachsim-judge")
         self.process.start()
         child.close()
+        _DRIVER_ENDS.add(self.conn)
         self.alive, self.closed = True, False
 
     def __call__(self, run: Callable[[list], list], items: list) -> list:
+        if self.alive and not self.process.is_alive():   # died between passes: none of this pass's doing
+            self.alive = False
         if self.alive:
             try:
                 message = pickle.dumps((run, items))
@@ -611,11 +630,15 @@ class JudgeProcess:
             except (EOFError, OSError):
                 if self.closed:   # the run was interrupted: its pass is for nobody
                     raise Cancelled("the run was interrupted") from None
-                self.alive = False   # it died: judge here
-            else:
-                if ok:
-                    return value
-                raise value
+                # it died: later passes are judged here, but not this one, which may be what
+                # killed it (a segfault in a plugin's code) and would take the driver and
+                # every episode of the cohort down with it; its episodes fail alone
+                self.alive = False
+                self.process.join(5)
+                raise JudgeProcessDied(_death(self.process.pid, self.process.exitcode)) from None
+            if ok:
+                return value
+            raise value
         return run(items)
 
     def close(self) -> None:
@@ -627,12 +650,31 @@ class JudgeProcess:
             self.process.join(5)
 
 
+class JudgeProcessDied(RuntimeError):
+    """A cohort's judge process died during a pass (killed, out of memory, a crash in
+    native code): the pass's episodes fail with this, the rest of the cohort goes on."""
+
+
+def _death(pid: int, code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            how = f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"signal {-code}"
+    else:
+        how = "still running" if code is None else f"exit code {code}"
+    return (f"the judge process (pid {pid}) died while judging this episode's checkpoints ({how}); they are "
+            "not judged again in the run's own process, where the same crash would end the whole cohort")
+
+
 def _serve(conn, driver_end) -> None:
     """A :class:`JudgeProcess`'s loop: passes in, results (or the error) out, until EOF."""
-    import signal
-
-    driver_end.close()   # the fork's copy: EOF must come when the driver's end closes
+    # the fork's copies of every driver end (this process's and the earlier ones'): EOF
+    # must come when the driver closes its end, not when the last process holding a copy does
+    for end in [driver_end, *_DRIVER_ENDS]:
+        end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # not the command line's handler, forked with it
     torch.set_num_threads(1)
     while True:
         try:
@@ -673,8 +715,9 @@ def _judge_group(group: list[_Judging], run: Callable[[list], list]) -> None:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:   # noqa: BLE001 - handed to its episode (or retried alone)
-        if len(group) == 1:
-            group[0].error = exc
+        if len(group) == 1 or isinstance(exc, JudgeProcessDied):   # never again, here: see JudgeProcess
+            for e in group:
+                e.error = exc
             return
     for e in group:
         _judge_group([e], run)

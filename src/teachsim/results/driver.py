@@ -12,7 +12,8 @@ from ..config import Experiment
 from ..errors import ConfigError, RunError
 from ..runners import EXECUTORS  # noqa: F401 - the executors run() accepts
 from .reader import Run
-from .store import changed_plugins, different_experiment, has_table, plugin_error, reading, version_column
+from .store import (atomic_write, changed_plugins, different_experiment, has_table, plugin_error, reading,
+                    version_column)
 
 
 def _recorded_rows(run_dir: Path) -> list[tuple[str, str, str, str, str]]:
@@ -177,7 +178,7 @@ def run(config: str | Path | Mapping[str, Any] | Experiment, *, out: str | Path 
                      f"-> {new[:12]}...); its recorded episodes are kept: if the change alters results, raise the "
                      "plugin's VERSION")
             store.plan(exp.episodes, config=text, plugins=plugins)
-            cfg_path.write_text(text)
+            atomic_write(cfg_path, text.encode())   # show and report read it: never half of it
             status = store.status_by_key()
             todo = [s for s in exp.episodes if status.get(s.key) != "finished"]
             bar = Progress(len(todo), skipped=len(exp.episodes) - len(todo), enabled=progress)

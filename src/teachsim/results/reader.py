@@ -197,10 +197,10 @@ class Run:
 
     def attack_matrix(self, metric: str = "lp_robust_acc", budget: float | None = None,
                       judges: list[str] | None = None) -> pd.DataFrame:
-        """Train-method x test-attack matrix: ``metric`` per training method (rows) under the
-        run's judge and each of its ``attack_sets`` (columns: judge names, ``"default"``
-        first; or the given ``judges``, re-judgings included), mean over seeds
-        at the final budget (or ``budget``).
+        """Train-method x test-attack matrix: ``metric`` per training method (rows) under
+        every judge of the run (columns: judge names, ``"default"`` first, then its
+        ``attack_sets``, then re-judgings by ``teachsim judge``; or only the given
+        ``judges``), mean over seeds at the final budget (or ``budget``).
 
         Rows are the training methods: the swept ``student.method`` values, or, without a
         sweep, the protocols' labels when there are several (a ``[[protocols]]`` entry can
@@ -213,8 +213,7 @@ class Run:
         judge_cfg = config_mod.resolve_judge(self.config.get("judge", {}))
         names = ["default"] + [attack_set_name(s, judge_cfg["norm"], judge_cfg["eps"])
                                for s in judge_cfg.get("attack_sets", [])]
-        if judges is not None:
-            names = list(judges)
+        names = list(judges) if judges is not None else list(dict.fromkeys(names + self.judges))
         sweep = self.config.get("sweep", {})
         by_method = "student.method" in sweep and len(sweep) == 1
         method = self.config.get("student", {}).get("method", "erm")
@@ -262,7 +261,9 @@ class Run:
         table = pd.concat(parts, ignore_index=True) if parts else summarize(self.scores)
         if "judge" in table:
             table = table[["judge", *[c for c in table.columns if c != "judge"]]]
-        table.to_csv(path, index=False)
+        from .store import atomic_write
+
+        atomic_write(path, table.to_csv(index=False).encode())
         return path
 
     def rejudge(self, name: str | None = None, progress: bool = True, **overrides: Any) -> str:
@@ -517,7 +518,7 @@ class Run:
             raise RunError(f"episode {row['episode_id']} {row['status']}; it has no saved students")
         spec = self.spec(episode)
         saved = load_students(self.file("students", spec.key))
-        match = [b for b in saved if math.isclose(b, float(budget))]
+        match = [b for b in saved if b == float(budget)] or [b for b in saved if math.isclose(b, float(budget))]
         if not match:
             raise RunError(f"episode {row['episode_id']} has no checkpoint {budget}; "
                            f"checkpoints: {', '.join(f'{b:g}' for b in sorted(saved))}")

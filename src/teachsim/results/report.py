@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..platform.judge_params import METRICS
+from .store import atomic_write
 
 DEFAULT_TARGET = 0.9
 DEFAULT_METRIC = "strong_robust_acc"
@@ -621,5 +622,5 @@ def build_report(run, *, target: float | None = None, judge: str = "default") ->
             f"<title>{esc(name)} - teachsim report</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
             + "".join(out) + "</body>\n</html>\n")
     path = run.dir / "report.html"
-    path.write_text(page, encoding="utf-8")
+    atomic_write(path, page.encode("utf-8"))
     return path

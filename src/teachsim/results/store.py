@@ -21,6 +21,7 @@ import os
 import socket
 import sqlite3
 import sys
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,6 +42,34 @@ def _alive(pid: int) -> bool:
     except PermissionError:   # alive, someone else's
         return True
     return True
+
+
+def _command(limit: int = 400) -> str:
+    """This process's command line as a shell would take it (so a refused second writer
+    sees the other run's --out), shortened to ``limit`` characters."""
+    import shlex
+
+    text = shlex.join(sys.argv)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_HELD: "weakref.WeakSet[RunLock]" = weakref.WeakSet()   # the locks this process holds
+
+
+def _forget_held_locks() -> None:
+    """In a forked child (a cohort's judge process): close the child's copies of the held
+    locks' descriptors. An flock belongs to the open file, which a fork shares: a child
+    keeping its copy would hold the run directory past the driver's death (a kill -9), and
+    the next run would be refused until the child ended."""
+    for lock in list(_HELD):
+        if lock.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_held_locks)
 
 
 class RunLock:
@@ -68,13 +97,15 @@ class RunLock:
         if previous:
             self.took_over = previous   # held by a process that is gone (the kernel released it)
         me = (f"process {os.getpid()} on {socket.gethostname()} (since "
-              f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}: {' '.join(sys.argv[:3])})")
+              f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}: {_command()})")
         os.ftruncate(fd, 0)
         os.pwrite(fd, me.encode(), 0)
         self.fd = fd
+        _HELD.add(self)
         return self
 
     def release(self) -> None:
+        _HELD.discard(self)
         if self.fd is not None:
             os.ftruncate(self.fd, 0)   # an empty file: released cleanly, nothing to take over
             fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -235,7 +266,8 @@ def unreadable(path: Path, exc: Exception) -> RunError:
                     "nothing was changed")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a kill mid-write leaves the old file)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -387,9 +419,9 @@ class Store:
         if result.status == "finished" or result.payloads:   # a failed episode keeps what it delivered
             buf = io.BytesIO()
             np.savez_compressed(buf, **result.payloads)
-            _atomic_write(self.dir / "transcripts" / f"{spec.key}.npz", buf.getvalue())
+            atomic_write(self.dir / "transcripts" / f"{spec.key}.npz", buf.getvalue())
         if result.status == "finished":
-            _atomic_write(self.dir / "students" / f"{spec.key}.pt", _students_bytes(result.snapshots))
+            atomic_write(self.dir / "students" / f"{spec.key}.pt", _students_bytes(result.snapshots))
         stats = result.stats
         with self.con:  # one transaction per episode, finished or failed
             before = self.con.execute("SELECT episode_id, status, attempts FROM episodes WHERE key = ?",
@@ -495,11 +527,19 @@ def _device_text(stats: dict[str, Any]) -> str | None:
     return device
 
 
+def budget_text(budget: float) -> str:
+    """A checkpoint's budget as text that reads back as the same float: ``10``, ``0.5``,
+    and, where 6 significant digits would merge two checkpoints (10 and 10.000001,
+    1234567), every digit it takes."""
+    short = f"{budget:g}"
+    return short if float(short) == budget else repr(float(budget))
+
+
 def _students_bytes(snapshots: dict[float, dict[str, Any]]) -> bytes:
     import torch
 
     # np.array copies: arrays that came back from a Ray worker are read-only views
-    flat = {f"{budget:g}/{name}": torch.as_tensor(np.array(t)) for budget, s in snapshots.items()
+    flat = {f"{budget_text(budget)}/{name}": torch.as_tensor(np.array(t)) for budget, s in snapshots.items()
             for name, t in s.items()}
     buf = io.BytesIO()
     torch.save(flat, buf)

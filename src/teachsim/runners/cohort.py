@@ -111,7 +111,7 @@ def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> 
                 yield result, attempt
                 if todo:
                     start(todo.pop(partner(todo, running) or 0), 1)
-        except BaseException:
+        except BaseException as exc:
             # interrupted (Ctrl-C), or the caller stopped reading: stop the episodes still running
             # rather than leave them computing (at interpreter exit, a thread inside torch aborts
             # the process). Each stops at its next training step, learn call or judge.
@@ -119,6 +119,13 @@ def run_cohort(specs: Iterable[EpisodeSpec], *, size: int, retries: int = 0) -> 
             end = time.monotonic() + STOP_WAIT
             for thread in threads + together.judge_threads:
                 thread.join(max(0.0, end - time.monotonic()))
+            if isinstance(exc, KeyboardInterrupt):
+                # episodes that finished before the interruption reached this thread: kept
+                # (the caller records them), not computed again by the resume
+                while not done.empty():
+                    result, attempt = done.get()
+                    if result.status == "finished":
+                        yield result, attempt
             raise
         finally:
             together.close()

@@ -461,6 +461,20 @@ class RayExecutor:
                             + (f", each advancing a cohort of {self.cohort} episodes" if self.cohort > 1 else ""))
 
     def _init(self) -> None:
+        import signal
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()
+        term = signal.getsignal(signal.SIGTERM) if main else None
+        try:
+            self._start_ray()
+        finally:
+            # ray.init sets SIGTERM to sys.exit(15): keep a handler already set (the command
+            # line's, which stops the run as Ctrl-C does and prints how to resume it)
+            if callable(term) and signal.getsignal(signal.SIGTERM) is not term:
+                signal.signal(signal.SIGTERM, term)
+
+    def _start_ray(self) -> None:
         # The driver writes the students with torch. Loaded after ray.init inside a `ray job
         # submit` entrypoint, torch's MKL failed to load ("Intel oneMKL FATAL ERROR: Cannot
         # load libtorch_cpu.so", then a segfault): load it before Ray starts its threads.

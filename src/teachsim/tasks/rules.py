@@ -31,7 +31,7 @@ def hidden_feature(*, dim: int = 50, manifold_dim: int = 2, classes: int = 2, te
 
 SPHERES: dict[str, Param] = {
     "dim": Int(50, lo=2, doc="ambient dimension d"),
-    "outer_radius": Float(1.3, lo=0.0, doc="radius of the outer sphere (the inner one has radius 1)"),
+    "outer_radius": Float(1.3, above=1.0, doc="radius of the outer sphere (the inner one has radius 1)"),
     "gamma": Float(0.05, lo=0.0, doc="teacher abstains within this distance of the middle sphere"),
 }
 
