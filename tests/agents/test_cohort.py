@@ -465,6 +465,25 @@ def _segfault() -> None:
     os.kill(os.getpid(), signal.SIGSEGV)
 
 
+class _Picky(Exception):
+    def __init__(self, a, b):   # pickle rebuilds it from (message,): a TypeError in the driver
+        super().__init__(f"{a} and {b}")
+
+
+def _picky(items):
+    raise _Picky("this", "that")
+
+
+def test_an_error_that_pickle_cannot_rebuild_comes_back_by_name_and_message():
+    process = C.JudgeProcess()
+    try:
+        with pytest.raises(RuntimeError, match="^_Picky: this and that$"):
+            process(_picky, [1])
+        assert process.alive
+    finally:
+        process.close()
+
+
 def _die(items):   # module level: a judge process gets it pickled
     _segfault()
 
@@ -591,6 +610,9 @@ def test_a_crashed_judge_process_fails_only_the_episode_it_was_judging(monkeypat
     assert sorted(s.seed for s in specs) == [0, 1, 2]
     alone = {r.spec.key: r for r, _ in run_serial([s for s in specs if s.seed != 1])}
     monkeypatch.setattr(R, "cores", lambda: 2)
+    # one judge, no second one in the driver once nothing trains: seed 1's first pass goes
+    # to the judge process, whatever the threads' timing
+    monkeypatch.setattr(C.Cohort, "_allowed", lambda self: self.judges)
     monkeypatch.setattr(E, "_real_judge", E.CheckpointJudge.__call__, raising=False)
     monkeypatch.setattr(E.CheckpointJudge, "__call__", _crash_judge)
     monkeypatch.setattr(sys.modules[__name__], "DRIVER", [os.getpid()])

@@ -667,6 +667,19 @@ def _death(pid: int, code: int | None) -> str:
             "not judged again in the run's own process, where the same crash would end the whole cohort")
 
 
+def _portable(exc: BaseException) -> BaseException:
+    """``exc``, or, where it would not come back from pickle (an exception whose
+    ``__init__`` takes other arguments than it passes on: the driver's ``recv`` would
+    raise a TypeError of its own instead), a RuntimeError with its type and message."""
+    try:
+        back = pickle.loads(pickle.dumps(exc))
+    except Exception:   # noqa: BLE001 - any failure to travel
+        back = None
+    if type(back) is type(exc):
+        return exc
+    return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
 def _serve(conn, driver_end) -> None:
     """A :class:`JudgeProcess`'s loop: passes in, results (or the error) out, until EOF."""
     # the fork's copies of every driver end (this process's and the earlier ones'): EOF
@@ -684,7 +697,7 @@ def _serve(conn, driver_end) -> None:
         try:
             reply = (True, run(items))
         except BaseException as exc:   # noqa: BLE001 - handed to the pass's caller
-            reply = (False, exc)
+            reply = (False, _portable(exc))
         try:
             conn.send(reply)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
