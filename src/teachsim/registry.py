@@ -301,6 +301,30 @@ PLUGIN_HINT = "; from a plugin? load it with --plugin FILE_OR_MODULE"
 PROVIDED: dict[str, list[tuple[str, str]]] = {}
 """Plugin -> the (kind, name) entries it registered as it loaded."""
 
+SOURCES: dict[str, tuple[str | None, str | None]] = {}
+"""Plugin -> (the file it was read from, that file's SHA-256), taken as it loaded: the
+file may be gone by the time a run records it (a ``ray job submit`` working directory
+was once replaced under a running driver)."""
+
+
+def _source(spec: str) -> tuple[str | None, str | None]:
+    import hashlib
+    import importlib.util
+    import os
+
+    if os.path.isfile(spec):
+        path = spec
+    else:
+        try:
+            path = getattr(importlib.util.find_spec(spec), "origin", None)
+        except (ImportError, ValueError):
+            path = None
+    try:
+        with open(path, "rb") as f:
+            return path, hashlib.sha256(f.read()).hexdigest()
+    except (OSError, TypeError):
+        return path, None
+
 
 def load_plugin(spec: str) -> None:
     """Import a plugin given as a ``.py`` file path or a dotted module name.
@@ -330,6 +354,7 @@ def load_plugin(spec: str) -> None:
             importlib.import_module(spec)
         if spec not in PLUGINS:
             PLUGINS.append(spec)
+        SOURCES[spec] = _source(spec)
     except PluginError:
         raise
     except Exception as exc:  # a plugin's own bug must still end in one clear line
@@ -344,15 +369,9 @@ def plugin_records() -> list[dict[str, Any]]:
     """The plugins loaded in this process, as a run directory records them: the plugin (a
     file path or a module name), the file it was read from, that file's SHA-256, and what
     it provided."""
-    import hashlib
-    import importlib.util
-    import os
-    from pathlib import Path
-
     out = []
     for spec in PLUGINS:
-        path = spec if os.path.isfile(spec) else getattr(importlib.util.find_spec(spec), "origin", None)
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and os.path.isfile(path) else None
+        path, digest = SOURCES[spec] if spec in SOURCES else _source(spec)
         provides: dict[str, list[str]] = {}
         for kind, name in PROVIDED.get(spec, []):
             provides.setdefault(kind, []).append(name)

@@ -362,3 +362,20 @@ def test_resuming_with_a_changed_plugin_file_says_so(tmp_path, noisy_config):
     assert again.returncode == 0, again.stderr
     assert f"note: the plugin {plugin} changed since this run directory recorded it" in again.stderr
     assert "raise the plugin's VERSION" in again.stderr
+
+
+def test_a_plugin_is_recorded_as_loaded_even_if_its_file_is_gone_by_then(tmp_path, restore_registry):
+    """A run records each plugin's file and hash; a ``ray job submit`` working directory
+    was once replaced under the running driver between the plugin's loading and that
+    record (a traceback, the run lost). The record is what was loaded."""
+    import hashlib
+
+    from teachsim import registry
+
+    plugin = tmp_path / "gone_soon.py"
+    plugin.write_text("X = 1\n")
+    registry.load_plugin(str(plugin))
+    plugin.unlink()
+    record = [r for r in registry.plugin_records() if r["plugin"] == str(plugin)]
+    assert record == [{"plugin": str(plugin), "file": str(plugin), "provides": {},
+                       "sha256": hashlib.sha256(b"X = 1\n").hexdigest()}]
