@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 the experiment ran but some episodes failed, or a conformance
 check failed; 2 bad input (config, arguments, plugin), reported in one line without a
-traceback; 130 interrupted (finished episodes are kept).
+traceback; 130 interrupted (finished episodes are kept), 143 the same after SIGTERM.
 """
 
 from __future__ import annotations
@@ -648,9 +648,9 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _interrupted(code: int = 130) -> tuple[str, int]:
+def _interrupted() -> tuple[str, int]:
     """What to call the interruption and the exit code it earns."""
-    return ("terminated (SIGTERM)", 143) if _TERMINATED[0] else ("interrupted", code)
+    return ("terminated (SIGTERM)", 143) if _TERMINATED[0] else ("interrupted", 130)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
